@@ -1,0 +1,1 @@
+"""The `ssc` command line: thin commands that parse, call sscjax and print."""

@@ -1,0 +1,351 @@
+"""CT scans and their geometry: reading, canonical orientation, world <-> index, resampling, writing.
+
+World coordinates are ITK/DICOM patient coordinates (LPS, +z toward the head). Every scan read here is
+put in one canonical orientation (direction ~ identity: x toward the patient's left, y toward posterior,
+slices from feet to head) by flipping axes, with origin and direction changed so that every voxel keeps
+its world position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from sscjax.errors import ScanError
+
+SCAN_EXTENSIONS = (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd", ".dcm")
+WRITE_EXTENSIONS = (".nii.gz", ".mha", ".nii", ".nrrd")
+HU_RANGE = (-1500.0, 1500.0)
+
+# An axis may deviate this much from its world axis before the scan counts as oblique.
+MAX_OBLIQUE_DEG = 1.0
+# DICOM slice gaps may differ from their median by this fraction before the series counts as uneven.
+SLICE_GAP_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a (z, y, x) voxel array lies in the world: spacing and origin (x, y, z) in mm, direction 3x3."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The direction as a 3x3 matrix whose columns are the x, y, z index axes in the world."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def z_step(self) -> float:
+        """World z (mm) travelled per slice index step."""
+        return float(self.spacing[2] * self.matrix[2, 2])
+
+    def z_of_index(self, k: float | np.ndarray) -> float | np.ndarray:
+        """World z (mm) of slice index `k` (fractional indices allowed)."""
+        return self.origin[2] + np.asarray(k, dtype=np.float64) * self.z_step
+
+    def index_of_z(self, z: float | np.ndarray) -> float | np.ndarray:
+        """Continuous slice index of world z (mm)."""
+        return (np.asarray(z, dtype=np.float64) - self.origin[2]) / self.z_step
+
+    def nearest_slice(self, z: float | np.ndarray, n_slices: int) -> int | np.ndarray:
+        """Index of the slice nearest to world z (round half up); refuses z more than half a slice outside."""
+        k = self.index_of_z(z)
+        if np.any(k < -0.5) or np.any(k > n_slices - 0.5):
+            lo, hi = sorted((float(self.z_of_index(0)), float(self.z_of_index(n_slices - 1))))
+            raise ScanError(f"z = {np.round(z, 2).tolist()} mm lies outside the scan (slices span {lo:.2f} .. {hi:.2f} mm)")
+        nearest = np.clip(np.floor(k + 0.5), 0, n_slices - 1).astype(int)
+        return int(nearest) if nearest.ndim == 0 else nearest
+
+    def slice_geometry(self, k: int) -> Geometry:
+        """The geometry of slice `k` alone, as a one-slice volume."""
+        origin = np.asarray(self.origin) + self.matrix[:, 2] * self.spacing[2] * k
+        return replace(self, origin=tuple(float(v) for v in origin))
+
+
+@dataclass
+class Scan:
+    """A CT volume in HU, (z, y, x) in canonical orientation, with its geometry and where it came from."""
+
+    array: np.ndarray
+    geometry: Geometry
+    source: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def z_mm(self) -> np.ndarray:
+        """World z (mm) of every slice, increasing with the index."""
+        return self.geometry.z_of_index(np.arange(self.n_slices))
+
+
+def scan_id(path: str | Path) -> str:
+    """The id of a scan: its file name without the scan extension, or the folder name of a DICOM series."""
+    name = Path(path).name
+    for ext in SCAN_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    return next((ext for ext in SCAN_EXTENSIONS if name.endswith(ext)), path.suffix.lower())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same extension); it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = _extension(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ext}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _geometry_of(image: sitk.Image) -> Geometry:
+    return Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+
+def _check_geometry(geometry: Geometry, source: str) -> None:
+    if any(not math.isfinite(s) or s <= 0 for s in geometry.spacing):
+        raise ScanError(f"{source}: spacing {geometry.spacing} mm is not positive")
+    cos_tol = math.cos(math.radians(MAX_OBLIQUE_DEG))
+    diagonal = np.abs(np.diag(geometry.matrix))
+    if np.any(diagonal < cos_tol):
+        angles = np.degrees(np.arccos(np.clip(diagonal, -1, 1)))
+        raise ScanError(
+            f"{source}: not an axial acquisition (axes deviate {np.round(angles, 1).tolist()} deg from x, y, z; "
+            "oblique or sagittal/coronal scans are not supported)"
+        )
+
+
+def _backward_axes(geometry: Geometry) -> list[int]:
+    """The index axes (0 = x, 1 = y, 2 = z) whose direction points against their world axis."""
+    return [axis for axis in range(3) if geometry.matrix[axis, axis] < 0]
+
+
+def canonical_geometry(geometry: Geometry, shape_zyx: tuple[int, int, int]) -> Geometry:
+    """The geometry after flipping backward axes: direction ~ identity, same world position of every voxel."""
+    matrix = geometry.matrix.copy()
+    origin = np.asarray(geometry.origin, dtype=np.float64)
+    for axis in _backward_axes(geometry):
+        origin = origin + matrix[:, axis] * geometry.spacing[axis] * (shape_zyx[2 - axis] - 1)
+        matrix[:, axis] *= -1
+    return Geometry(geometry.spacing, tuple(float(v) for v in origin), tuple(float(v) for v in matrix.ravel()))
+
+
+def canonical(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """Flip the axes that point backwards, so direction ~ identity and slices go from feet to head."""
+    flip_axes = tuple(2 - axis for axis in _backward_axes(geometry))
+    if flip_axes:
+        array = np.ascontiguousarray(np.flip(array, axis=flip_axes))
+    return array, canonical_geometry(geometry, array.shape)
+
+
+def _dicom_series(folder: Path, series: str | None) -> list[str]:
+    """File names of the chosen series in a DICOM folder: the named one, else the one with most slices."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise ScanError(f"{folder}: no DICOM series found in this folder")
+    if series is not None:
+        if series not in ids:
+            raise ScanError(f"{folder}: series {series} not found (series here: {', '.join(ids)})")
+        ids = (series,)
+    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in ids}
+    return list(max(files.values(), key=len))
+
+
+def _check_dicom_spacing(folder: Path, files: list[str]) -> None:
+    """Refuse series with missing, duplicated or unevenly spaced slices (positions along the slice normal)."""
+    if len(files) < 2:
+        return
+    reader = sitk.ImageFileReader()
+    positions, normal = [], None
+    for f in files:
+        reader.SetFileName(f)
+        reader.ReadImageInformation()
+        if normal is None:
+            normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2]
+        positions.append(np.dot(reader.GetOrigin(), normal))
+    gaps = np.diff(np.sort(np.asarray(positions)))
+    step = float(np.median(gaps))
+    if step <= 1e-6 or np.any(gaps <= 1e-6):
+        raise ScanError(f"{folder}: DICOM series has several slices at the same position")
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > SLICE_GAP_TOLERANCE * step:
+        kind = "missing slice(s)" if gaps[worst] > 1.5 * step else "unevenly spaced slices"
+        raise ScanError(
+            f"{folder}: DICOM series has {kind}: gap of {gaps[worst]:.2f} mm after slice {worst} "
+            f"where the series spacing is {step:.2f} mm"
+        )
+
+
+def _read_sitk(path: Path, series: str | None, header_only: bool) -> sitk.Image | sitk.ImageFileReader:
+    """The image of a file or DICOM folder (a DICOM folder is always read whole); header only for files."""
+    if not path.exists():
+        raise ScanError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            files = _dicom_series(path, series)
+            _check_dicom_spacing(path, files)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            return reader.Execute()
+        if _extension(path) not in SCAN_EXTENSIONS:
+            raise ScanError(f"{path}: not a supported scan format (use {', '.join(SCAN_EXTENSIONS)} or a DICOM folder)")
+        if not header_only:
+            return sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = lines[-1] if lines else "unknown error"
+        raise ScanError(f"{path}: cannot read the image ({detail[:200]})") from None
+
+
+def _check_pixels(image: sitk.Image | sitk.ImageFileReader, source: str, volume: bool) -> None:
+    components = image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader) else image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise ScanError(f"{source}: has {components} values per pixel; a CT has one")
+    if image.GetDimension() not in (2, 3):
+        raise ScanError(f"{source}: has {image.GetDimension()} dimensions; expected a 3D volume")
+    depth = image.GetSize()[2] if image.GetDimension() == 3 else 1
+    if volume and depth < 2:
+        raise ScanError(f"{source}: is a single 2D slice, but a CT volume is needed here")
+
+
+def _as_3d(image: sitk.Image) -> sitk.Image:
+    return sitk.JoinSeries(image) if image.GetDimension() == 2 else image
+
+
+def read_image(path: str | Path, series: str | None = None, *, volume: bool = False, dtype=None) -> Scan:
+    """Read any scalar image (CT, mask, pattern) as a canonical (z, y, x) array with its geometry."""
+    path = Path(path)
+    image = _read_sitk(path, series, header_only=False)
+    _check_pixels(image, str(path), volume)
+    image = _as_3d(image)
+    geometry = _geometry_of(image)
+    _check_geometry(geometry, str(path))
+    array = sitk.GetArrayFromImage(image)
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    array, geometry = canonical(array, geometry)
+    return Scan(array, geometry, str(path))
+
+
+def read_scan(path: str | Path, series: str | None = None, *, volume: bool = True) -> Scan:
+    """Read a CT scan (file or DICOM folder) in HU as float32, canonical orientation."""
+    return read_image(path, series, volume=volume, dtype=np.float32)
+
+
+def read_geometry(path: str | Path, series: str | None = None) -> tuple[Geometry, tuple[int, int, int]]:
+    """Canonical geometry and (z, y, x) shape of a scan; files are read from their header only."""
+    path = Path(path)
+    image = _read_sitk(path, series, header_only=True)
+    _check_pixels(image, str(path), volume=False)
+    dim = image.GetDimension()
+    size = list(image.GetSize()) + [1] * (3 - dim)
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.reshape(image.GetDirection(), (dim, dim))
+    geometry = Geometry(
+        tuple(image.GetSpacing()) + (1.0,) * (3 - dim),
+        tuple(image.GetOrigin()) + (0.0,) * (3 - dim),
+        tuple(direction.ravel()),
+    )
+    _check_geometry(geometry, str(path))
+    shape = (size[2], size[1], size[0])
+    return canonical_geometry(geometry, shape), shape
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of a (z, y, x) or (y, x) array with the given geometry."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(array[None] if array.ndim == 2 else array)
+    image.SetSpacing(tuple(float(v) for v in geometry.spacing))
+    image.SetOrigin(tuple(float(v) for v in geometry.origin))
+    image.SetDirection(tuple(float(v) for v in geometry.direction))
+    return image
+
+
+def write_image(path: str | Path, array: np.ndarray, geometry: Geometry) -> Path:
+    """Write a (z, y, x) array (or one (y, x) slice) with its geometry, atomically; format from the extension."""
+    path = Path(path)
+    if _extension(path) not in WRITE_EXTENSIONS:
+        raise ScanError(f"{path}: cannot write this format (use {', '.join(WRITE_EXTENSIONS)})")
+    image = to_sitk(array, geometry)
+    with atomic_write(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def resampled_geometry(geometry: Geometry, shape_zyx: tuple[int, int, int], new_shape_zyx: tuple[int, int, int]) -> Geometry:
+    """Geometry of the same field of view (voxel edges aligned) sampled on a `new_shape_zyx` matrix."""
+    old = np.asarray(shape_zyx[::-1], dtype=np.float64)
+    new = np.asarray(new_shape_zyx[::-1], dtype=np.float64)
+    spacing = np.asarray(geometry.spacing) * old / new
+    origin = np.asarray(geometry.origin) + geometry.matrix @ ((spacing - np.asarray(geometry.spacing)) / 2)
+    return Geometry(tuple(float(v) for v in spacing), tuple(float(v) for v in origin), geometry.direction)
+
+
+def resample(scan: Scan, shape_zyx: tuple[int, int, int], order: int = 1, fill: float | None = None) -> Scan:
+    """Resample to a fixed (z, y, x) matrix over the same field of view (order 0: nearest, 1: linear)."""
+    geometry = resampled_geometry(scan.geometry, scan.shape, shape_zyx)
+    reference = sitk.Image([int(s) for s in shape_zyx[::-1]], sitk.sitkUInt8)
+    reference.SetSpacing(geometry.spacing)
+    reference.SetOrigin(geometry.origin)
+    reference.SetDirection(geometry.direction)
+    interpolator = sitk.sitkNearestNeighbor if order == 0 else sitk.sitkLinear
+    default = float(scan.array.min()) if fill is None else fill
+    image = to_sitk(scan.array, scan.geometry)
+    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, default, image.GetPixelID())
+    return Scan(sitk.GetArrayFromImage(out), geometry, scan.source)
+
+
+def clip_hu(array: np.ndarray, lo: float = HU_RANGE[0], hi: float = HU_RANGE[1]) -> np.ndarray:
+    """Clip Hounsfield units to [lo, hi]."""
+    return np.clip(array, lo, hi)
+
+
+def is_dicom_folder(path: Path) -> bool:
+    """Whether a folder holds a DICOM series itself (rather than scans in sub-entries)."""
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def find_scans(path: str | Path) -> list[Path]:
+    """The scans a path names: a scan file, a DICOM folder, or a folder of scan files and DICOM folders."""
+    path = Path(path)
+    if not path.exists():
+        raise ScanError(f"{path}: no such file or folder")
+    if path.is_file() or is_dicom_folder(path):
+        return [path]
+    found = sorted(p for p in path.iterdir() if not p.name.startswith(".") and
+                   ((p.is_file() and _extension(p) in SCAN_EXTENSIONS and _extension(p) != ".dcm") or is_dicom_folder(p)))
+    if not found:
+        raise ScanError(f"{path}: no scans found (files {', '.join(SCAN_EXTENSIONS)} or DICOM folders)")
+    return found
