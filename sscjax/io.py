@@ -30,6 +30,9 @@ MAX_OBLIQUE_DEG = 1.0
 # DICOM slice gaps may differ from their median by this fraction before the series counts as uneven.
 SLICE_GAP_TOLERANCE = 0.05
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -119,6 +122,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give outputs the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -114,6 +114,10 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with io.atomic_write(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
 
 
 def test_real_dicom_fixtures_read_with_hu_and_geometry():

@@ -1,0 +1,121 @@
+"""`ssc evaluate`: agreement statistics of predicted against reference Goh scores (CSV files).
+
+Without a subcommand it evaluates `--pred` against `--truth`; subcommands (e.g. per-network evaluations)
+hang off the same group.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CSV_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+CSV_OPTIONS = ("pred", "truth", "compare", "out", "only_predicted")
+
+
+@click.group(invoke_without_command=True, subcommand_metavar="[COMMAND [ARGS]...]")
+@click.option("--pred", type=CSV_FILE, help="Predicted scores: CSV with scan_id,level,TOT,GG,RET (percent, level 1-5). "
+              "Rows repeated for one scan and level (e.g. several folds) are averaged.")
+@click.option("--truth", type=CSV_FILE, help="Reference scores, same columns (e.g. a cohort's scores.csv).")
+@click.option("--compare", type=CSV_FILE, help="A second method's predictions: paired Wilcoxon and t-tests of "
+              "the two methods' absolute errors per pattern.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for metrics.json/.md/.csv and the plots.")
+@click.option("--only-predicted", is_flag=True, help="Evaluate only the reference rows that have a prediction "
+              "(e.g. a test set scored against the whole cohort's scores.csv); otherwise every row must match.")
+@click.pass_context
+def evaluate(ctx: click.Context, pred: Path | None, truth: Path | None, compare: Path | None, out: Path | None,
+             only_predicted: bool) -> None:
+    """Agreement of predicted with reference scores: MAE (SD), weighted kappa, ICC(A,1), plots.
+
+    ssc evaluate --pred PRED.csv --truth TRUTH.csv [--compare OTHER.csv] --out DIR
+    """
+    given = [f"--{name.replace('_', '-')}" for name in CSV_OPTIONS if ctx.params[name]]
+    if ctx.invoked_subcommand is not None:
+        if given:
+            raise click.UsageError(f"{', '.join(given)} belong(s) to the CSV evaluation, not to "
+                                   f"'{ctx.invoked_subcommand}'", ctx)
+        return
+    missing = [f"--{name}" for name, value in (("pred", pred), ("truth", truth), ("out", out)) if value is None]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give a subcommand)", ctx)
+    evaluate_csv(pred, truth, compare, out, only_predicted)
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    """A scores CSV as a table of strings (validated and typed later by `sscjax.metrics`)."""
+    import pandas as pd
+
+    from sscjax.errors import SscError
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise SscError(f"{path}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: undefined statistics become null."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_text(path: Path, text: str) -> None:
+    from sscjax.io import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    from sscjax.io import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_csv(pred: Path, truth: Path, compare: Path | None, out: Path, only_predicted: bool) -> None:
+    """Compute the agreement tables, write metrics.json/.md/.csv and the plots to `out`, print the summary."""
+    from sscjax import metrics, plots
+
+    pred_table, truth_table = read_scores(pred), read_scores(truth)
+    joined, merged = metrics.join_truth(pred_table, truth_table, only_predicted=only_predicted,
+                                        pred_name=str(pred), truth_name=str(truth))
+    result = metrics.joined_agreement(joined, merged)
+    paired = None
+    if compare is not None:
+        paired = metrics.compare_methods(pred_table, read_scores(compare), truth_table, only_predicted=only_predicted,
+                                         names=(str(pred), str(compare)), truth_name=str(truth))
+        result["compare"] = paired
+    labels = (pred.stem, compare.stem) if compare is not None and compare.stem != pred.stem else ("pred", "compare")
+    markdown = metrics.agreement_markdown(result, paired, labels)
+
+    written = [out / "metrics.json", out / "metrics.md", out / "metrics.csv"]
+    _write_text(written[0], json.dumps(_finite_or_none(result), indent=2, allow_nan=False) + "\n")
+    _write_text(written[1], markdown)
+    _write_csv(written[2], metrics.agreement_rows(result))
+    if paired is not None:
+        written.append(out / "compare.csv")
+        _write_csv(written[-1], metrics.compare_rows(paired))
+    for p in metrics.PATTERNS:
+        args = (joined[p].to_numpy(), joined[f"{p}_true"].to_numpy())
+        written.append(plots.bland_altman_plot(*args, out / f"bland_altman_{p}.png", f"{p}: Bland-Altman"))
+        written.append(plots.correlation_plot(*args, out / f"correlation_{p}.png", f"{p}: prediction vs reference"))
+
+    click.echo(markdown)
+    click.echo(f"Wrote {len(written)} files to {out}/: {', '.join(p.name for p in written)}")
