@@ -1,4 +1,4 @@
-"""Figures written to files: agreement plots (Bland-Altman, correlation).
+"""Figures written to files: agreement plots, heat-map overlays, level montages, score profiles.
 
 Matplotlib's object-oriented API on the Agg canvas only (no pyplot, no windows, no global state), so it
 runs headless and in threads. Every figure is written atomically through `save_figure`.
@@ -71,4 +71,74 @@ def correlation_plot(pred, true, path: str | Path, title: str, unit: str = "%") 
     ax.set(title=title, xlabel=f"reference ({unit})", ylabel=f"prediction ({unit})", xlim=(lo, hi), ylim=(lo, hi),
            aspect="equal")
     ax.legend(fontsize="small", loc="upper left")
+    return save_figure(fig, path)
+
+
+# --- slices and heat maps -----------------------------------------------------------------------------
+
+def _show_slice(ax: Axes, image: np.ndarray, spacing_yx: tuple[float, float]) -> None:
+    """An axial slice (window [0, 1] = HU -1500..1500) in grey, with its true aspect ratio, no ticks."""
+    ax.imshow(image, cmap="gray", vmin=0.25, vmax=0.6, aspect=spacing_yx[0] / spacing_yx[1], interpolation="bilinear")
+    ax.set_axis_off()
+
+
+def heatmap_overlay(image: np.ndarray, delta: np.ndarray, lung: np.ndarray, spacing_yx: tuple[float, float],
+                    path: str | Path, title: str, segmentation: np.ndarray | None = None,
+                    limit: float | None = None) -> Path:
+    """The slice with its Delta P map (percentage points) on a diverging colour scale and a legend.
+
+    Blue = negative Delta P (replacing that region lowered the score: seen as diseased), red = positive.
+    The derived segmentation, if given, is outlined.
+    """
+    limit = limit or max(float(np.abs(delta[lung > 0]).max(initial=0.0)), 0.5)
+    fig, ax = new_figure((5.6, 5.0))
+    _show_slice(ax, image, spacing_yx)
+    shown = np.ma.masked_where(lung == 0, delta)
+    art = ax.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6,
+                    aspect=spacing_yx[0] / spacing_yx[1], interpolation="nearest")
+    if segmentation is not None and segmentation.any():
+        ax.contour(segmentation.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+    fig.colorbar(art, ax=ax, shrink=0.8, label="ΔP (percentage points)")
+    ax.set_title(title, fontsize="medium")
+    return save_figure(fig, path)
+
+
+def level_montage(images: list[np.ndarray], spacing_yx: list[tuple[float, float]], captions: list[str],
+                  path: str | Path, title: str) -> Path:
+    """The five level slices side by side, each with its caption (level, z, scores)."""
+    fig = Figure(figsize=(3.2 * len(images), 3.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (image, spacing, caption) in enumerate(zip(images, spacing_yx, captions)):
+        ax = fig.add_subplot(1, len(images), i + 1)
+        _show_slice(ax, image, spacing)
+        ax.set_title(caption, fontsize="small")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def scores_along_z(z_mm: np.ndarray, scores: np.ndarray, levels_mm: np.ndarray, path: str | Path, title: str) -> Path:
+    """TOT, GG and RET (%) of every slice against world z, with the five levels marked."""
+    fig, ax = new_figure((7.0, 4.0))
+    for j, name in enumerate(metrics.PATTERNS):
+        ax.plot(z_mm, scores[:, j], label=name, linewidth=1.2)
+    for k, z in enumerate(levels_mm, start=1):
+        ax.axvline(z, color="0.5", linestyle=":", linewidth=0.8)
+        ax.text(z, ax.get_ylim()[1], f"L{k}", ha="center", va="bottom", fontsize="small")
+    ax.set(xlabel="world z (mm, feet → head)", ylabel="score (%)", title=title)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def calibration_scatter(derived: np.ndarray, snet: np.ndarray, thresholds: np.ndarray, r2: np.ndarray,
+                        path: str | Path) -> Path:
+    """Derived (heat-map) scores against S-Net scores per pattern, as the paper's Fig. 7."""
+    fig = Figure(figsize=(12.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    for j, name in enumerate(metrics.PATTERNS):
+        ax = fig.add_subplot(1, len(metrics.PATTERNS), j + 1)
+        ax.scatter(snet[:, j], derived[:, j], **SCATTER_STYLE)
+        hi = max(float(np.max(snet[:, j], initial=0)), float(np.max(derived[:, j], initial=0)), 1.0) * 1.05
+        ax.plot([0, hi], [0, hi], color="0.4", linestyle="--", linewidth=1)
+        ax.set(xlim=(0, hi), ylim=(0, hi), aspect="equal", xlabel=f"S-Net {name} (%)", ylabel=f"derived {name} (%)",
+               title=f"{name}: threshold {thresholds[j]:.1f} pp, R² = {r2[j]:.2f}")
     return save_figure(fig, path)

@@ -1,0 +1,103 @@
+"""Shared by the 2D backbones: input normalisation, a depthwise convolution with two interchangeable
+implementations, and the naming that maps PyTorch tensors onto NNX variables."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DepthwiseImpl = Literal["grouped", "shifted"]
+Padding = tuple[tuple[int, int], tuple[int, int]] | Literal["SAME"]
+InputNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per input channel
+
+
+def as_input_norm(input_norm: Any) -> InputNorm | None:
+    """(mean, std) as tuples of floats (hashable static module data, also from JSON lists)."""
+    return None if input_norm is None else tuple(tuple(map(float, v)) for v in input_norm)
+
+
+def apply_input_norm(x: jax.Array, input_norm: InputNorm | None) -> jax.Array:
+    """(x - mean) / std per channel; x unchanged when input_norm is None."""
+    if input_norm is None:
+        return x
+    return (x - jnp.asarray(input_norm[0])) / jnp.asarray(input_norm[1])
+
+
+def default_depthwise_impl() -> DepthwiseImpl:
+    """"shifted" on CPU, where XLA's grouped convolution is ~13x slower; "grouped" on GPU/TPU."""
+    return "shifted" if jax.default_backend() == "cpu" else "grouped"
+
+
+class DepthwiseConv2d(nnx.Module):
+    """Depthwise k x k convolution on NHWC, kernel (k, k, 1, C) like nnx.Conv with feature groups.
+
+    impl="grouped" runs one grouped convolution; impl="shifted" sums k*k shifted, strided slices
+    times the per-channel weights. Both give the same numbers up to float rounding. padding is
+    explicit ((top, bottom), (left, right)) or "SAME" (TensorFlow's rule, from the input size).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, *, stride: int = 1, padding: Padding,
+                 use_bias: bool = True, impl: DepthwiseImpl | None = None, rngs: nnx.Rngs,
+                 kernel_init: nnx.Initializer = nnx.initializers.normal(0.02)):
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel_size, kernel_size, 1, channels)))
+        self.bias = nnx.Param(jnp.zeros((channels,))) if use_bias else None
+        self.stride = stride
+        self.padding = padding
+        self.impl = impl or default_depthwise_impl()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel.shape[0]
+        pads = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (k, k), (self.stride,) * 2, "SAME")
+                     if self.padding == "SAME" else self.padding)
+        kernel = self.kernel[...]
+        if self.impl == "grouped":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride,) * 2, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=x.shape[-1])
+        else:
+            xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+            h_out = (xp.shape[1] - k) // self.stride + 1
+            w_out = (xp.shape[2] - k) // self.stride + 1
+            y = sum(
+                jax.lax.slice(xp, (0, i, j, 0),
+                              (xp.shape[0], i + self.stride * (h_out - 1) + 1,
+                               j + self.stride * (w_out - 1) + 1, xp.shape[3]),
+                              (1, self.stride, self.stride, 1)) * kernel[i, j, 0]
+                for i in range(k) for j in range(k))
+        return y if self.bias is None else y + self.bias[...]
+
+
+def at_path(module: nnx.Module, path: tuple) -> Any:
+    """The submodule or variable at an NNX state path (attribute names and list indices)."""
+    for part in path:
+        module = module[part] if isinstance(part, int) else getattr(module, part)
+    return module
+
+
+def torch_names(model: nnx.Module, layers: dict[str, tuple]) -> dict[str, tuple[tuple, str]]:
+    """Expand {torch module prefix: NNX module path} to {torch tensor name: (NNX variable path, layout)}.
+
+    Layouts: "conv" (OIHW, also depthwise), "linear" ((out, in)), "vector" (per-channel; torch's
+    (C, 1, 1) layer scales too). A path that ends at a variable maps the prefix itself.
+    """
+    names = {}
+    for prefix, path in layers.items():
+        layer = at_path(model, path)
+        if isinstance(layer, nnx.Variable):
+            names[prefix] = (path, "vector")
+            continue
+        if isinstance(layer, nnx.Linear):
+            leaves = {"weight": ("kernel", "linear")}
+        elif isinstance(layer, (nnx.Conv, DepthwiseConv2d)):
+            leaves = {"weight": ("kernel", "conv")}
+        else:  # LayerNorm, BatchNorm
+            leaves = {"weight": ("scale", "vector"), "running_mean": ("mean", "vector"),
+                      "running_var": ("var", "vector")}
+        leaves["bias"] = ("bias", "vector")
+        for tensor, (leaf, layout) in leaves.items():
+            if getattr(layer, leaf, None) is not None:
+                names[f"{prefix}.{tensor}"] = ((*path, leaf), layout)
+    return names

@@ -1,0 +1,111 @@
+"""The L-Net: PyTorch-exact adaptive pooling, published parameter count, shapes and layer order."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sscjax.errors import ConfigError, ModelError
+from sscjax.models import abstract_model
+from sscjax.models.vgg3d import VGG3D, adaptive_avg_pool3d, adaptive_pool_matrix
+
+
+def test_adaptive_pool_4_to_6_repeats_inputs_like_torch():
+    # cells [0,1) [0,2) [1,2) [2,3) [2,4) [3,4) worked out from floor(i*4/6) .. ceil((i+1)*4/6)
+    x = np.array([1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_allclose(adaptive_pool_matrix(4, 6) @ x, [1, 1.5, 2, 4, 6, 8], rtol=1e-6)
+
+
+def test_adaptive_pool_13_to_6_overlaps_like_torch():
+    # cells [0,3) [2,5) [4,7) [6,9) [8,11) [10,13)
+    x = np.arange(13.0) ** 2
+    expected = np.array([5, 29, 77, 149, 245, 365]) / 3
+    np.testing.assert_allclose(adaptive_pool_matrix(13, 6) @ x, expected, rtol=1e-6)
+
+
+def test_adaptive_pool_5_to_6():
+    # cells [0,1) [0,2) [1,3) [2,4) [3,5) [4,5): the depth left by a 192-slice crop
+    x = np.array([1.0, 3.0, 5.0, 7.0, 9.0])
+    np.testing.assert_allclose(adaptive_pool_matrix(5, 6) @ x, [1, 2, 4, 6, 8, 9], rtol=1e-6)
+
+
+def test_adaptive_pool_3d_is_the_box_mean():
+    x = np.random.default_rng(0).normal(size=(2, 5, 13, 4, 3)).astype(np.float32)
+    out = np.asarray(adaptive_avg_pool3d(jnp.asarray(x)))
+    assert out.shape == (2, 6, 6, 6, 3)
+
+    def cell(i: int, n: int) -> slice:
+        return slice(i * n // 6, -(-(i + 1) * n // 6))
+
+    for i, j, k in [(0, 0, 0), (1, 2, 3), (5, 5, 5), (3, 1, 4)]:
+        box = x[:, cell(i, 5), cell(j, 13), cell(k, 4)]
+        np.testing.assert_allclose(out[:, i, j, k], box.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def published_parameter_count(base: int = 8) -> int:
+    """Hand count of the VGG11 L-Net: 8 conv3 (+bias) with BatchNorm scale/bias, then the FC head."""
+    widths = [1] + [base * m for m in (1, 2, 4, 4, 8, 8, 16, 16)]
+    convs = sum(27 * cin * cout + cout + 2 * cout for cin, cout in zip(widths, widths[1:]))
+    fc_in = 16 * base * 6**3  # 128 * 216 = 27648 at base 8, whatever the input size
+    return convs + (fc_in * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 5 + 5)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> VGG3D:
+    """A base-2 VGG11 (same pooling arithmetic as the published net), built without random-init
+    compilation: He-normal kernels, BatchNorm at its initial scale 1, bias 0, mean 0, variance 1."""
+    model = abstract_model("vgg11_3d", 3, base=2)
+    rng = np.random.default_rng(0)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+        if path[-1] == "kernel":
+            value = rng.normal(0, np.sqrt(2 / np.prod(var.shape[:-1])), var.shape)
+        else:
+            value = np.full(var.shape, 1.0 if path[-1] in ("scale", "var") else 0.0)
+        var.set_value(jnp.asarray(value, jnp.float32))
+    model.eval()
+    return model
+
+
+def test_parameter_count_matches_the_published_net():
+    model = nnx.eval_shape(lambda: VGG3D(num_outputs=5, base=8, depth=11, rngs=nnx.Rngs(0)))
+    n_params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert n_params == published_parameter_count(8)
+    assert 30.2e6 < n_params < 30.3e6
+
+
+def test_full_size_shapes_without_computing(tiny):
+    x = jax.ShapeDtypeStruct((1, 192, 256, 256, 1), jnp.float32)
+    # 192 -> 95 -> 47 -> 23 -> 11 -> 5 and 256 -> 127 -> 63 -> 31 -> 15 -> 7 (torch MaxPool3d(3, 2))
+    assert jax.eval_shape(tiny.trunk, x).shape == (1, 5, 7, 7, 32)
+    assert jax.eval_shape(tiny, x).shape == (1, 3)
+
+
+def test_tiny_forward_is_deterministic_in_eval_mode(tiny):
+    x = jax.random.normal(jax.random.key(1), (1, 63, 63, 63, 1))
+    forward = nnx.jit(lambda model, x: model(x))
+    y = forward(tiny, x)
+    assert y.shape == (1, 3) and bool(jnp.all(jnp.isfinite(y)))
+    np.testing.assert_array_equal(y, forward(tiny, x))
+
+
+def test_block_is_conv_relu_then_batchnorm(tiny):
+    # in training mode the block output is normalised per channel (mean 0, variance 1), so it has
+    # negative values, which conv -> BatchNorm -> ReLU could not give.
+    block = nnx.clone(tiny.features[0])
+    block.train()
+    x = jax.random.normal(jax.random.key(2), (2, 16, 16, 16, 1))
+    y = np.asarray(block(x)).reshape(-1, 2)
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(y.var(axis=0), 1, atol=1e-2)
+
+
+def test_bad_depth_and_too_small_input_are_user_errors(tiny):
+    with pytest.raises(ConfigError, match="depth 12"):
+        VGG3D(depth=12, rngs=nnx.Rngs(0))
+    vgg13 = nnx.eval_shape(lambda: VGG3D(base=2, depth=13, rngs=nnx.Rngs(0)))
+    assert len(vgg13.features) == 10
+    with pytest.raises(ModelError, match="63"):
+        tiny(jnp.zeros((1, 62, 64, 64, 1)))
