@@ -106,7 +106,8 @@ def scan_id(path: str | Path) -> str:
     return name
 
 
-def _extension(path: Path) -> str:
+def extension_of(path: Path) -> str:
+    """The scan extension of a file name (".nii.gz" counts as one), lower case."""
     name = path.name.lower()
     return next((ext for ext in SCAN_EXTENSIONS if name.endswith(ext)), path.suffix.lower())
 
@@ -116,7 +117,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same extension); it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ext = _extension(path)
+    ext = extension_of(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ext}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -217,7 +218,7 @@ def _read_sitk(path: Path, series: str | None, header_only: bool) -> sitk.Image 
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
             return reader.Execute()
-        if _extension(path) not in SCAN_EXTENSIONS:
+        if extension_of(path) not in SCAN_EXTENSIONS:
             raise ScanError(f"{path}: not a supported scan format (use {', '.join(SCAN_EXTENSIONS)} or a DICOM folder)")
         if not header_only:
             return sitk.ReadImage(str(path))
@@ -300,7 +301,7 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 def write_image(path: str | Path, array: np.ndarray, geometry: Geometry) -> Path:
     """Write a (z, y, x) array (or one (y, x) slice) with its geometry, atomically; format from the extension."""
     path = Path(path)
-    if _extension(path) not in WRITE_EXTENSIONS:
+    if extension_of(path) not in WRITE_EXTENSIONS:
         raise ScanError(f"{path}: cannot write this format (use {', '.join(WRITE_EXTENSIONS)})")
     image = to_sitk(array, geometry)
     with atomic_write(path) as tmp:
@@ -349,7 +350,7 @@ def find_scans(path: str | Path) -> list[Path]:
     if path.is_file() or is_dicom_folder(path):
         return [path]
     found = sorted(p for p in path.iterdir() if not p.name.startswith(".") and
-                   ((p.is_file() and _extension(p) in SCAN_EXTENSIONS and _extension(p) != ".dcm") or is_dicom_folder(p)))
+                   ((p.is_file() and extension_of(p) in SCAN_EXTENSIONS and extension_of(p) != ".dcm") or is_dicom_folder(p)))
     if not found:
         raise ScanError(f"{path}: no scans found (files {', '.join(SCAN_EXTENSIONS)} or DICOM folders)")
     return found
