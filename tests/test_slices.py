@@ -2,6 +2,8 @@
 
 import os
 
+import json
+
 import numpy as np
 import pytest
 
@@ -144,7 +146,7 @@ def test_a_lung_mask_that_does_not_fit_its_scan_is_refused(cohort, tmp_path):
 def phantom_cohort(tmp_path_factory):
     from sscjax.phantom import write_cohort
 
-    root = write_cohort(tmp_path_factory.mktemp("phantom") / "cohort", 2, "small", seed=1)
+    root = write_cohort(tmp_path_factory.mktemp("phantom") / "cohort", 2, "small", seed=5)
     return load_cohort(root)
 
 
@@ -153,7 +155,10 @@ def test_phantom_level_slices_are_the_true_nearest_slices_with_the_cohort_scores
                           encoding="utf-8")
     s = load_slices(phantom_cohort, tmp_path / "work", image_size=128, neighbours=False)
     assert len(s) == 10 and np.all(s.offset == 0)
-    for sid in phantom_cohort.ids:  # phantom_000 is stored head first: the index is the canonical one
+    reversed_ids = [p["scan_id"] for p in json.loads((phantom_cohort.root / "truth" / "phantom.json").read_text())["patients"]
+                    if p["stored_reversed"]]
+    assert reversed_ids == ["phantom_000"]  # stored head first: the indices must still be the canonical ones
+    for sid in phantom_cohort.ids:
         mine, true = s.take(s.scan_id == sid), truth[truth["scan_id"] == sid]
         np.testing.assert_array_equal(mine.slice_index, true["slice_index"])
         np.testing.assert_array_equal(mine.scores, phantom_cohort.scores[sid])
