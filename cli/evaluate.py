@@ -6,13 +6,13 @@ hang off the same group.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from cli.evaluate_lnet import lnet
+from cli.evaluate_snet import snet
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,6 +50,9 @@ def evaluate(ctx: click.Context, pred: Path | None, truth: Path | None, compare:
     evaluate_csv(pred, truth, compare, out, only_predicted)
 
 
+evaluate.add_command(lnet)
+evaluate.add_command(snet)
+
 def read_scores(path: Path) -> pd.DataFrame:
     """A scores CSV as a table of strings (validated and typed later by `sscjax.metrics`)."""
     import pandas as pd
@@ -62,36 +65,9 @@ def read_scores(path: Path) -> pd.DataFrame:
         raise SscError(f"{path}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
 
 
-def _finite_or_none(value):
-    """JSON has no NaN: undefined statistics become null."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_text(path: Path, text: str) -> None:
-    from sscjax.io import atomic_write
-
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    from sscjax.io import atomic_write
-
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def evaluate_csv(pred: Path, truth: Path, compare: Path | None, out: Path, only_predicted: bool) -> None:
     """Compute the agreement tables, write metrics.json/.md/.csv and the plots to `out`, print the summary."""
-    from sscjax import metrics, plots
+    from sscjax import metrics, report
 
     pred_table, truth_table = read_scores(pred), read_scores(truth)
     joined, merged = metrics.join_truth(pred_table, truth_table, only_predicted=only_predicted,
@@ -101,21 +77,7 @@ def evaluate_csv(pred: Path, truth: Path, compare: Path | None, out: Path, only_
     if compare is not None:
         paired = metrics.compare_methods(pred_table, read_scores(compare), truth_table, only_predicted=only_predicted,
                                          names=(str(pred), str(compare)), truth_name=str(truth))
-        result["compare"] = paired
     labels = (pred.stem, compare.stem) if compare is not None and compare.stem != pred.stem else ("pred", "compare")
-    markdown = metrics.agreement_markdown(result, paired, labels)
-
-    written = [out / "metrics.json", out / "metrics.md", out / "metrics.csv"]
-    _write_text(written[0], json.dumps(_finite_or_none(result), indent=2, allow_nan=False) + "\n")
-    _write_text(written[1], markdown)
-    _write_csv(written[2], metrics.agreement_rows(result))
-    if paired is not None:
-        written.append(out / "compare.csv")
-        _write_csv(written[-1], metrics.compare_rows(paired))
-    for p in metrics.PATTERNS:
-        args = (joined[p].to_numpy(), joined[f"{p}_true"].to_numpy())
-        written.append(plots.bland_altman_plot(*args, out / f"bland_altman_{p}.png", f"{p}: Bland-Altman"))
-        written.append(plots.correlation_plot(*args, out / f"correlation_{p}.png", f"{p}: prediction vs reference"))
-
+    markdown, written = report.write_agreement(out, joined, result, paired, labels)
     click.echo(markdown)
     click.echo(f"Wrote {len(written)} files to {out}/: {', '.join(p.name for p in written)}")

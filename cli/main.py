@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -53,6 +54,7 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, not a traceback."""
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint managers
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:

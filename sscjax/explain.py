@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sscjax.errors import ConfigError
+from sscjax.io import atomic_write, write_json
 
 PATTERNS = ("TOT", "GG", "RET")
 Predict = Callable[[jax.Array], jax.Array]  # (N, H, W, 1) images -> (N, 3) scores in %
@@ -209,3 +211,244 @@ def calibrate(maps: np.ndarray, lungs: np.ndarray, snet_scores: np.ndarray,
     spread = ((snet_scores - snet_scores.mean(axis=0)) ** 2).sum(axis=0)
     r2 = 1.0 - residual / np.where(spread > 0, spread, np.nan)
     return Calibration(candidates[best], mae[best, np.arange(len(PATTERNS))], r2, derived, candidates)
+
+
+# ---------------------------------------------------------------- explaining scans
+
+
+PAPER_SIZE, PAPER_PATCH, PAPER_STRIDE = 512, 64, 16
+DEFAULT_THRESHOLD = -1.0  # percentage points, used until `calibrate` has chosen one on validation data
+
+
+def scaled_config(image_size: int, **overrides) -> HeatmapConfig:
+    """The paper's patch 64 / stride 16 at 512 px, scaled to the S-Net's input size (same field of view)."""
+    scale = image_size / PAPER_SIZE
+    stride = max(1, round(PAPER_STRIDE * scale))
+    patch = stride * max(1, round(PAPER_PATCH / PAPER_STRIDE))
+    return HeatmapConfig(**{"patch": patch, "stride": stride, "fade": max(1, patch // 4), **overrides})
+
+
+def healthy_texture(pattern: np.ndarray, pattern_mm: float, pixel_mm: float) -> np.ndarray:
+    """A healthy-lung texture patch (window units) resampled from its own pixel size to the model's."""
+    from scipy import ndimage
+
+    factor = pattern_mm / pixel_mm
+    if abs(factor - 1) < 1e-3:
+        return np.asarray(pattern, np.float32)
+    return ndimage.zoom(np.asarray(pattern, np.float32), factor, order=1, mode="mirror", grid_mode=True)
+
+
+def ensemble_predict(predicts: list[Predict]) -> Predict:
+    """The mean of several S-Nets' outputs, itself a jittable predict function."""
+    if len(predicts) == 1:
+        return predicts[0]
+    return lambda x: sum(p(x) for p in predicts) / len(predicts)
+
+
+@dataclass
+class SliceExplanation:
+    """One slice's heat maps at the model's input size, its S-Net scores and the scores derived from the maps."""
+
+    maps: np.ndarray  # (S, S, 3) Delta P, percentage points
+    lung: np.ndarray  # (S, S) bool
+    scores: np.ndarray  # (3,) S-Net output in %
+    derived: np.ndarray  # (3,) derived area scores in %
+    segmentation: np.ndarray  # (S, S, 3) bool: lung pixels with Delta P below the threshold
+    threshold: np.ndarray  # (3,)
+
+
+def explain_slices(predict: Predict, images: np.ndarray, lungs: np.ndarray, texture: np.ndarray,
+                   cfg: HeatmapConfig, threshold: float | np.ndarray = DEFAULT_THRESHOLD) -> list[SliceExplanation]:
+    """Heat maps, S-Net scores and derived scores of (N, S, S) model-input slices (window units)."""
+    threshold = np.broadcast_to(np.asarray(threshold, np.float64), (len(PATTERNS),)).copy()
+    delta_fn = make_delta_fn(predict, images.shape[1:], cfg)
+    scores = np.asarray(jax.jit(predict)(jnp.asarray(images, jnp.float32)[..., None]))
+    out = []
+    for image, lung, score in zip(images, lungs, scores):
+        maps = heatmaps(predict, image, lung, texture, cfg, delta_fn)
+        out.append(SliceExplanation(maps, lung.astype(bool), score, derived_scores(maps, lung, threshold),
+                                    derived_segmentation(maps, lung, threshold), threshold))
+    return out
+
+
+def to_native(maps: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
+    """(S, S, C) maps at the model's size -> (H, W, C) on the slice's own grid (same field of view)."""
+    from scipy import ndimage
+
+    if maps.shape[:2] == tuple(shape):
+        return maps
+    factors = (shape[0] / maps.shape[0], shape[1] / maps.shape[1], 1)
+    return ndimage.zoom(maps, factors, order=order, mode="nearest", grid_mode=True)
+
+
+def write_explanation(folder: str | Path, name: str, exp: SliceExplanation, image_hu: np.ndarray,
+                      lung: np.ndarray, geometry, patterns: tuple[str, ...] = PATTERNS) -> dict:
+    """Write one slice's explanation per pattern into `folder`: the Delta P map (`.mha` with the slice's
+    geometry, and `.npy`), the derived segmentation (`.mha`), and a PNG overlay; returns the scores."""
+    from sscjax import plots
+    from sscjax.data.slices import window
+    from sscjax.io import write_image
+
+    folder = Path(folder)
+    maps = to_native(exp.maps, image_hu.shape)
+    segmentation = to_native(exp.segmentation.astype(np.uint8), image_hu.shape, order=0)
+    spacing_yx = tuple(geometry.spacing[1::-1])
+    summary = {}
+    for p in patterns:
+        j = PATTERNS.index(p)
+        stem = folder / f"{name}_{p}"
+        write_image(f"{stem}_delta.mha", maps[..., j], geometry)
+        with atomic_write(f"{stem}_delta.npy") as tmp:
+            np.save(tmp, maps[..., j])
+        write_image(f"{stem}_derived.mha", segmentation[..., j], geometry)
+        title = (f"{name} {p}: S-Net {exp.scores[j]:.1f} %, derived {exp.derived[j]:.1f} % "
+                 f"(ΔP < {exp.threshold[j]:.1f} pp)")
+        plots.heatmap_overlay(window(image_hu), maps[..., j], lung, spacing_yx, f"{stem}_overlay.png", title,
+                              segmentation[..., j] > 0)
+        summary[p] = {"snet": round(float(exp.scores[j]), 3), "derived": round(float(exp.derived[j]), 3),
+                      "threshold": float(exp.threshold[j])}
+    return summary
+
+
+@dataclass
+class ScanExplanation:
+    """Heat maps of chosen slices of one scan, with what is needed to write them on the scan's own grid."""
+
+    scan_id: str
+    names: list[str]  # "L1".."L5" or "slice<k>"
+    slice_index: np.ndarray
+    slices_hu: np.ndarray  # (N, H, W)
+    lungs: np.ndarray  # (N, H, W)
+    geometries: list
+    explanations: list[SliceExplanation]
+    config: HeatmapConfig
+
+
+def snet_predict(models) -> tuple[Predict, int]:
+    """The (ensemble) S-Net as one jittable function of model inputs, and its input size."""
+    from sscjax import snet
+
+    if not models.snet_modules:
+        raise ConfigError("no S-Net to explain: name a run with --snet")
+    predict = ensemble_predict([snet.predict_fn(model) for model, _ in models.snet_modules])
+    return predict, models.snet_modules[0][1].data.image_size
+
+
+def cohort_healthy_pattern(models) -> Path:
+    """The healthy-lung texture of the cohort the (first) S-Net was trained on: DATA/patterns/healthy.*."""
+    from sscjax.data.cohort import load_cohort
+
+    config = models.snet_modules[0][1]
+    cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
+    if "healthy" not in cohort.pattern_paths:
+        raise ConfigError(f"{config.data_dir}: has no patterns/healthy texture for the heat maps; give one with --healthy")
+    return cohort.pattern_paths["healthy"]
+
+
+def read_texture(path: str | Path, pixel_mm: float) -> np.ndarray:
+    """A healthy-lung texture file (HU, one slice) in window units at the model's pixel size."""
+    from sscjax.data.slices import window
+    from sscjax.io import read_image
+
+    pattern = read_image(path)
+    return healthy_texture(window(pattern.array[0]), pattern.geometry.spacing[0], pixel_mm)
+
+
+def saved_threshold(models) -> np.ndarray:
+    """The calibrated thresholds of the (first) S-Net run, or the default before any calibration."""
+    import json
+
+    if models.snet_runs:
+        path = Path(models.snet_runs[0]) / CALIBRATION_DIR / CALIBRATION_FILE
+        if path.is_file():
+            return np.asarray(json.loads(path.read_text())["thresholds"], np.float64)
+    return np.full(len(PATTERNS), DEFAULT_THRESHOLD)
+
+
+def explain_scan(scan, models, *, slice_index=None, levels_mm=None, healthy: str | Path | None = None,
+                 threshold=None, **heatmap_options) -> ScanExplanation:
+    """Heat maps of a scan's five cascade slices (or of `slice_index`), for the S-Net (ensemble) of `models`."""
+    from sscjax import cascade
+    from sscjax.data.slices import resize_slices
+    from sscjax.io import scan_id
+    from sscjax.lung import lung_mask
+    from sscjax.snet import prepare_slices
+
+    predict, size = snet_predict(models)
+    if slice_index is None:
+        result = cascade.run_cascade(scan, models, levels_mm)
+        index, lungs, names = result.slice_index, result.lungs, [f"L{k + 1}" for k in range(len(result.slice_index))]
+    else:
+        index = np.asarray(slice_index, int)
+        bad = index[(index < 0) | (index >= scan.n_slices)]
+        if bad.size:
+            raise ConfigError(f"{scan.source}: slice index {bad.tolist()} outside 0..{scan.n_slices - 1}")
+        lungs, names = lung_mask(scan)[index], [f"slice{k}" for k in index]
+    slices_hu = scan.array[index]
+    pixel_mm = scan.geometry.spacing[0] * scan.shape[2] / size
+    texture = read_texture(healthy or cohort_healthy_pattern(models), pixel_mm)
+    cfg = scaled_config(size, **heatmap_options)
+    images = prepare_slices(slices_hu, size)[..., 0]
+    lungs_model = resize_slices(lungs.astype(np.float32), size, order=0) > 0.5
+    threshold = saved_threshold(models) if threshold is None else threshold
+    explanations = explain_slices(predict, images, lungs_model, texture, cfg, threshold)
+    return ScanExplanation(scan_id(scan.source), names, index, slices_hu, lungs,
+                           [scan.geometry.slice_geometry(int(k)) for k in index], explanations, cfg)
+
+
+def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, patterns: tuple[str, ...] = PATTERNS) -> Path:
+    """Write every slice's maps, segmentations and overlays into OUT/<scan_id>/explain/, and explain.json."""
+
+    folder = Path(out_dir) / found.scan_id / "explain"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"scan": found.scan_id, "heatmap": vars(found.config), "slices": []}
+    for name, k, exp, image, lung, geometry in zip(found.names, found.slice_index, found.explanations,
+                                                   found.slices_hu, found.lungs, found.geometries):
+        scores = write_explanation(folder, name, exp, image, lung, geometry, patterns)
+        summary["slices"].append({"name": name, "slice_index": int(k), "patterns": scores})
+    write_json(folder / "explain.json", summary)
+    return folder
+
+
+# ---------------------------------------------------------------- calibration on validation data
+
+CALIBRATION_DIR = "explain"
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibrate_run(run_dir: str | Path, split: str = "valid", healthy: str | Path | None = None,
+                  progress: Callable[[int, int], None] | None = None, **heatmap_options) -> tuple[Calibration, Path]:
+    """Choose an S-Net run's heat-map thresholds on its validation (or test) level slices; writes
+    RUN/explain/calibration.json and the scatter plot of derived against S-Net scores (the paper's Fig. 7)."""
+
+    from sscjax import cascade, plots, runs, snet
+    from sscjax.data.cohort import load_cohort
+    from sscjax.data.slices import load_slices
+
+    run_dir = Path(run_dir)
+    models = cascade.load_models([], [run_dir])
+    predict, size = snet_predict(models)
+    config = models.snet_modules[0][1]
+    ids = runs.read_splits(run_dir).get(split)
+    if not ids:
+        raise ConfigError(f"{run_dir}: its splits have no {split!r} patients")
+    cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
+    slices = load_slices(cohort, snet.slices_cache(run_dir.parent.parent), image_size=size, neighbours=False, ids=ids)
+    pixel_mm = float(np.mean(slices.spacing_yx[:, 1]))
+    texture = read_texture(healthy or cohort_healthy_pattern(models), pixel_mm)
+    cfg = scaled_config(size, **heatmap_options)
+    delta_fn = make_delta_fn(predict, (size, size), cfg)
+    scores = np.mean([m.score(slices.images, windowed=True) for m in models.snets], axis=0)
+    maps = []
+    for i, (image, lung) in enumerate(zip(slices.images, slices.lung)):
+        maps.append(heatmaps(predict, image, lung, texture, cfg, delta_fn))
+        if progress:
+            progress(i + 1, len(slices))
+    result = calibrate(np.stack(maps), slices.lung, scores)
+    folder = run_dir / CALIBRATION_DIR
+    plots.calibration_scatter(result.derived, scores, result.thresholds, result.r2, folder / "calibration.png")
+    record = {"split": split, "n_slices": len(slices), "thresholds": result.thresholds.tolist(),
+              "mae": result.mae, "r2": result.r2,
+              "patterns": list(PATTERNS), "heatmap": vars(cfg)}
+    write_json(folder / CALIBRATION_FILE, record)
+    return result, folder

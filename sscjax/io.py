@@ -9,6 +9,8 @@ its world position.
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import math
 import os
 import tempfile
@@ -127,6 +129,37 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _json_ready(value):
+    """JSON has no NaN or infinity: undefined numbers become null; numpy scalars and arrays become Python's."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write `data` as indented JSON, atomically (NaN as null)."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(_json_ready(data), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    """Write rows of dicts as a CSV with a header, atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames or (list(rows[0]) if rows else []))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def _geometry_of(image: sitk.Image) -> Geometry:

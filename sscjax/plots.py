@@ -76,9 +76,13 @@ def correlation_plot(pred, true, path: str | Path, title: str, unit: str = "%") 
 
 # --- slices and heat maps -----------------------------------------------------------------------------
 
+LUNG_WINDOW = (0.05, 0.55)  # HU -1350..150 (level -600, width 1500) in the S-Net's [0, 1] units of -1500..1500
+
+
 def _show_slice(ax: Axes, image: np.ndarray, spacing_yx: tuple[float, float]) -> None:
-    """An axial slice (window [0, 1] = HU -1500..1500) in grey, with its true aspect ratio, no ticks."""
-    ax.imshow(image, cmap="gray", vmin=0.25, vmax=0.6, aspect=spacing_yx[0] / spacing_yx[1], interpolation="bilinear")
+    """An axial slice (window [0, 1] = HU -1500..1500) in a lung window, with its true aspect ratio, no ticks."""
+    ax.imshow(image, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=spacing_yx[0] / spacing_yx[1],
+              interpolation="bilinear")
     ax.set_axis_off()
 
 
@@ -123,7 +127,7 @@ def scores_along_z(z_mm: np.ndarray, scores: np.ndarray, levels_mm: np.ndarray, 
         ax.plot(z_mm, scores[:, j], label=name, linewidth=1.2)
     for k, z in enumerate(levels_mm, start=1):
         ax.axvline(z, color="0.5", linestyle=":", linewidth=0.8)
-        ax.text(z, ax.get_ylim()[1], f"L{k}", ha="center", va="bottom", fontsize="small")
+        ax.text(z, 0.98, f"L{k}", transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize="small")
     ax.set(xlabel="world z (mm, feet → head)", ylabel="score (%)", title=title)
     ax.legend(fontsize="small")
     return save_figure(fig, path)

@@ -27,6 +27,7 @@ from sscjax.models.convert import assign_state, read_state_dict, torchvision_con
 from sscjax.models.convnext import CONVNEXT_VARIANTS, ConvNeXt, torchvision_config
 from sscjax.models.efficientnet import EfficientNetLite0
 from sscjax.models.layers import at_path, torch_names
+from sscjax.models.levelnet import LevelNet
 from sscjax.models.vgg3d import VGG_STAGES, VGG3D
 
 IMAGENET_RGB = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -46,6 +47,7 @@ class Arch:
 
 ARCHS = {
     **{f"vgg{d}_3d": Arch(VGG3D, "num_outputs", 1, {"depth": d}) for d in VGG_STAGES},
+    "levelnet": Arch(LevelNet, "num_outputs", 1),  # slice-wise heat maps + soft-argmax (models/levelnet.py)
     "convnext": Arch(ConvNeXt, "num_classes", 3),  # custom sizes: options widths=..., depths=...
     **{f"convnext_{name}": Arch(ConvNeXt, "num_classes", 3, {
         "widths": widths, "depths": depths, "stochastic_depth_prob": sd_prob})

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from sscjax.errors import ConfigError, ModelError
+from sscjax.models.layers import single_channel_conv3d
 
 # Convolutions per stage (a max-pool closes every stage), as in torchvision's VGG cfgs A, B, D, E.
 VGG_STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -54,9 +55,14 @@ class ConvReluBN(nnx.Module):
         )
         self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
                               rngs=rngs)
+        self.shifted = in_features == 1 and jax.default_backend() == "cpu"  # see single_channel_conv3d
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.bn(jax.nn.relu(self.conv(x)))
+        if self.shifted:
+            x = single_channel_conv3d(x, self.conv.kernel[...], self.conv.bias[...])
+        else:
+            x = self.conv(x)
+        return self.bn(jax.nn.relu(x))
 
 
 class VGG3D(nnx.Module):

@@ -1,0 +1,68 @@
+"""`ssc cascade`: five levels and their TOT/GG/RET scores for one or many scans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import echo_failures, model_options, resolve_models, scans_from
+
+
+@click.command()
+@click.option("--scan", "scans", multiple=True, required=True,
+              help="A scan file, a DICOM folder, or a folder of scans; repeat for more.")
+@model_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+              help="Output folder: one sub-folder per scan.")
+@click.option("--levels", "levels_text", metavar="z1,z2,z3,z4,z5",
+              help="Skip the L-Net: the five levels in world mm (L1 highest), for a single scan.")
+@click.option("--all-slices", is_flag=True, help="Also score every slice of the lung range (CSV and plot).")
+@click.option("--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a "
+              "killed run resumes).")
+def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite):
+    """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
+
+    With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
+    ensemble mean and `spread` is the SD between folds. Writes OUT/<scan>/scores.json, scores.csv, the five
+    slices (.mha with their geometry), their lung masks and montage.png, and OUT/scores.csv for all scans.
+    """
+    from sscjax import cascade as cs
+    from sscjax.errors import SscError
+    from sscjax.io import read_scan, scan_id
+
+    paths = scans_from(scans)
+    levels = cs.parse_levels(levels_text) if levels_text else None
+    if levels is not None and len(paths) > 1:
+        raise click.UsageError("--levels names the levels of one scan; give a single --scan with it")
+    models = resolve_models(lnet_runs if levels is None else (), snet_runs, workdir, need_lnet=levels is None)
+    todo = [p for p in paths if overwrite or not cs.result_done(out, scan_id(p))]
+    if len(todo) < len(paths):
+        click.echo(f"{len(paths) - len(todo)} scan(s) already done in {out} (skipped; --overwrite redoes them)")
+    failures = {}
+    with click.progressbar(todo, label="Scoring", show_pos=True, item_show_func=lambda p: p and p.name) as bar:
+        for path in bar:
+            try:
+                result = cs.run_cascade(read_scan(path), models, levels, all_slices)
+                cs.write_result(result, out)
+            except SscError as e:
+                failures[str(path)] = str(e)
+    for path in paths:
+        if str(path) not in failures and cs.result_done(out, scan_id(path)):
+            _print_scores(out / scan_id(path) / cs.RESULT_FILE)
+    if any(cs.result_done(out, scan_id(p)) for p in paths):
+        click.echo(f"All scans' levels: {cs.collect_scores(out)}")
+    echo_failures(failures, len(paths))
+
+
+def _print_scores(path: Path) -> None:
+    import json
+
+    result = json.loads(path.read_text())
+    click.echo(f"\n{result['scan']}  ({path.parent})")
+    click.echo("  level  z (mm)   slice    TOT     GG    RET   (rounded to 5 %)")
+    for lv in result["levels"]:
+        click.echo(f"  L{lv['level']}   {lv['z_mm']:8.1f} {lv['slice_index']:6d}  {lv['TOT']:6.1f} {lv['GG']:6.1f} "
+                   f"{lv['RET']:6.1f}   ({lv['TOT_5']}/{lv['GG_5']}/{lv['RET_5']})")
+    mean = result["mean"]
+    click.echo(f"  mean                    {mean['TOT']:6.1f} {mean['GG']:6.1f} {mean['RET']:6.1f}")

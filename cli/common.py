@@ -1,0 +1,48 @@
+"""Options and helpers that several `ssc` commands share."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def model_options(command):
+    """--lnet, --snet (repeatable run folders) and --workdir (where runs are found by default)."""
+    command = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                           show_default=True, help="Where trained runs are found when --lnet/--snet are not given: "
+                           "every fold under WORKDIR/lnet and WORKDIR/snet.")(command)
+    command = click.option("--snet", "snet_runs", multiple=True, type=click.Path(path_type=Path),
+                           help="An S-Net run folder; repeat for an ensemble.")(command)
+    return click.option("--lnet", "lnet_runs", multiple=True, type=click.Path(path_type=Path),
+                        help="An L-Net run folder; repeat for an ensemble.")(command)
+
+
+def resolve_models(lnet_runs, snet_runs, workdir: Path, need_lnet: bool = True):
+    """Load the named runs, or every trained fold under the workdir."""
+    from sscjax import cascade as cs
+
+    lnets = list(lnet_runs) or (cs.find_runs(workdir, "lnet") if need_lnet else [])
+    snets = list(snet_runs) or cs.find_runs(workdir, "snet")
+    models = cs.load_models(lnets, snets)
+    click.echo(f"Models: {len(lnets)} L-Net and {len(snets)} S-Net run(s)")
+    return models
+
+
+def scans_from(values) -> list[Path]:
+    """Scan paths from --scan values: files, DICOM folders, folders of scans."""
+    from sscjax.io import find_scans
+
+    paths = [p for value in values for p in find_scans(value)]
+    return list(dict.fromkeys(paths))
+
+
+def echo_failures(failures: dict[str, str], total: int) -> None:
+    """Report the scans that failed and exit 1 if any did."""
+    if not failures:
+        return
+    click.echo(f"\n{len(failures)} of {total} scan(s) failed:", err=True)
+    for path, reason in failures.items():
+        click.echo(f"  {path}: {reason}", err=True)
+    sys.exit(1)

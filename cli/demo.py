@@ -1,0 +1,148 @@
+"""`ssc demo`: the whole method on a small synthetic cohort, on a laptop CPU, in a few minutes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from cli.train import LazyBar
+
+
+def _stage(title: str) -> float:
+    click.secho(f"\n== {title}", bold=True)
+    return time.perf_counter()
+
+
+def _done(start: float) -> None:
+    click.echo(f"   ({time.perf_counter() - start:.0f} s)")
+
+
+def _train(net: str, data: Path, runs_dir: Path, seed: int):
+    """Train fold 0 of `net` with the tiny preset (resuming a run an earlier demo left unfinished)."""
+    import importlib
+
+    from sscjax import configs, runs
+
+    library = importlib.import_module(f"sscjax.{net}")
+    config = configs.preset(net, "tiny", data_dir=str(data.resolve()), fold=0)
+    run_dir = runs.default_run_dir(runs_dir, net, 0)
+    preparing, training = LazyBar("   prepare"), LazyBar("   train")
+
+    def progress(info) -> None:
+        training(info.step, info.total, f"loss {info.loss:.3g}")
+
+    try:
+        trainer = getattr(library, f"train_{net}")
+        trainer(config, runs_dir, run_dir, resume=True, progress=progress, prepare_progress=preparing)
+    finally:
+        preparing.close()
+        training.close()
+    return run_dir
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ssc-demo"), show_default=True,
+              help="Folder for the cohort, runs and results (an unfinished demo there is continued).")
+@click.option("--patients", type=click.IntRange(min=12), default=24, show_default=True,
+              help="Patients in the synthetic cohort (20 % test, the rest in 4 folds).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic cohort.")
+def demo(out: Path, patients: int, seed: int) -> None:
+    """Run the whole method on a synthetic cohort: phantoms -> L-Net and S-Net training (tiny presets; the S-Net
+    starts from the real ImageNet weights of EfficientNet-Lite0) -> cascade and heat maps on held-out scans ->
+    agreement statistics on the test split, beside the predict-the-mean baseline."""
+    from sscjax import cascade, explain, lnet, phantom
+    from sscjax.data import ensure_splits, load_cohort
+    from sscjax.io import read_scan
+
+    data, runs_dir, results, stats = out / "data", out / "runs", out / "results", out / "evaluation"
+    begin = time.perf_counter()
+
+    t = _stage(f"1/6 Synthetic cohort: {patients} patients -> {data}")
+    if not (data / "scores.csv").is_file():
+        with click.progressbar(length=patients, label="   phantoms", show_pos=True) as bar:
+            phantom.write_cohort(data, patients, "small", seed, overwrite=True, progress=lambda case: bar.update(1))
+    cohort = load_cohort(data)
+    splits = ensure_splits(cohort)
+    train_ids, valid_ids = splits.fold(0)
+    click.echo(f"   {len(train_ids)} training, {len(valid_ids)} validation, {len(splits.test)} test patients")
+    _done(t)
+
+    t = _stage("2/6 L-Net (finds the five levels; tiny preset: the slice-wise heat-map net), fold 0")
+    lnet_run = _train("lnet", data, runs_dir, seed)
+    _done(t)
+
+    t = _stage("3/6 S-Net (EfficientNet-Lite0 from ImageNet weights, scores TOT/GG/RET), fold 0")
+    snet_run = _train("snet", data, runs_dir, seed)
+    _done(t)
+
+    t = _stage(f"4/6 Cascade on the {len(splits.test)} test scans -> {results}")
+    models = cascade.load_models([lnet_run], [snet_run])
+    with click.progressbar(list(splits.test), label="   scans", show_pos=True) as bar:
+        for sid in bar:
+            cascade.write_result(cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models), results)
+    pred_csv = cascade.collect_scores(results)
+    _done(t)
+
+    t = _stage("5/6 Heat maps: thresholds calibrated on the validation slices, then one test scan explained")
+    bar = LazyBar("   calibrate")
+    calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=bar)
+    bar.close()
+    first = splits.test[0]
+    found = explain.explain_scan(read_scan(cohort.scan_paths[first]), models)
+    explained = explain.write_scan_explanation(found, results)
+    _done(t)
+
+    t = _stage(f"6/6 Agreement on the test split -> {stats}")
+    from cli.evaluate import evaluate_csv
+
+    baseline_csv = _baseline_scores(cohort, train_ids, splits.test, stats / "baseline_predict_the_mean.csv")
+    evaluate_csv(pred_csv, data / "scores.csv", baseline_csv, stats, only_predicted=True)
+    levels = lnet.evaluate_lnet(lnet_run, "test")
+    level_baseline = lnet.mean_position_baseline(cohort, train_ids, splits.test)
+    _done(t)
+
+    _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats, levels, level_baseline,
+             time.perf_counter() - begin)
+
+
+def _baseline_scores(cohort, train_ids, test_ids, path: Path) -> Path:
+    """The predict-the-mean baseline: every test level scored with the training patients' mean score."""
+    import numpy as np
+    import pandas as pd
+
+    from sscjax.io import atomic_write
+    from sscjax.metrics import PATTERNS
+
+    mean = np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
+    rows = [{"scan_id": i, "level": k, **dict(zip(PATTERNS, mean))} for i in test_ids for k in range(1, 6)]
+    with atomic_write(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.3f")
+    return path
+
+
+def _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats, levels, level_baseline, seconds):
+    import json
+
+    metrics = json.loads((stats / "metrics.json").read_text())
+    click.secho(f"\n== Done in {seconds / 60:.1f} min. Headline figures on the test split", bold=True)
+    click.echo(f"   L-Net level error: {levels['all']['mae_mm']:.1f} mm MAE "
+               f"(predict-the-mean-position baseline: {level_baseline:.1f} mm)")
+    compare = metrics.get("compare", {})
+    click.echo("   S-Net via the cascade   MAE %   kappa    ICC   (baseline MAE %)")
+    for p in ("TOT", "GG", "RET"):
+        m = metrics[p]
+        base = compare.get(p, {}).get("mean_b")
+        base_text = f"({base:.1f})" if base is not None else ""
+        click.echo(f"     {p:4s}                 {m['mae']:6.2f} {_num(m['kappa']):>7s} {_num(m['icc']):>6s}   {base_text}")
+    click.echo("\nWhere everything is:")
+    click.echo(f"   TensorBoard:    tensorboard --logdir {out / 'runs'}")
+    click.echo(f"   runs:           {lnet_run}  {snet_run}")
+    click.echo(f"   cascade:        {results}/<scan>/scores.json, montage.png, L1..L5.mha; all scans: {results / 'scores.csv'}")
+    click.echo(f"   heat maps:      {explained} (PNG overlays, Delta P maps); calibration: {calibration_dir}")
+    click.echo(f"   statistics:     {stats / 'metrics.md'} (+ .json, .csv, Bland-Altman and correlation PNGs)")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,87 @@
+"""`ssc explain`: replacement heat maps of the cascade slices; `ssc explain calibrate`: their thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import model_options, resolve_models
+
+PATTERN_CHOICES = ("TOT", "GG", "RET", "all")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--scan", type=click.Path(path_type=Path), help="The scan (file or DICOM folder) to explain.")
+@click.option("--pattern", type=click.Choice(PATTERN_CHOICES, case_sensitive=False), default="all", show_default=True,
+              help="Which score's heat maps to write (all three are computed in one pass).")
+@model_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+              help="Output folder: the maps go to OUT/<scan>/explain/.")
+@click.option("--slice-index", "slice_index", multiple=True, type=int,
+              help="Explain this slice (canonical index, 0 = lowest) instead of the five levels; repeatable.")
+@click.option("--levels", "levels_text", metavar="z1,z2,z3,z4,z5", help="The five levels in world mm (skip the L-Net).")
+@click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Healthy-lung texture patch (default: the S-Net cohort's patterns/healthy).")
+@click.option("--occlusion", type=click.Choice(["replace", "constant"]), default="replace", show_default=True,
+              help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison.")
+@click.option("--threshold", type=float, help="Delta P threshold (percentage points) of the derived segmentation "
+              "(default: the S-Net run's calibration, else -1).")
+@click.option("--chunk", type=int, default=32, show_default=True, help="Patch positions per forward batch.")
+@click.pass_context
+def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index, levels_text, healthy, occlusion,
+            threshold, chunk):
+    """Replacement heat maps (the paper's Fig. 6) for a scan's five level slices.
+
+    A healthy-lung patch slides over each slice (the paper's 64 px patch and 16 px stride at 512 px, scaled to the
+    S-Net's input size); Delta P = S-Net(replaced) - S-Net(original), averaged over the positions covering each
+    pixel. Blue (Delta P < 0): the region was seen as diseased. Writes per slice and pattern the Delta P map
+    (.mha with the slice's geometry, .npy), the derived segmentation (.mha) and a PNG overlay.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if scan is None:
+        raise click.UsageError("give --scan (or a subcommand such as `calibrate`)")
+    from sscjax import explain as ex
+    from sscjax.cascade import parse_levels
+    from sscjax.io import read_scan
+
+    levels = parse_levels(levels_text) if levels_text else None
+    image = read_scan(scan)
+    models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
+    patterns = ex.PATTERNS if pattern.lower() == "all" else (pattern.upper(),)
+    click.echo(f"Explaining {scan} ...", err=True)
+    found = ex.explain_scan(image, models, slice_index=list(slice_index) or None, levels_mm=levels, healthy=healthy,
+                            threshold=threshold, occlusion=occlusion, chunk=chunk)
+    folder = ex.write_scan_explanation(found, out, patterns)
+    click.echo(f"{'slice':8s}{'pattern':>8s}{'S-Net %':>10s}{'derived %':>11s}{'threshold':>11s}")
+    for name, exp in zip(found.names, found.explanations):
+        for p in patterns:
+            j = ex.PATTERNS.index(p)
+            click.echo(f"{name:8s}{p:>8s}{exp.scores[j]:10.1f}{exp.derived[j]:11.1f}{exp.threshold[j]:11.1f}")
+    click.echo(f"Heat maps, overlays and segmentations: {folder}")
+
+
+@explain.command()
+@click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="An S-Net run folder.")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
+              help="The run's patients to calibrate on.")
+@click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Healthy-lung texture patch (default: the cohort's patterns/healthy).")
+@click.option("--chunk", type=int, default=32, show_default=True, help="Patch positions per forward batch.")
+def calibrate(run, split, healthy, chunk):
+    """Search the Delta P threshold in -4..0 percentage points that makes the derived scores agree best (MAE)
+    with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""
+    from sscjax import explain as ex
+
+    with click.progressbar(length=1, label="Heat maps", show_pos=True) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        result, folder = ex.calibrate_run(run, split, healthy, progress, chunk=chunk)
+    click.echo(f"{'pattern':8s}{'threshold (pp)':>16s}{'MAE %':>8s}{'R^2':>8s}")
+    for j, p in enumerate(ex.PATTERNS):
+        click.echo(f"{p:8s}{result.thresholds[j]:16.1f}{result.mae[j]:8.2f}{result.r2[j]:8.2f}")
+    click.echo(f"Calibration and scatter plot: {folder}")

@@ -1,0 +1,195 @@
+"""The cascade: a scan -> five levels (L-Net, or given by hand) -> nearest original slices -> lung mask -> S-Net
+scores (TOT, GG, RET in %) per level, and the outputs users read.
+
+With several trained folds, every fold's L-Net and S-Net runs and the result is the ensemble mean, with the
+spread between folds (their standard deviation) as an uncertainty the paper does not give.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sscjax import lnet, metrics, plots, snet
+from sscjax.data.lnet import N_LEVELS, prepare_volume
+from sscjax.data.slices import window
+from sscjax.errors import ModelError, ScanError
+from sscjax.io import Geometry, Scan, scan_id, write_csv, write_image, write_json
+from sscjax.lung import lung_mask
+
+PATTERNS = metrics.PATTERNS
+RESULT_FILE = "scores.json"
+LEVEL_CSV = "scores.csv"
+ALL_SLICES_CSV = "all_slices.csv"
+MIN_LUNG_PIXELS = 50  # a slice belongs to the lung range when its lung mask has at least this many pixels
+
+
+@dataclass(frozen=True)
+class Models:
+    """The trained networks of a cascade: one entry per fold (no L-Nets when levels are given by hand).
+    `snet_modules` are the S-Nets themselves with their configs (heat maps need the pure functions)."""
+
+    lnets: list[lnet.LevelModel]
+    snets: list[snet.ScoreModel]
+    snet_modules: list[tuple] = field(default_factory=list)
+    lnet_runs: list[str] = field(default_factory=list)
+    snet_runs: list[str] = field(default_factory=list)
+
+
+def find_runs(workdir: str | Path, net: str) -> list[Path]:
+    """Every trained fold of a network under WORKDIR/<net>/ (folders with a config and a best checkpoint)."""
+    root = Path(workdir) / net
+    found = sorted(p for p in root.glob("*") if (p / "config.json").is_file() and (p / "checkpoints" / "best").is_dir())
+    if not found:
+        raise ModelError(f"{root}: no trained {net} runs found (train one with `ssc train {net}`, or name one)")
+    return found
+
+
+def load_models(lnet_runs: list[str | Path], snet_runs: list[str | Path]) -> Models:
+    """Load every named run (best checkpoints) once, ready to score many scans."""
+    modules = [snet.load_snet(r) for r in snet_runs]
+    sizes = {config.data.image_size for _, config in modules}
+    if len(sizes) > 1:
+        raise ModelError(f"the S-Net runs {', '.join(map(str, snet_runs))} take different image sizes {sorted(sizes)}; "
+                         "an ensemble needs one size")
+    return Models([lnet.level_model(r) for r in lnet_runs], [snet.score_model(m, c) for m, c in modules], modules,
+                  [str(r) for r in lnet_runs], [str(r) for r in snet_runs])
+
+
+@dataclass
+class CascadeResult:
+    """Everything the cascade found for one scan, in the canonical (feet-to-head) slice order."""
+
+    scan_id: str
+    source: str
+    levels_mm: np.ndarray  # (5,) world z of L1..L5
+    levels_spread_mm: np.ndarray  # (5,) SD of the L-Net folds' levels (0 with one fold or hand-picked levels)
+    slice_index: np.ndarray  # (5,) nearest slice of the scan
+    scores: np.ndarray  # (5, 3) TOT, GG, RET in %, the ensemble mean
+    spread: np.ndarray  # (5, 3) SD between the S-Net folds
+    slices: np.ndarray  # (5, H, W) HU
+    lungs: np.ndarray  # (5, H, W) lung masks
+    slice_geometries: list[Geometry]
+    models: dict
+    all_slices: np.ndarray | None = None  # (n, 5): slice_index, z_mm, TOT, GG, RET over the lung range
+
+    def to_json(self) -> dict:
+        rounded = metrics.round_to_step(self.scores)
+        levels = [{"level": k + 1, "z_mm": round(float(self.levels_mm[k]), 3), "slice_index": int(self.slice_index[k]),
+                   **{p: round(float(self.scores[k, j]), 3) for j, p in enumerate(PATTERNS)},
+                   **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(PATTERNS)},
+                   "spread": {p: round(float(self.spread[k, j]), 3) for j, p in enumerate(PATTERNS)},
+                   "z_spread_mm": round(float(self.levels_spread_mm[k]), 3)}
+                  for k in range(N_LEVELS)]
+        mean = {**{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(PATTERNS)},
+                **{f"{p}_5": round(float(rounded[:, j].mean()), 3) for j, p in enumerate(PATTERNS)}}
+        return {"scan": self.scan_id, "source": self.source, "levels": levels, "mean": mean, "models": self.models}
+
+
+def parse_levels(text: str) -> np.ndarray:
+    """'z1,z2,z3,z4,z5' (world mm, L1 highest) -> (5,) array, checked for count and anatomical order."""
+    try:
+        z = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise ScanError(f"--levels {text!r}: expected five numbers in mm separated by commas") from None
+    if z.shape != (N_LEVELS,) or not np.all(np.isfinite(z)):
+        raise ScanError(f"--levels {text!r}: expected five numbers in mm (L1..L5), got {z.size}")
+    if not np.all(np.diff(z) < 0):
+        raise ScanError(f"--levels {text!r}: levels must go down the body, L1 > L2 > L3 > L4 > L5 in world z")
+    return z
+
+
+def locate_levels(models: Models, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+    """(levels in world mm, their SD between folds): the mean of every L-Net fold's levels."""
+    if not models.lnets:
+        raise ModelError("no L-Net to find the levels: name a run with --lnet or give --levels")
+    prepared = {}
+    levels = []
+    for model in models.lnets:
+        size = tuple(model.settings.size)
+        prepared.setdefault(size, prepare_volume(scan, size))
+        levels.append(lnet.predict_prepared(model, prepared[size], scan.source).levels_mm)
+    levels = np.asarray(levels)
+    return levels.mean(axis=0), levels.std(axis=0)
+
+
+def score_slices(models: Models, slices_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((N, 3) mean scores in %, (N, 3) SD between the S-Net folds) of (N, H, W) slices in HU."""
+    if not models.snets:
+        raise ModelError("no S-Net to score the slices: name a run with --snet")
+    scores = np.stack([model.score(slices_hu) for model in models.snets])
+    return scores.mean(axis=0), scores.std(axis=0)
+
+
+def lung_range(lung: np.ndarray) -> np.ndarray:
+    """Indices of the slices between the lowest and the highest one holding lung."""
+    rows = np.flatnonzero(lung.reshape(len(lung), -1).sum(axis=1) >= MIN_LUNG_PIXELS)
+    return np.arange(rows.min(), rows.max() + 1) if rows.size else rows
+
+
+def run_cascade(scan: Scan, models: Models, levels_mm: np.ndarray | None = None, all_slices: bool = False,
+                batch: int = 32) -> CascadeResult:
+    """Levels (found or given), slices, lung masks and scores of one canonical scan."""
+    lung = lung_mask(scan)
+    given = levels_mm is not None
+    if given:
+        levels_mm, levels_spread = np.asarray(levels_mm, float), np.zeros(N_LEVELS)
+    else:
+        levels_mm, levels_spread = locate_levels(models, scan)
+    index = np.asarray(scan.geometry.nearest_slice(levels_mm, scan.n_slices))
+    scores, spread = score_slices(models, scan.array[index])
+    table = None
+    if all_slices:
+        rows = lung_range(lung)
+        per_slice = np.concatenate([score_slices(models, scan.array[rows[i:i + batch]])[0]
+                                    for i in range(0, len(rows), batch)]) if rows.size else np.zeros((0, 3))
+        table = np.column_stack([rows, scan.z_mm[rows], per_slice])
+    used = {"levels": "given" if given else "lnet", "lnet": [] if given else models.lnet_runs, "snet": models.snet_runs}
+    return CascadeResult(scan_id(scan.source), scan.source, levels_mm, levels_spread, index, scores, spread,
+                         scan.array[index], lung[index], [scan.geometry.slice_geometry(int(k)) for k in index],
+                         used, table)
+
+
+def result_done(out_dir: str | Path, sid: str) -> bool:
+    """Whether a scan's outputs are complete (its scores.json is written last)."""
+    return (Path(out_dir) / sid / RESULT_FILE).is_file()
+
+
+def write_result(result: CascadeResult, out_dir: str | Path) -> Path:
+    """Write a scan's outputs into OUT/<scan_id>/: the level slices (.mha, with geometry), their lung masks,
+    a CSV row per level, a montage PNG, the all-slices table and plot if computed, and scores.json (last)."""
+    folder = Path(out_dir) / result.scan_id
+    folder.mkdir(parents=True, exist_ok=True)
+    rounded = metrics.round_to_step(result.scores)
+    for k in range(N_LEVELS):
+        write_image(folder / f"L{k + 1}.mha", result.slices[k].astype(np.int16), result.slice_geometries[k])
+        write_image(folder / f"L{k + 1}_lung.mha", result.lungs[k].astype(np.uint8), result.slice_geometries[k])
+    write_csv(folder / LEVEL_CSV, [
+        {"scan_id": result.scan_id, "level": k + 1, "z_mm": f"{result.levels_mm[k]:.3f}",
+         "slice_index": int(result.slice_index[k]), **{p: f"{result.scores[k, j]:.3f}" for j, p in enumerate(PATTERNS)},
+         **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(PATTERNS)}} for k in range(N_LEVELS)])
+    spacing = [tuple(g.spacing[1::-1]) for g in result.slice_geometries]
+    captions = [f"L{k + 1}  z = {result.levels_mm[k]:.1f} mm (slice {result.slice_index[k]})\n"
+                + "  ".join(f"{p} {result.scores[k, j]:.1f}" for j, p in enumerate(PATTERNS)) for k in range(N_LEVELS)]
+    plots.level_montage(list(window(result.slices)), spacing, captions, folder / "montage.png", result.scan_id)
+    if result.all_slices is not None:
+        write_csv(folder / ALL_SLICES_CSV, [{"slice_index": int(r[0]), "z_mm": f"{r[1]:.3f}",
+                                             **{p: f"{v:.3f}" for p, v in zip(PATTERNS, r[2:])}}
+                                            for r in result.all_slices], ["slice_index", "z_mm", *PATTERNS])
+        plots.scores_along_z(result.all_slices[:, 1], result.all_slices[:, 2:], result.levels_mm,
+                             folder / "all_slices.png", f"{result.scan_id}: scores along z")
+    write_json(folder / RESULT_FILE, result.to_json())
+    return folder
+
+
+def collect_scores(out_dir: str | Path) -> Path:
+    """Gather every scan's per-level CSV under OUT into OUT/scores.csv (input for `ssc evaluate --pred`)."""
+    out_dir = Path(out_dir)
+    rows = []
+    for path in sorted(out_dir.glob(f"*/{LEVEL_CSV}")):
+        with open(path, newline="") as f:
+            rows.extend(csv.DictReader(f))
+    return write_csv(out_dir / LEVEL_CSV, rows, None if rows else ["scan_id", "level", *PATTERNS])

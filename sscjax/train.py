@@ -1,0 +1,477 @@
+"""The training engine: one flat, jit-compiled, data-parallel train loop that every network (L-Net, S-Net) uses.
+
+A network comes as a `Task` (model factory, batches, loss, validation). The engine owns the rest: optax Adam,
+parameters replicated and the global batch sharded over a ("data",) device mesh (several hosts after
+`initialize_distributed`), orbax checkpoints (the best by validation MAE and the latest, saved asynchronously),
+exact resumption, TensorBoard and JSONL logs written by process 0 only. Step n's batch and random keys derive
+from (seed, n) alone, so a resumed run repeats exactly the run it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sscjax.configs import TrainConfig
+from sscjax.errors import ConfigError, ModelError
+
+Batch = dict[str, np.ndarray]
+Predictor = Callable[[np.ndarray], np.ndarray]
+DATA_AXIS = "data"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+LOG_FILE = "log.jsonl"
+# Everything in a model that is neither trained nor random: BatchNorm statistics and the like.
+MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A validation's scalars (must include "mae", the lower the better) and images (name -> HxWx3 uint8)."""
+
+    metrics: dict[str, float]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """What a network brings to the engine.
+
+    `train_batch(step, process_index, process_count)` returns this host's rows of global batch `step`
+    (a dict of numpy arrays, batch on axis 0, process `i` holding rows i*b/p .. (i+1)*b/p - 1), made from
+    (seed, step) alone. `loss` (a scalar) and `predict` (a batch of inputs -> float outputs) run under `jax.jit`
+    with the model in training / evaluation mode; the engine reseeds the model's random streams (dropout,
+    stochastic depth) from (seed, step) before each step. `validate` gets a numpy -> numpy predictor of the
+    current model (split over all devices; every host gets every output) and must return the same Validation
+    on each host. `examples_per_epoch` turns `epochs` into steps.
+    """
+
+    examples_per_epoch: int
+
+    def make_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
+
+    def train_batch(self, step: int, process_index: int, process_count: int) -> Batch: ...
+
+    def loss(self, model: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array: ...
+
+    def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array: ...
+
+    def validate(self, predict: Predictor) -> Validation: ...
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the progress callback hears after every step (metrics only after a validation)."""
+
+    step: int
+    total: int
+    loss: float
+    examples_per_s: float
+    metrics: dict[str, float] | None = None
+
+
+@dataclass
+class TrainResult:
+    """How a `train` call ended."""
+
+    step: int
+    best_step: int | None
+    best_mae: float | None
+    stopped_early: bool
+    losses: dict[int, float]  # training loss of every step run in this call
+    validations: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- devices and hosts
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-host run: `jax.distributed.initialize` (None values come from the cluster environment:
+    SLURM, Open MPI, Kubernetes, or JAX_COORDINATOR_ADDRESS and friends). Call before any other JAX work."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def data_mesh() -> Mesh:
+    """A one-axis mesh over every device of every host."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def host_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """The rows of a global batch that host `process_index` feeds."""
+    if batch_size % process_count:
+        raise ConfigError(f"batch size {batch_size} is not divisible by the {process_count} processes")
+    per_host = batch_size // process_count
+    return slice(process_index * per_host, (process_index + 1) * per_host)
+
+
+def _global_array(local: np.ndarray, sharding: NamedSharding, global_rows: int) -> jax.Array:
+    return jax.make_array_from_process_local_data(sharding, local, (global_rows, *local.shape[1:]))
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's rows of a batch -> global arrays split over the mesh's data axis."""
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return {k: _global_array(np.asarray(v), sharding, len(v) * jax.process_count()) for k, v in batch.items()}
+
+
+def replicate(tree, mesh: Mesh):
+    """A pytree of host values (the same on every host) -> global arrays replicated on every device."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
+
+
+# ---------------------------------------------------------------- schedule and optimiser
+
+
+def steps_per_epoch(config: TrainConfig, examples_per_epoch: int) -> int:
+    return max(1, examples_per_epoch // config.batch_size)
+
+
+def total_steps(config: TrainConfig, examples_per_epoch: int) -> int:
+    """`steps` if set, else `epochs` passes over the training examples."""
+    return config.steps if config.steps is not None else config.epochs * steps_per_epoch(config, examples_per_epoch)
+
+
+def epoch_rows(seed: int, step: int, n_examples: int, batch_size: int) -> np.ndarray:
+    """The example indices of global batch `step`: each epoch visits the examples in its own random order."""
+    per_epoch = max(1, n_examples // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    order = np.resize(order, max(n_examples, batch_size))  # fewer examples than a batch: repeat them
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def learning_rate(config: TrainConfig) -> optax.Schedule:
+    """The configured rate, reached linearly over `warmup_steps` (if any) and then held."""
+    if config.warmup_steps <= 0:
+        return optax.constant_schedule(config.learning_rate)
+    return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam; weight decay as an L2 term added to the gradient (PyTorch Adam) or decoupled (AdamW)."""
+    if config.decoupled_weight_decay:
+        return optax.adamw(learning_rate(config), weight_decay=config.weight_decay)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(learning_rate(config)))
+
+
+# ---------------------------------------------------------------- functional model
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    """A model's structure in training and in evaluation mode, and the shapes of its random streams."""
+
+    train: nnx.GraphDef
+    eval: nnx.GraphDef
+    rng_template: nnx.State
+
+
+def split_model(model: nnx.Module) -> tuple[ModelDef, nnx.State, nnx.State]:
+    """(definition, params, model state such as BatchNorm statistics), the latter two as plain arrays.
+    Leaves `model` in evaluation mode."""
+    model.train()
+    train_def, params, rngs, state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    model.eval()
+    eval_def, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.as_pure(rngs))
+    return ModelDef(train_def, eval_def, template), nnx.as_pure(params), nnx.as_pure(state)
+
+
+def _fresh_rngs(template: nnx.State, key: jax.Array) -> nnx.State:
+    """Random streams for one step, all derived from `key` (stream keys folded with their position)."""
+    leaves, treedef = jax.tree.flatten(template)
+    fresh = [jax.random.split(jax.random.fold_in(key, i), math.prod(t.shape)).reshape(t.shape)
+             if jnp.issubdtype(t.dtype, jax.dtypes.prng_key) else jnp.zeros(t.shape, t.dtype)
+             for i, t in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, fresh)
+
+
+def merge_model(model_def: ModelDef, params, state, key: jax.Array, training: bool) -> nnx.Module:
+    """The module from its arrays, with random streams freshly derived from `key`."""
+    graphdef = model_def.train if training else model_def.eval
+    return nnx.merge(graphdef, params, _fresh_rngs(model_def.rng_template, key), state)
+
+
+def set_compute_dtype(model: nnx.Module, name: str) -> nnx.Module:
+    """Make every layer with a computation dtype (convolutions, linears, norms) compute in `name`; parameters
+    and BatchNorm statistics keep their float32 storage (flax's mixed precision)."""
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"compute_dtype {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+    if name != "float32":
+        for _, module in nnx.iter_modules(model):
+            if hasattr(module, "dtype"):
+                module.dtype = COMPUTE_DTYPES[name]
+    return model
+
+
+def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransformation) -> Callable:
+    """(params, opt_state, state, batch, key) -> (params, opt_state, state, {"loss", "grad_norm"}), jitted."""
+
+    def loss_fn(params, state, batch, key):
+        model = merge_model(model_def, params, state, key, training=True)
+        loss = task.loss(model, batch)
+        return loss.astype(jnp.float32), nnx.as_pure(nnx.state(model, MODEL_STATE))
+
+    def step(params, opt_state, state, batch, key):
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return jax.jit(step)
+
+
+def make_predict_step(forward: Callable, model_def: ModelDef, mesh: Mesh) -> Callable:
+    """(params, state, inputs) -> float32 `forward(model, inputs)` in evaluation mode, jitted, replicated on `mesh`."""
+
+    def predict(params, state, inputs):
+        model = merge_model(model_def, params, state, jax.random.key(0), training=False)
+        return forward(model, inputs).astype(jnp.float32)
+
+    return jax.jit(predict, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+@dataclass(frozen=True)
+class MeshPredictor:
+    """numpy inputs -> numpy outputs of a model: `chunk` inputs per forward pass (a multiple of the device count),
+    each split over the mesh; every host passes all inputs and gets all outputs."""
+
+    predict_step: Callable
+    params: nnx.State
+    state: nnx.State
+    mesh: Mesh
+    chunk: int
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        inputs = np.asarray(inputs)
+        rows = host_rows(self.chunk, jax.process_index(), jax.process_count())
+        sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        outputs = []
+        for start in range(0, len(inputs), self.chunk):
+            part = inputs[start:start + self.chunk]
+            padded = np.concatenate([part, np.zeros((self.chunk - len(part), *part.shape[1:]), part.dtype)])
+            out = self.predict_step(self.params, self.state, _global_array(padded[rows], sharding, self.chunk))
+            outputs.append(np.asarray(out)[:len(part)])
+        return np.concatenate(outputs)
+
+
+def predictor(predict_step: Callable, params, state, mesh: Mesh, batch_size: int) -> MeshPredictor:
+    """A predictor with `batch_size` rounded up to a multiple of the device count."""
+    return MeshPredictor(predict_step, params, state, mesh, -(-batch_size // mesh.size) * mesh.size)
+
+
+def model_predictor(model: nnx.Module, batch_size: int, forward: Callable | None = None,
+                    compute_dtype: str = "float32") -> MeshPredictor:
+    """A predictor of `forward(model, inputs)` (default `model(inputs)`) in evaluation mode on all devices."""
+    model_def, params, state = split_model(set_compute_dtype(model, compute_dtype))
+    mesh = data_mesh()
+    params, state = replicate((params, state), mesh)
+    step = make_predict_step(forward or (lambda m, x: m(x)), model_def, mesh)
+    return predictor(step, params, state, mesh, batch_size)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """Two orbax managers under RUN/checkpoints: `latest` (items "model" and "optimizer") and `best` (item "model"
+    of the best validation); a model item holds {"params", "state"}; each checkpoint has a JSON "meta" item."""
+
+    def __init__(self, run_dir: Path, read_only: bool = False):
+        root = Path(run_dir).absolute() / CHECKPOINT_DIR
+        self.managers = {kind: ocp.CheckpointManager(root / kind, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=not read_only, create=not read_only, read_only=read_only,
+            # the two managers save the same steps: their multi-host barriers need distinct names
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind),
+        )) for kind in ("latest", "best")}
+
+    def save(self, kind: str, step: int, items: dict[str, dict], meta: dict) -> None:
+        args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+        self.managers[kind].save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=True)
+
+    def latest_step(self, kind: str) -> int | None:
+        return self.managers[kind].latest_step()
+
+    def restore(self, kind: str, targets: dict[str, dict]) -> tuple[dict, dict]:
+        """(items, meta) of the newest checkpoint of `kind`; `targets` give the items' shapes, dtypes, shardings."""
+        manager = self.managers[kind]
+        step = manager.latest_step()
+        if step is None:
+            raise ModelError(f"{manager.directory}: no checkpoint saved")
+        args = {name: ocp.args.StandardRestore(jax.tree.map(_abstract, tree)) for name, tree in targets.items()}
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+        return {name: restored[name] for name in targets}, dict(restored["meta"])
+
+    def close(self) -> None:
+        for manager in self.managers.values():
+            manager.wait_until_finished()
+            manager.close()
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def restore_model(run_dir: str | Path, model: nnx.Module, kind: str = "best") -> nnx.Module:
+    """Load the parameters and model state of a run's best (or latest) checkpoint into `model` (evaluation mode)."""
+    _, params, state = split_model(model)
+    checkpoints = Checkpoints(Path(run_dir), read_only=True)
+    try:
+        items, _ = checkpoints.restore(kind, {"model": {"params": params, "state": state}})
+    finally:
+        checkpoints.close()
+    nnx.update(model, items["model"]["params"], items["model"]["state"])
+    return model
+
+
+# ---------------------------------------------------------------- logging
+
+
+class RunLog:
+    """TensorBoard event files and a JSONL log in the run folder; silent on every process but process 0."""
+
+    def __init__(self, run_dir: Path):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR))
+            self.jsonl = open(Path(run_dir) / LOG_FILE, "a")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        self.jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self.jsonl.flush()
+
+    def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        if self.enabled:
+            for name, image in images.items():
+                self.writer.add_image(name, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _selection(meta: dict, mae: float, step: int) -> tuple[dict, bool]:
+    """Model selection after a validation: the new {best_mae, best_step, bad_validations} and whether it improved."""
+    improved = meta["best_mae"] is None or mae < meta["best_mae"]
+    if improved:
+        return {"best_mae": mae, "best_step": step, "bad_validations": 0}, True
+    return {**meta, "bad_validations": meta["bad_validations"] + 1}, False
+
+
+def _batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
+    """Batches start .. stop-1 of this host, the next one prepared in a background thread."""
+    pi, pc = jax.process_index(), jax.process_count()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future | None = pool.submit(task.train_batch, start, pi, pc) if start < stop else None
+        for step in range(start, stop):
+            batch = pending.result()
+            pending = pool.submit(task.train_batch, step + 1, pi, pc) if step + 1 < stop else None
+            yield batch
+
+
+def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+          progress: Callable[[StepInfo], None] | None = None) -> TrainResult:
+    """Train `task` in `run_dir` (checkpoints, TensorBoard, log.jsonl); `resume` continues from the latest
+    checkpoint there. Returns when the schedule ends or early stopping triggers."""
+    run_dir = Path(run_dir)
+    mesh = data_mesh()
+    if config.batch_size % mesh.size:
+        raise ConfigError(f"batch size {config.batch_size} is not divisible by the {mesh.size} devices")
+    host_rows(config.batch_size, jax.process_index(), jax.process_count())
+    total = total_steps(config, task.examples_per_epoch)
+    valid_every = config.valid_every or steps_per_epoch(config, task.examples_per_epoch)
+    checkpoint_every = config.checkpoint_every or valid_every
+
+    model = set_compute_dtype(task.make_model(nnx.Rngs(config.seed)), config.compute_dtype)
+    model_def, params, state = split_model(model)
+    tx = make_optimizer(config)
+    params, state = replicate((params, state), mesh)
+    opt_state = jax.jit(tx.init, out_shardings=NamedSharding(mesh, PartitionSpec()))(params)
+    train_step = make_train_step(task, model_def, tx)
+    predict_step = make_predict_step(task.predict, model_def, mesh)
+
+    checkpoints = Checkpoints(run_dir)
+    start, meta = 0, {"best_mae": None, "best_step": None, "bad_validations": 0}
+    if checkpoints.latest_step("latest") is not None:
+        if not resume:
+            checkpoints.close()
+            raise ConfigError(f"{run_dir}: already holds a trained run; resume it or choose another run folder")
+        items, meta = checkpoints.restore("latest", {"model": {"params": params, "state": state},
+                                                     "optimizer": opt_state})
+        params, state, opt_state = items["model"]["params"], items["model"]["state"], items["optimizer"]
+        start = meta["step"]
+
+    log = RunLog(run_dir)
+    base_key = jax.random.key(config.seed)
+    result = TrainResult(start, meta["best_step"], meta["best_mae"], False, {})
+    last_time, last_step = time.perf_counter(), start
+    try:
+        for step, host_batch in zip(range(start, total), _batches(task, start, total)):
+            batch = shard_batch(host_batch, mesh)
+            rows = {v.shape[0] for v in batch.values()}
+            if rows != {config.batch_size}:
+                raise ConfigError(f"the task made batches of {rows} rows, the config asks for {config.batch_size}")
+            key = jax.random.fold_in(base_key, step)
+            params, opt_state, state, out = train_step(params, opt_state, state, batch, key)
+            done = step + 1
+            loss = float(out["loss"])
+            result.losses[done] = loss
+            now = time.perf_counter()
+            speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
+            metrics = None
+            if done % config.log_every == 0 or done == total:
+                log.scalars(done, {"train/loss": loss, "train/grad_norm": float(out["grad_norm"]),
+                                   "train/lr": float(learning_rate(config)(step)), "train/examples_per_s": speed})
+                last_time, last_step = now, done
+            if done % valid_every == 0 or done == total:
+                validation = task.validate(predictor(predict_step, params, state, mesh, config.predict_batch))
+                metrics = validation.metrics
+                meta, improved = _selection(meta, float(metrics["mae"]), done)
+                if improved:
+                    checkpoints.save("best", done, {"model": {"params": params, "state": state}},
+                                     {"step": done, **meta})
+                log.scalars(done, {f"valid/{k}": v for k, v in metrics.items()})
+                log.images(done, validation.images)
+                result.validations.append({"step": done, **metrics})
+                last_time = time.perf_counter()  # validation time is not training throughput
+            stop_early = config.early_stop is not None and meta["bad_validations"] >= config.early_stop
+            if done % checkpoint_every == 0 or done == total or stop_early:
+                checkpoints.save("latest", done, {"model": {"params": params, "state": state}, "optimizer": opt_state},
+                                 {"step": done, **meta})
+            result.step, result.best_step, result.best_mae = done, meta["best_step"], meta["best_mae"]
+            if progress is not None:
+                progress(StepInfo(done, total, loss, speed, metrics))
+            if stop_early:
+                result.stopped_early = True
+                break
+    finally:
+        checkpoints.close()
+        log.close()
+    return result

@@ -1,0 +1,61 @@
+"""Session fixtures shared by the tests of the networks, the cascade, the heat maps and the demo: one small
+phantom cohort and the two networks trained on its fold 0 with the tiny presets (the expensive part of the
+suite, so it is done once)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+
+N_PATIENTS = 20  # 4 test patients and 4 folds of 4
+SNET_STEPS, SNET_VALID_EVERY = 200, 25
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A project folder with a phantom cohort in data/ (runs go to runs/)."""
+    from sscjax.phantom import write_cohort
+
+    root = tmp_path_factory.mktemp("project")
+    write_cohort(root / "data", N_PATIENTS, "small", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cohort(project):
+    return project / "data"
+
+
+@pytest.fixture(scope="session")
+def workdir(project):
+    return project / "runs"
+
+
+def train_lnet_cli(data_dir, workdir, *extra):
+    from cli.main import cli
+
+    return CliRunner().invoke(cli, ["train", "lnet", "--data", str(data_dir), "--fold", "0", "--preset", "tiny",
+                                    "--workdir", str(workdir), *extra], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def lnet_trained(project, cohort, workdir):
+    """`ssc train lnet --preset tiny` (the whole tiny schedule) on fold 0, through the CLI:
+    (project root, run folder, printed output)."""
+    result = train_lnet_cli(cohort, workdir)
+    assert result.exit_code == 0, result.output
+    return project, workdir / "lnet" / "fold0", result.output
+
+
+@pytest.fixture(scope="session")
+def snet_trained(cohort, workdir):
+    """The tiny S-Net trained on fold 0 for 200 of its 300 steps, validated every 25: (run folder, result)."""
+    from sscjax import configs, runs, snet
+
+    tiny = configs.preset("snet", "tiny", data_dir=str(cohort))
+    config = dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=SNET_STEPS,
+                                                                 valid_every=SNET_VALID_EVERY))
+    result = snet.train_snet(config, workdir)
+    return runs.default_run_dir(workdir, "snet", 0), result

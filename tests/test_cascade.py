@@ -1,0 +1,163 @@
+"""`ssc cascade` on phantoms: levels -> nearest slices -> scores, outputs with geometry, many scans, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from sscjax import metrics, snet
+from sscjax.data import load_cohort
+from sscjax.io import Geometry, read_image, read_scan, write_image
+
+
+def ssc(monkeypatch, capsys, *args):
+    """Run the real entry point in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def runs(lnet_trained, snet_trained):
+    return lnet_trained[1], snet_trained[0]
+
+
+@pytest.fixture(scope="module")
+def phantoms(cohort):
+    """(cohort, ids stored head first, ids stored feet first) of the shared phantom cohort."""
+    patients = json.loads((cohort / "truth" / "phantom.json").read_text())["patients"]
+    reversed_ids = [p["scan_id"] for p in patients if p["stored_reversed"]]
+    return load_cohort(cohort), reversed_ids, [p["scan_id"] for p in patients if not p["stored_reversed"]]
+
+
+def test_cascade_scores_the_nearest_slices_and_writes_them_with_geometry(monkeypatch, capsys, runs, phantoms,
+                                                                          tmp_path):
+    lnet_run, snet_run = runs
+    cohort, _, _ = phantoms
+    sid = cohort.ids[0]
+    code, out, err = ssc(monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], "--lnet", lnet_run,
+                         "--snet", snet_run, "--out", tmp_path)
+    assert code == 0, err
+    result = json.loads((tmp_path / sid / "scores.json").read_text())
+    assert result["scan"] == sid and result["models"] == {"levels": "lnet", "lnet": [str(lnet_run)],
+                                                           "snet": [str(snet_run)]}
+    scan = read_scan(cohort.scan_paths[sid])
+    z = np.array([lv["z_mm"] for lv in result["levels"]])
+    index = np.array([lv["slice_index"] for lv in result["levels"]])
+    assert [lv["level"] for lv in result["levels"]] == [1, 2, 3, 4, 5] and np.all(np.diff(index) <= 0)
+    np.testing.assert_array_equal(index, scan.geometry.nearest_slice(z, scan.n_slices))
+    expected = snet.score_model(snet_run).score(scan.array[index])
+    scores = np.array([[lv[p] for p in metrics.PATTERNS] for lv in result["levels"]])
+    np.testing.assert_allclose(scores, expected, atol=2e-3)
+    rounded = np.array([[lv[f"{p}_5"] for p in metrics.PATTERNS] for lv in result["levels"]])
+    np.testing.assert_array_equal(rounded, metrics.round_to_step(scores))
+    assert result["mean"]["TOT"] == pytest.approx(scores[:, 0].mean(), abs=2e-3)
+    for k, lv in enumerate(result["levels"], start=1):
+        written = read_image(tmp_path / sid / f"L{k}.mha")
+        np.testing.assert_array_equal(written.array[0], scan.array[lv["slice_index"]])
+        assert written.geometry.z_of_index(0) == pytest.approx(scan.z_mm[lv["slice_index"]])
+        assert written.geometry.spacing == pytest.approx(scan.geometry.spacing)
+    with open(tmp_path / sid / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["TOT"]) for r in rows] == pytest.approx(scores[:, 0], abs=1e-3)
+    assert (tmp_path / sid / "montage.png").stat().st_size > 10_000
+    assert f"L5 {z[4]:10.1f}"[:5] in out and str(tmp_path / "scores.csv") in out
+
+
+def test_levels_by_hand_pick_the_true_slices_of_a_scan_stored_head_first(monkeypatch, capsys, runs, phantoms,
+                                                                         tmp_path):
+    _, snet_run = runs
+    cohort, reversed_ids, _ = phantoms
+    sid = reversed_ids[0]
+    truth = [r for r in csv.DictReader(open(cohort.root / "truth" / "exact_scores.csv")) if r["scan_id"] == sid]
+    levels = ",".join(f"{z:.2f}" for z in cohort.levels_mm[sid])
+    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], "--levels", levels,
+                       "--snet", snet_run, "--out", tmp_path, "--all-slices")
+    assert code == 0, err
+    result = json.loads((tmp_path / sid / "scores.json").read_text())
+    assert [lv["slice_index"] for lv in result["levels"]] == [int(r["slice_index"]) for r in truth]
+    assert result["models"]["levels"] == "given" and result["models"]["lnet"] == []
+    assert [lv["z_mm"] for lv in result["levels"]] == pytest.approx(cohort.levels_mm[sid])
+    with open(tmp_path / sid / "all_slices.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    lung = read_image(cohort.lung_mask_paths[sid]).array
+    rows = [int(r["slice_index"]) for r in table]
+    assert rows == list(range(rows[0], rows[-1] + 1))
+    assert lung[rows[0]].any() and lung[rows[-1]].any() and not lung[rows[-1] + 1:].sum() > 50
+    for lv in result["levels"]:
+        row = table[rows.index(lv["slice_index"])]
+        assert float(row["TOT"]) == pytest.approx(lv["TOT"], abs=2e-3)
+    assert (tmp_path / sid / "all_slices.png").is_file()
+
+
+def test_many_scans_skip_done_ones_and_report_bad_ones(monkeypatch, capsys, runs, phantoms, tmp_path):
+    _, snet_run = runs
+    cohort, _, straight = phantoms
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for sid in straight[:2]:
+        shutil.copy(cohort.scan_paths[sid], folder / f"{sid}.mha")
+    write_image(folder / "flat.mha", np.zeros((40, 40), np.int16), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    (folder / "broken.nii.gz").write_bytes(b"not an image")
+    water = np.zeros((30, 40, 40), np.int16)
+    write_image(folder / "water.mha", water, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    levels = ("--lnet", runs[0])
+    out = tmp_path / "out"
+    code, stdout, err = ssc(monkeypatch, capsys, "cascade", "--scan", folder, *levels, "--snet", snet_run, "--out", out)
+    assert code == 1
+    assert "3 of 5 scan(s) failed" in err
+    assert "flat.mha: is a single 2D slice" in err and "broken.nii.gz: cannot read" in err
+    assert "water.mha" in err and "no lungs" in err.lower()
+    done = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert done == sorted(straight[:2])
+    first = (out / straight[0] / "scores.json").read_text()
+    (folder / "flat.mha").unlink()
+    (folder / "broken.nii.gz").unlink()
+    (folder / "water.mha").unlink()
+    code, stdout, err = ssc(monkeypatch, capsys, "cascade", "--scan", folder, *levels, "--snet", snet_run, "--out", out)
+    assert code == 0 and "2 scan(s) already done" in stdout
+    assert (out / straight[0] / "scores.json").read_text() == first
+    with open(out / "scores.csv", newline="") as f:
+        assert sorted({r["scan_id"] for r in csv.DictReader(f)}) == sorted(straight[:2])
+
+
+def test_an_ensemble_of_folds_reports_their_spread(runs, phantoms):
+    from sscjax import cascade
+
+    _, snet_run = runs
+    cohort, _, _ = phantoms
+    scan = read_scan(cohort.scan_paths[cohort.ids[1]])
+    one = cascade.run_cascade(scan, cascade.load_models([], [snet_run]), cohort.levels_mm[cohort.ids[1]])
+    two = cascade.run_cascade(scan, cascade.load_models([], [snet_run, snet_run]), cohort.levels_mm[cohort.ids[1]])
+    np.testing.assert_allclose(two.scores, one.scores, atol=1e-4)
+    np.testing.assert_allclose(two.spread, 0, atol=1e-4)
+    assert two.to_json()["levels"][0]["spread"] == {"TOT": 0.0, "GG": 0.0, "RET": 0.0}
+
+
+def test_wrong_network_and_bad_levels_exit_2_in_one_line(monkeypatch, capsys, runs, phantoms, tmp_path):
+    lnet_run, snet_run = runs
+    cohort, _, _ = phantoms
+    scan = cohort.scan_paths[cohort.ids[0]]
+    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--lnet", snet_run, "--snet", snet_run,
+                       "--out", tmp_path)
+    assert code == 2 and err.strip().count("\n") == 0 and "is a run of the snet, not of the lnet" in err
+    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--levels", "1,2,3,4,5", "--snet", snet_run,
+                       "--out", tmp_path)
+    assert code == 2 and "L1 > L2 > L3 > L4 > L5" in err
+    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--levels", "900,800,700,600,500",
+                       "--snet", snet_run, "--out", tmp_path)
+    assert code == 1 and "outside the scan" in err
+    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--workdir", tmp_path / "nothing")
+    assert code == 2 and "no trained lnet runs found" in err
+    assert not any(tmp_path.glob("*/scores.json"))
