@@ -162,6 +162,10 @@ def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None =
     return path
 
 
+def _unsupported(path: Path) -> ScanError:
+    return ScanError(f"{path}: not a supported scan format (use {', '.join(SCAN_EXTENSIONS)} or a DICOM folder)")
+
+
 def _geometry_of(image: sitk.Image) -> Geometry:
     return Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
@@ -252,7 +256,7 @@ def _read_sitk(path: Path, series: str | None, header_only: bool) -> sitk.Image 
             reader.SetFileNames(files)
             return reader.Execute()
         if extension_of(path) not in SCAN_EXTENSIONS:
-            raise ScanError(f"{path}: not a supported scan format (use {', '.join(SCAN_EXTENSIONS)} or a DICOM folder)")
+            raise _unsupported(path)
         if not header_only:
             return sitk.ReadImage(str(path))
         reader = sitk.ImageFileReader()
@@ -380,6 +384,8 @@ def find_scans(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise ScanError(f"{path}: no such file or folder")
+    if path.is_file() and extension_of(path) not in SCAN_EXTENSIONS:
+        raise _unsupported(path)
     if path.is_file() or is_dicom_folder(path):
         return [path]
     found = sorted(p for p in path.iterdir() if not p.name.startswith(".") and

@@ -210,15 +210,6 @@ def test_resuming_refuses_changed_settings_but_not_a_longer_schedule(tmp_path):
         runs.start_run(tmp_path, longer, {"fold": 0}, "xyz", resume=True)
 
 
-def test_cli_help_of_every_command():
-    for args in (["train", "--help"], ["train", "lnet", "--help"], ["levels", "--help"]):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 0, result.output
-    from cli.evaluate_lnet import lnet as evaluate_lnet_command
-
-    assert CliRunner().invoke(evaluate_lnet_command, ["--help"]).exit_code == 0
-
-
 # ---------------------------------------------------------------- a tiny-preset run on a phantom cohort
 
 @pytest.fixture(scope="module")
