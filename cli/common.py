@@ -46,3 +46,40 @@ def echo_failures(failures: dict[str, str], total: int) -> None:
     for path, reason in failures.items():
         click.echo(f"  {path}: {reason}", err=True)
     sys.exit(1)
+
+
+class LazyBar:
+    """A click progress bar that appears on the first report, when the amount of work is known."""
+
+    def __init__(self, label: str):
+        self.label, self.bar, self.first, self.text = label, None, 0, ""
+
+    def __call__(self, done: int, total: int, text: str = "") -> None:
+        if self.bar is None:  # counts from the first report, so a resumed run's ETA reflects this session
+            self.first = done - 1
+            self.bar = click.progressbar(length=total - self.first, label=self.label, show_eta=True, show_pos=True,
+                                         item_show_func=lambda _: self.text)
+        self.text = text
+        self.bar.update(done - self.first - self.bar.pos)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None and not self.bar.finished:
+            self.bar.finished = True
+            self.bar.render_finish()
+
+
+def run_evaluation_options(net: str):
+    """--model RUN, --split valid|test and --data of `ssc evaluate lnet|snet`."""
+    def decorate(command):
+        command = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                               help="Cohort folder, if it moved since training (default: the run's).")(command)
+        command = click.option("--split", default="valid", show_default=True, type=click.Choice(["valid", "test"]),
+                               help="Which of the run's patients to evaluate: its validation fold or the test set."
+                               )(command)
+        return click.option("--model", "run", required=True,
+                            type=click.Path(exists=True, file_okay=False, path_type=Path),
+                            help=f"An {net} run folder (e.g. runs/{net.lower().replace('-', '')}/fold0); its best "
+                                 "checkpoint is used.")(command)
+    return decorate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.train import LazyBar
+from cli.common import LazyBar
 
 
 def _stage(title: str) -> float:

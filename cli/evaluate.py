@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.evaluate_lnet import lnet
-from cli.evaluate_snet import snet
+from cli.common import LazyBar, run_evaluation_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +49,44 @@ def evaluate(ctx: click.Context, pred: Path | None, truth: Path | None, compare:
     evaluate_csv(pred, truth, compare, out, only_predicted)
 
 
-evaluate.add_command(lnet)
-evaluate.add_command(snet)
+def _number(value, digits: int = 2) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+@evaluate.command()
+@run_evaluation_options("L-Net")
+def lnet(run: Path, split: str, data_dir: Path | None) -> None:
+    """Level-finding agreement of an L-Net run: MAE (SD) in slices of the original scans and in mm, ICC(A,1)
+    per level, Bland-Altman and correlation plots; written to RUN/eval/SPLIT/."""
+    from sscjax.lnet import evaluate_lnet
+
+    bar = LazyBar(f"levels ({split})")
+    result = evaluate_lnet(run, split, data_dir, bar)
+    bar.close()
+    click.echo("| level | n | MAE (SD) slices | MAE (SD) mm | ICC(A,1) [95% CI] |")
+    click.echo("|---|---|---|---|---|")
+    for name, m in [*result["levels"].items(), ("all", result["all"])]:
+        lo, hi = m["icc_ci"]
+        click.echo(f"| {name} | {m['n']} | {_number(m['mae_slices'])} ({_number(m['sd_slices'])}) | "
+                   f"{_number(m['mae_mm'])} ({_number(m['sd_mm'])}) | "
+                   f"{_number(m['icc'])} [{_number(lo)}, {_number(hi)}] |")
+    click.echo(f"Wrote {len(result['files'])} files to {Path(result['files'][0]).parent}/")
+
+
+@evaluate.command()
+@run_evaluation_options("S-Net")
+def snet(run: Path, split: str, data_dir: Path | None) -> None:
+    """Scoring agreement of an S-Net run on the true level slices: MAE (SD), weighted kappa and ICC(A,1)
+    (95 % CI) per pattern, over all and per level; correlation and Bland-Altman plots; predictions.csv
+    (scan_id,level,TOT,GG,RET) for `ssc evaluate --pred`. Written to RUN/eval/SPLIT/."""
+    from sscjax import metrics
+    from sscjax.snet import evaluate_snet
+
+    bar = LazyBar(f"slices ({split})")
+    result = evaluate_snet(run, split, data_dir, bar)
+    bar.close()
+    click.echo(metrics.agreement_markdown(result))
+    click.echo(f"Wrote {len(result['files'])} files to {Path(result['files'][0]).parent}/")
 
 def read_scores(path: Path) -> pd.DataFrame:
     """A scores CSV as a table of strings (validated and typed later by `sscjax.metrics`)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import model_options, resolve_models
+from cli.common import LazyBar, model_options, resolve_models
 
 PATTERN_CHOICES = ("TOT", "GG", "RET", "all")
 
@@ -75,12 +75,9 @@ def calibrate(run, split, healthy, chunk):
     with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""
     from sscjax import explain as ex
 
-    with click.progressbar(length=1, label="Heat maps", show_pos=True) as bar:
-        def progress(done, total):
-            bar.length = total
-            bar.update(done - bar.pos)
-
-        result, folder = ex.calibrate_run(run, split, healthy, progress, chunk=chunk)
+    bar = LazyBar("Heat maps")
+    result, folder = ex.calibrate_run(run, split, healthy, bar, chunk=chunk)
+    bar.close()
     click.echo(f"{'pattern':8s}{'threshold (pp)':>16s}{'MAE %':>8s}{'R^2':>8s}")
     for j, p in enumerate(ex.PATTERNS):
         click.echo(f"{p:8s}{result.thresholds[j]:16.1f}{result.mae[j]:8.2f}{result.r2[j]:8.2f}")

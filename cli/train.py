@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from cli.common import LazyBar
+
 TRAINERS = {"lnet": "sscjax.lnet:train_lnet", "snet": "sscjax.snet:train_snet"}
 
 
@@ -45,28 +47,6 @@ def _folds(fold: str, count: int) -> list[int]:
     if not fold.isdigit() or int(fold) >= count:
         raise click.BadParameter(f"{fold!r} is not 'all' or a fold 0 .. {count - 1}", param_hint="--fold")
     return [int(fold)]
-
-
-class LazyBar:
-    """A click progress bar that appears on the first report, when the amount of work is known."""
-
-    def __init__(self, label: str):
-        self.label, self.bar, self.first, self.text = label, None, 0, ""
-
-    def __call__(self, done: int, total: int, text: str = "") -> None:
-        if self.bar is None:  # counts from the first report, so a resumed run's ETA reflects this session
-            self.first = done - 1
-            self.bar = click.progressbar(length=total - self.first, label=self.label, show_eta=True, show_pos=True,
-                                         item_show_func=lambda _: self.text)
-        self.text = text
-        self.bar.update(done - self.first - self.bar.pos)
-        if done >= total:
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None and not self.bar.finished:
-            self.bar.finished = True
-            self.bar.render_finish()
 
 
 def run_training(net: str, data_dir: Path, fold: str, preset: str, workdir: Path, steps: int | None, resume: bool,

@@ -5,7 +5,10 @@ suite, so it is done once)."""
 from __future__ import annotations
 
 import dataclasses
+import sys
+import warnings
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -59,3 +62,30 @@ def snet_trained(cohort, workdir):
                                                                  valid_every=SNET_VALID_EVERY))
     result = snet.train_snet(config, workdir)
     return runs.default_run_dir(workdir, "snet", 0), result
+
+
+def run_ssc(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run `ssc ARGS` in-process exactly as the console script does: (exit code, stdout, stderr)."""
+    from cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def pingouin_icc_a1(pred, true) -> tuple[float, list[float]]:
+    """ICC(A,1) and its 95 % CI computed by pingouin itself, the reference for our implementation."""
+    import pandas as pd
+    import pingouin as pg
+
+    n = len(pred)
+    long = pd.DataFrame({"t": np.tile(np.arange(n), 2), "r": np.repeat([0, 1], n), "s": np.r_[pred, true]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = pg.intraclass_corr(long, targets="t", raters="r", ratings="s").set_index("Type")
+    return table.at["ICC(A,1)", "ICC"], list(table.at["ICC(A,1)", "CI95"])

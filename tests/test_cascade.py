@@ -5,27 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 
-from cli.main import main
 from sscjax import metrics, snet
 from sscjax.data import load_cohort
 from sscjax.io import Geometry, read_image, read_scan, write_image
-
-
-def ssc(monkeypatch, capsys, *args):
-    """Run the real entry point in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from conftest import run_ssc as ssc
 
 
 @pytest.fixture(scope="module")

@@ -2,31 +2,18 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import openpyxl
 import pytest
 import SimpleITK as sitk
 
-from cli.main import main
 from sscjax.data.cohort import load_cohort
 from sscjax.data.goh import GOH_COLUMNS, patient_key
 from sscjax.data.splits import make_splits
 from sscjax.io import read_scan
 from test_cohort import make_cohort
-
-
-def ssc(monkeypatch, capsys, *args):
-    """Run `ssc ARGS` as the console script does: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import run_ssc as ssc
 
 
 def test_help_of_every_command(monkeypatch, capsys):

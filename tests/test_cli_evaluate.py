@@ -1,8 +1,6 @@
 """`ssc evaluate` end to end on small CSV files; numbers recomputed independently (numpy, sklearn, pingouin)."""
 
 import json
-import sys
-import warnings
 
 import click
 import numpy as np
@@ -14,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 from cli.evaluate import evaluate
-from cli.main import main
+from conftest import pingouin_icc_a1, run_ssc as _ssc
 
 PATTERNS = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
@@ -55,18 +53,9 @@ def evaluated(csvs, tmp_path_factory):
     return out, result.output
 
 
-def _icc_a1(pred, true):
-    n = len(pred)
-    long = pd.DataFrame({"t": np.tile(np.arange(n), 2), "r": np.repeat([0, 1], n), "s": np.r_[pred, true]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = pg.intraclass_corr(long, targets="t", raters="r", ratings="s").set_index("Type")
-    return table.at["ICC(A,1)", "ICC"], list(table.at["ICC(A,1)", "CI95"])
-
-
 def _expected(pred, true):
     err = np.abs(pred - true)
-    icc, ci = _icc_a1(pred, true)
+    icc, ci = pingouin_icc_a1(pred, true)
     rounded = [np.clip(np.floor(x / 5 + 0.5) * 5, 0, 100).astype(int) for x in (pred, true)]
     return {"mae": err.mean(), "sd": err.std(ddof=1), "kappa": cohen_kappa_score(*rounded, labels=LABELS,
             weights="linear"), "icc": icc, "icc_ci95": ci, "n": len(pred)}
@@ -133,18 +122,6 @@ def test_plots_are_valid_pngs(evaluated):
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temp files left behind
 
 
-def _ssc(monkeypatch, capsys, *args):
-    """Run the real entry point in-process: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ssc", "evaluate", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("content,message", [
     ("scan_id,level,TOT,GG,RET\n000,1,5,5,0\n000,2,5,x,0\n", "data row 2 (line 3): GG 'x' is not a finite number"),
     ("scan_id,level,TOT,GG\n000,1,5,5\n", "missing column(s) RET"),
@@ -153,7 +130,7 @@ def _ssc(monkeypatch, capsys, *args):
 def test_bad_csv_exits_2_with_one_line(csvs, tmp_path, monkeypatch, capsys, content, message):
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
-    code, out, err = _ssc(monkeypatch, capsys, "--pred", bad, "--truth", csvs[0]["truth"], "--out", tmp_path / "o")
+    code, out, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", bad, "--truth", csvs[0]["truth"], "--out", tmp_path / "o")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"Error: {bad}") and message in err
     assert not (tmp_path / "o").exists()
@@ -163,9 +140,9 @@ def test_unmatched_rows_exit_2_naming_keys_unless_only_predicted(csvs, tmp_path,
     paths, truth, *_ = csvs
     part = tmp_path / "part.csv"
     truth.iloc[:5].to_csv(part, index=False)
-    code, _, err = _ssc(monkeypatch, capsys, "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o")
+    code, _, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o")
     assert code == 2 and "35 row(s) have no prediction" in err and "001 level 1" in err
-    code, _, _ = _ssc(monkeypatch, capsys, "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o",
+    code, _, _ = _ssc(monkeypatch, capsys, "evaluate", "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o",
                       "--only-predicted")
     assert code == 0
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["TOT"]["mae"] == 0.0

@@ -13,7 +13,7 @@ from sscjax.data import load_cohort
 from sscjax.data.slices import resize_slices
 from sscjax.io import read_image, read_scan
 from sscjax.lung import lung_mask
-from test_cascade import ssc
+from conftest import run_ssc as ssc
 
 
 @pytest.fixture(scope="module")

@@ -267,7 +267,7 @@ def test_run_folder_records_config_splits_fingerprint_and_tensorboard(trained):
 
 
 def test_levels_command_prints_the_levels_evaluation_finds(trained):
-    from cli.evaluate_lnet import lnet as evaluate_command
+    from cli.evaluate import lnet as evaluate_command
 
     root, run_dir, _ = trained
     evaluated = CliRunner().invoke(evaluate_command, ["--model", str(run_dir), "--split", "valid"],
@@ -291,7 +291,7 @@ def test_evaluate_lnet_writes_metrics_and_plots(trained):
     root, run_dir, _ = trained
     out = run_dir / "eval" / "valid"
     if not (out / "metrics.json").exists():  # written by the levels test, which compares with it
-        from cli.evaluate_lnet import lnet as evaluate_command
+        from cli.evaluate import lnet as evaluate_command
 
         assert CliRunner().invoke(evaluate_command, ["--model", str(run_dir)], catch_exceptions=False).exit_code == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from scipy import ndimage as ndi
 from sscjax.errors import ScanError
 from sscjax.io import Geometry, Scan, read_image, read_scan, write_image
 from sscjax.lung import LungSettings, lung_mask, lung_mask_slice, lung_sizes
+from conftest import run_ssc as _run_ssc
 
 REAL = Path(__file__).parent / "fixtures" / "real_ct"
 SLICE = REAL / "chest_ct_slice_rle.dcm"
@@ -247,19 +247,6 @@ def test_phantom_lungs():
 
 
 # ---- the command --------------------------------------------------------------------------------------
-
-def _run_ssc(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["ssc", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = 0 if e.code is None else e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_command_writes_the_mask_with_the_scan_geometry(tmp_path, monkeypatch, capsys, real_slice):
     scan, mask = real_slice

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import pingouin as pg
 import pytest
 from click.testing import CliRunner
 from flax import nnx
@@ -20,11 +17,12 @@ from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 import cli.train as train_cli
-from cli.main import cli, main
+from cli.main import cli
 from sscjax import configs, runs, snet
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import read_scan
 from sscjax.models import convert_weights, load_torch_weights
+from conftest import pingouin_icc_a1, run_ssc as _ssc
 
 PATTERNS = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
@@ -47,21 +45,6 @@ def data(tiny, workdir):
 @pytest.fixture(scope="module")
 def trained(snet_trained):
     return snet_trained
-
-
-def _ssc(monkeypatch, capsys, *args):
-    """Run the real entry point in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-# ---------------------------------------------------------------- ImageNet initialisation
 
 
 def test_lite0_backbone_is_the_imagenet_weights_with_the_stem_summed_over_rgb(tiny):
@@ -192,15 +175,6 @@ def evaluated(trained):
     return run_dir / "eval" / "valid", result.output
 
 
-def _icc_a1(pred, true):
-    n = len(pred)
-    long = pd.DataFrame({"t": np.tile(np.arange(n), 2), "r": np.repeat([0, 1], n), "s": np.r_[pred, true]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = pg.intraclass_corr(long, targets="t", raters="r", ratings="s").set_index("Type")
-    return table.at["ICC(A,1)", "ICC"], list(table.at["ICC(A,1)", "CI95"])
-
-
 def test_evaluation_files_agree_with_the_predictions_csv(evaluated, cohort):
     out, output = evaluated
     pred = pd.read_csv(out / "predictions.csv", dtype={"scan_id": str})
@@ -217,7 +191,7 @@ def test_evaluation_files_agree_with_the_predictions_csv(evaluated, cohort):
         kappa = cohen_kappa_score(np.clip(np.floor(a / 5 + 0.5) * 5, 0, 100).astype(int), b.astype(int),
                                   labels=LABELS, weights="linear")
         assert m["kappa"] == pytest.approx(kappa, abs=1e-9)
-        icc, ci = _icc_a1(a, b)
+        icc, ci = pingouin_icc_a1(a, b)
         assert m["icc"] == pytest.approx(icc, abs=1e-6)
         assert m["icc_ci95"] == pytest.approx(ci, abs=0.011)  # pingouin rounds its CI to 2 decimals
         level5 = joined[joined["level"] == 5]

@@ -109,6 +109,16 @@ def _number(text: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _row_numbers(row: dict[str, str], columns: tuple[str, ...], where: str, problems: list[str]) -> list[float] | None:
+    """The row's values in `columns` as floats, or None after recording which ones are not numbers."""
+    values = [_number(row[c]) for c in columns]
+    bad = [f"{c} = {row[c]!r}" for c, v in zip(columns, values) if v is None]
+    if bad:
+        problems.append(f"{where}: not a number: {', '.join(bad)}")
+        return None
+    return values
+
+
 def _read_table(path: Path, header: tuple[str, ...], problems: list[str], warnings: list[str]
                 ) -> list[tuple[int, dict[str, str]]] | None:
     """The data rows of a CSV as (line number, {column: stripped text}); None if it cannot be used at all."""
@@ -155,10 +165,8 @@ def _parse_levels(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
             problems.append(f"{path} line {line}: scan_id '{sid}' repeats line {lines[sid]}")
             continue
         lines[sid] = line
-        values = [_number(row[c]) for c in LEVEL_COLUMNS]
-        bad = [f"{c} = {row[c]!r}" for c, v in zip(LEVEL_COLUMNS, values) if v is None]
-        if bad:
-            problems.append(f"{path} line {line}: not a number: {', '.join(bad)}")
+        values = _row_numbers(row, LEVEL_COLUMNS, f"{path} line {line}", problems)
+        if values is None:
             continue
         z = np.asarray(values, dtype=np.float64)
         unordered = [f"L{k + 1} = {z[k]:g} is not above L{k + 2} = {z[k + 1]:g}"
@@ -189,10 +197,8 @@ def _parse_scores(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
             problems.append(f"{path} line {line}: scan '{sid}' level {key[1]} repeats line {seen[key]}")
             continue
         seen[key] = line
-        values = [_number(row[c]) for c in SCORE_NAMES]
-        bad = [f"{c} = {row[c]!r}" for c, v in zip(SCORE_NAMES, values) if v is None]
-        if bad:
-            problems.append(f"{path} line {line}: not a number: {', '.join(bad)}")
+        values = _row_numbers(row, SCORE_NAMES, f"{path} line {line}", problems)
+        if values is None:
             continue
         outside = [f"{c} = {v:g}" for c, v in zip(SCORE_NAMES, values) if not 0 <= v <= 100]
         if outside:
