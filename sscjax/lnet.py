@@ -176,8 +176,9 @@ def level_model(run_or_model: str | Path | nnx.Module, config: LNetConfig | None
         run_or_model, config = runs.load_model(run_or_model, NET)
     if config is None:
         raise ConfigError("an L-Net model needs its config (data settings) for inference")
-    predict = train.model_predictor(run_or_model, config.train.predict_batch,
-                                    compute_dtype=config.train.compute_dtype)
+    settings = config.data
+    batch = train.inference_batch(config.train.predict_batch, settings.crop * settings.size[1] * settings.size[2])
+    predict = train.model_predictor(run_or_model, batch, compute_dtype=config.train.compute_dtype)
     return LevelModel(predict, config.data)
 
 

@@ -282,7 +282,8 @@ def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None
         run_or_model, config = load_snet(run_or_model)
     if config is None:
         raise ConfigError("an S-Net model needs its config (image size) for scoring")
-    predict = train.model_predictor(run_or_model, config.train.predict_batch, forward=lambda m, x: m(x) * PERCENT,
+    batch = train.inference_batch(config.train.predict_batch, config.data.image_size**2)
+    predict = train.model_predictor(run_or_model, batch, forward=lambda m, x: m(x) * PERCENT,
                                     compute_dtype=config.train.compute_dtype)
     return ScoreModel(predict, config.data.image_size)
 

@@ -125,6 +125,20 @@ def test_window_starts_cover_the_volume_and_the_median_is_per_level():
     np.testing.assert_allclose(data.median_positions(window_positions, starts), [(10 + 10) / 2, (5 + 9) / 2])
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_windows_are_each_z_scored_over_their_own_voxels(dtype):
+    rng = np.random.default_rng(3)
+    volume = (rng.normal(-300, 400, (40, 12, 10)) + np.linspace(-500, 500, 40)[:, None, None]).astype(dtype)
+    starts = data.window_starts(40, 24, 5)
+    found = data.windows(volume, starts, 24)
+    assert found.shape == (len(starts), 24, 12, 10, 1) and found.dtype == np.float32
+    for window, start in zip(found, starts):
+        crop = volume[start:start + 24].astype(np.float64)
+        np.testing.assert_allclose(window[..., 0], (crop - crop.mean()) / crop.std(), atol=1e-5)
+    flat = np.full((30, 4, 4), 7, dtype)
+    np.testing.assert_array_equal(data.windows(flat, np.array([0, 6]), 24), 0)  # constant window: SD 1, no NaN
+
+
 # ---------------------------------------------------------------- inference on a scan stored head first
 
 

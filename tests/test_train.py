@@ -194,3 +194,19 @@ def test_optax_state_is_restored_not_reinitialised(tmp_path):
     adam = items["optimizer"][1][0]
     assert isinstance(adam, optax.ScaleByAdamState) and int(adam.count) == 5 and meta["step"] == 5
     assert float(jnp.abs(adam.mu["l1"]["kernel"]).sum()) > 0
+
+
+def test_predictions_do_not_depend_on_how_inputs_are_chunked():
+    model = ToyModel(nnx.Rngs(0))
+    x = np.random.default_rng(1).normal(size=(13, 8)).astype(np.float32)
+    whole = train.model_predictor(model, 16)(x)
+    chunked = train.model_predictor(model, 5)(x)  # 5 + 5 + a last chunk of 3 padded to 5
+    assert chunked.shape == (13, 2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(whole, model(jnp.asarray(x)), rtol=1e-6, atol=1e-6)  # eval mode: BatchNorm averages
+
+
+def test_cpu_inference_takes_large_inputs_one_at_a_time():
+    expected = 1 if jax.default_backend() == "cpu" else 4
+    assert train.inference_batch(4, 256 * 256) == expected
+    assert train.inference_batch(4, 64 * 64) == 4

@@ -1,4 +1,5 @@
-"""The L-Net: PyTorch-exact adaptive pooling, published parameter count, shapes and layer order."""
+"""The L-Net: PyTorch-exact adaptive pooling, published parameter count, shapes, layer order, and the CPU-fast
+convolution and pooling forms against the plain ones."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from flax import nnx
 
 from sscjax.errors import ConfigError, ModelError
 from sscjax.models import abstract_model
-from sscjax.models.vgg3d import VGG3D, adaptive_avg_pool3d, adaptive_pool_matrix
+from sscjax.models.layers import default_conv3d_impl, max_pool3d
+from sscjax.models.vgg3d import VGG3D, ConvReluBN, adaptive_avg_pool3d, adaptive_pool_matrix
 
 
 def test_adaptive_pool_4_to_6_repeats_inputs_like_torch():
@@ -109,3 +111,27 @@ def test_bad_depth_and_too_small_input_are_user_errors(tiny):
     assert len(vgg13.features) == 10
     with pytest.raises(ModelError, match="63"):
         tiny(jnp.zeros((1, 62, 64, 64, 1)))
+
+
+@pytest.mark.parametrize("impl", ["xla", "slices", "shifted"])
+def test_convolution_implementations_match_nnx_conv(impl):
+    cin = 1 if impl == "shifted" else 3
+    block = ConvReluBN(cin, 4, impl=impl, rngs=nnx.Rngs(0))
+    block.conv.bias.set_value(jnp.linspace(-0.5, 0.5, 4))
+    block.eval()
+    x = jax.random.normal(jax.random.key(3), (2, 7, 9, 8, cin))
+    expected = block.bn(jax.nn.relu(block.conv(x)))
+    np.testing.assert_allclose(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_default_convolutions():
+    if jax.default_backend() == "cpu":
+        assert (default_conv3d_impl(1), default_conv3d_impl(8)) == ("shifted", "slices")
+    else:
+        assert default_conv3d_impl(8) == "xla"
+
+
+def test_separable_max_pool_equals_the_3d_window():
+    x = jax.random.normal(jax.random.key(4), (2, 9, 12, 7, 3))
+    expected = nnx.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding="VALID")
+    np.testing.assert_array_equal(max_pool3d(x, 3, 2), expected)

@@ -169,19 +169,26 @@ def check_crops(levels: LevelSet, crop: int, margin: int) -> None:
                           f"{margin}-slice margin: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    """Each sample (axis 0) to zero mean and unit SD over all its voxels."""
-    axes = tuple(range(1, x.ndim))
-    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
-    sd = x.std(axis=axes, keepdims=True, dtype=np.float64)
-    return ((x - mean) / np.where(sd > 1e-6, sd, 1.0)).astype(np.float32)
+def zscored_crops(volumes: list[np.ndarray], starts: np.ndarray, crop: int) -> np.ndarray:
+    """(b, crop, y, x, 1) float32: crop i is volumes[i][starts[i]:starts[i] + crop], z-scored over its own voxels
+    (a constant crop becomes 0). Each crop is read twice, for its sums (exact int64 for int16 volumes) and straight
+    into the output; no float64 copy of the batch is made."""
+    out = np.empty((len(starts), crop, *np.shape(volumes[0])[1:], 1), np.float32)
+    for i, (volume, start) in enumerate(zip(volumes, starts)):
+        block = np.asarray(volume[start:start + crop])
+        flat = block.reshape(-1)
+        accumulate = np.int64 if np.issubdtype(flat.dtype, np.integer) else np.float64
+        mean = flat.sum(dtype=accumulate) / flat.size
+        sd = np.sqrt(max(np.einsum("i,i->", flat, flat, dtype=accumulate) / flat.size - mean**2, 0.0))
+        np.subtract(block[..., None], mean, out=out[i], dtype=np.float32)
+        out[i] /= np.float32(sd if sd > 1e-6 else 1.0)
+    return out
 
 
 def training_crops(levels: LevelSet, rows: np.ndarray, starts: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray]:
     """Crops (b, crop, y, x, 1) z-scored per crop, and their labels (b, 5): positions relative to the start."""
-    volumes = np.stack([levels.volumes[r].array[s:s + crop] for r, s in zip(rows, starts)])
     targets = levels.positions[rows] - starts[:, None].astype(np.float32)
-    return zscore(volumes.astype(np.float32))[..., None], targets
+    return zscored_crops([levels.volumes[r].array for r in rows], starts, crop), targets
 
 
 def window_starts(n_slices: int, crop: int, stride: int) -> np.ndarray:
@@ -192,8 +199,7 @@ def window_starts(n_slices: int, crop: int, stride: int) -> np.ndarray:
 
 def windows(volume: np.ndarray, starts: np.ndarray, crop: int) -> np.ndarray:
     """The z-scored windows (w, crop, y, x, 1) of a volume at `starts`."""
-    index = starts[:, None] + np.arange(crop)
-    return zscore(np.asarray(volume, dtype=np.float32)[index])[..., None]
+    return zscored_crops([volume] * len(starts), starts, crop)
 
 
 def median_positions(window_positions: np.ndarray, starts: np.ndarray) -> np.ndarray:

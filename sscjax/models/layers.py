@@ -1,5 +1,6 @@
-"""Shared layers: input normalisation, a depthwise convolution with two interchangeable implementations, a
-fast single-channel 3D convolution for CPUs, and the naming that maps PyTorch tensors onto NNX variables."""
+"""Shared layers: input normalisation, a depthwise convolution with two interchangeable implementations, 3D
+convolutions and max-pooling in forms that are fast on CPUs, and the naming that maps PyTorch tensors onto NNX
+variables."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 DepthwiseImpl = Literal["grouped", "shifted"]
+Conv3dImpl = Literal["xla", "slices", "shifted"]
 Padding = tuple[tuple[int, int], tuple[int, int]] | Literal["SAME"]
 InputNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per input channel
 
@@ -70,16 +72,45 @@ class DepthwiseConv2d(nnx.Module):
         return y if self.bias is None else y + self.bias[...]
 
 
-def single_channel_conv3d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
-    """A 3x3x3 convolution (padding 1) of a one-channel NDHWC volume as 27 shifted multiply-adds.
+def default_conv3d_impl(in_features: int) -> Conv3dImpl:
+    """On CPU, "shifted" for one input channel and "slices" otherwise (XLA's CPU 3D convolution is 2-3x slower
+    than either, and ~30x slower for one channel); "xla" (one 3D convolution) on GPU/TPU."""
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return "shifted" if in_features == 1 else "slices"
 
-    Same numbers as nnx.Conv with kernel (3, 3, 3, 1, C); on CPU about 30x faster than XLA's convolution,
-    which is slow for a single input channel.
+
+def conv3d_same(x: jax.Array, kernel: jax.Array, impl: Conv3dImpl) -> jax.Array:
+    """A k x k x k convolution (k odd, zero padding k // 2, no bias) of an NDHWC volume with a DHWIO kernel.
+
+    impl="xla": one 3D convolution; "slices": the sum over the kernel's z taps of 2D convolutions of the
+    slices; "shifted" (one input channel only): k^3 shifted multiply-adds. The same numbers up to float rounding.
     """
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
-    d, h, w = x.shape[1:4]
-    y = sum(xp[:, i:i + d, j:j + h, k:k + w] * kernel[i, j, k, 0] for i in range(3) for j in range(3) for k in range(3))
-    return y if bias is None else y + bias
+    k = kernel.shape[0]
+    p = k // 2
+    n, d, h, w, c = x.shape
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), ((p, p),) * 3,
+                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    if impl == "shifted":
+        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (p, p), (0, 0)))
+        return sum(xp[:, i:i + d, j:j + h, m:m + w] * kernel[i, j, m, 0]
+                   for i in range(k) for j in range(k) for m in range(k))
+    xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
+    y = sum(jax.lax.conv_general_dilated(xp[:, i:i + d].reshape(n * d, h, w, c), kernel[i], (1, 1), ((p, p), (p, p)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            for i in range(k))
+    return y.reshape(n, d, h, w, -1)
+
+
+def max_pool3d(x: jax.Array, size: int, stride: int) -> jax.Array:
+    """Max-pooling of an NDHWC volume with a cubic window, no padding (floor), one axis at a time: the same
+    result as one 3D window (max is separable) at half the CPU time."""
+    for axis in (1, 2, 3):
+        window, strides = [1] * 5, [1] * 5
+        window[axis], strides[axis] = size, stride
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, "VALID")
+    return x
 
 
 def at_path(module: nnx.Module, path: tuple) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from sscjax.errors import ConfigError, ModelError
-from sscjax.models.layers import single_channel_conv3d
+from sscjax.models.layers import Conv3dImpl, conv3d_same, default_conv3d_impl, max_pool3d
 
 # Convolutions per stage (a max-pool closes every stage), as in torchvision's VGG cfgs A, B, D, E.
 VGG_STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -46,23 +46,22 @@ def _linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
 
 
 class ConvReluBN(nnx.Module):
-    """3x3x3 convolution (padding 1) -> ReLU -> BatchNorm, the published L-Net order."""
+    """3x3x3 convolution (padding 1) -> ReLU -> BatchNorm, the published L-Net order. `impl` picks how the
+    convolution is computed (`layers.conv3d_same`; None: the fastest for the backend)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, *, impl: Conv3dImpl | None = None, rngs: nnx.Rngs):
         self.conv = nnx.Conv(
             in_features, out_features, (3, 3, 3), padding=((1, 1),) * 3,
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), rngs=rngs,
         )
         self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
                               rngs=rngs)
-        self.shifted = in_features == 1 and jax.default_backend() == "cpu"  # see single_channel_conv3d
+        self.impl = impl or default_conv3d_impl(in_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.shifted:
-            x = single_channel_conv3d(x, self.conv.kernel[...], self.conv.bias[...])
-        else:
-            x = self.conv(x)
-        return self.bn(jax.nn.relu(x))
+        x, kernel, bias = self.conv.promote_dtype((x, self.conv.kernel[...], self.conv.bias[...]),
+                                                  dtype=self.conv.dtype)  # nnx.Conv's (mixed) precision
+        return self.bn(jax.nn.relu(conv3d_same(x, kernel, self.impl) + bias))
 
 
 class VGG3D(nnx.Module):
@@ -95,7 +94,7 @@ class VGG3D(nnx.Module):
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.stage_ends:
-                x = nnx.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding="VALID")
+                x = max_pool3d(x, 3, 2)
         return x
 
     def __call__(self, x: jax.Array) -> jax.Array:

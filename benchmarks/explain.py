@@ -1,0 +1,67 @@
+"""Heat-map speed: one slice's replacement heat maps (all three patterns in one pass) computed by `jax.vmap` over
+patch positions in chunks, against the original algorithm's sequential loop of batch-1 forward passes of the same
+jitted model on the same device. The two maps must agree; the JSON reports their largest difference.
+
+    python benchmarks/explain.py --quick                              # ConvNeXt-T at 256x256, patch 64, stride 16
+    python benchmarks/explain.py --image-size 512 --chunk 64          # the paper's size
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import chest_slices, print_report, texture_patterns
+from flax import nnx
+
+from sscjax.explain import HeatmapConfig, heatmaps, heatmaps_sequential, lung_positions, make_delta_fn
+from sscjax.models import create_model
+from sscjax.snet import predict_fn
+
+
+def seconds(function) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="convnext_tiny", help="S-Net architecture (random weights)")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--stride", type=int, default=16)
+    parser.add_argument("--chunk", type=int, help="patch positions per vmapped forward batch (default: the backend's)")
+    parser.add_argument("--skip-sequential", action="store_true", help="time the vmapped path only")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized: 256x256 (the DESIGN.md comparison)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.quick:
+        args.image_size = 256
+
+    model = create_model(args.model, 3, in_chans=1, normalize_input=True, rngs=nnx.Rngs(args.seed))
+    predict = predict_fn(model)
+    slices = chest_slices(1, args.image_size, args.seed)
+    image, lung = slices.images[0], slices.lung[0]
+    texture = texture_patterns(args.seed).gg
+    cfg = HeatmapConfig(patch=args.patch, stride=args.stride, fade=args.patch // 4,
+                        **({"chunk": args.chunk} if args.chunk else {}))
+    positions = len(lung_positions(lung, cfg))
+
+    delta_fn = make_delta_fn(predict, image.shape, cfg)
+    compile_s, _ = seconds(lambda: heatmaps(predict, image, lung, texture, cfg, delta_fn))
+    vmapped_s, vmapped = seconds(lambda: heatmaps(predict, image, lung, texture, cfg, delta_fn))
+    figures = {"chunk": cfg.chunk, "positions": positions,
+               "first_call_s": compile_s, "vmapped_s": vmapped_s,
+               "vmapped_per_position_s": vmapped_s / positions}
+    if not args.skip_sequential:
+        sequential_s, sequential = seconds(lambda: heatmaps_sequential(predict, image, lung, texture, cfg))
+        figures |= {"sequential_s": sequential_s, "sequential_per_position_s": sequential_s / positions,
+                    "speedup": sequential_s / vmapped_s,
+                    "max_abs_difference_pp": float(np.abs(vmapped - sequential).max())}
+    print_report("explain", vars(args), figures)
+
+
+if __name__ == "__main__":
+    main()
