@@ -15,7 +15,7 @@ import numpy as np
 from common import chest_slices, print_report, texture_patterns
 from flax import nnx
 
-from sscjax.explain import HeatmapConfig, heatmaps, heatmaps_sequential, lung_positions, make_delta_fn
+from sscjax.explain import HeatmapConfig, default_chunk, heatmaps, heatmaps_sequential, lung_positions, make_delta_fn
 from sscjax.models import create_model
 from sscjax.snet import predict_fn
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--stride", type=int, default=16)
-    parser.add_argument("--chunk", type=int, help="patch positions per vmapped forward batch (default: the backend's)")
+    parser.add_argument("--chunk", type=int, help="positions per vmapped forward batch (default: default_chunk)")
     parser.add_argument("--skip-sequential", action="store_true", help="time the vmapped path only")
     parser.add_argument("--quick", action="store_true", help="CPU-sized: 256x256 (the DESIGN.md comparison)")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,14 +45,13 @@ def main() -> None:
     slices = chest_slices(1, args.image_size, args.seed)
     image, lung = slices.images[0], slices.lung[0]
     texture = texture_patterns(args.seed).gg
-    cfg = HeatmapConfig(patch=args.patch, stride=args.stride, fade=args.patch // 4,
-                        **({"chunk": args.chunk} if args.chunk else {}))
+    cfg = HeatmapConfig(patch=args.patch, stride=args.stride, fade=args.patch // 4, chunk=args.chunk)
     positions = len(lung_positions(lung, cfg))
 
     delta_fn = make_delta_fn(predict, image.shape, cfg)
     compile_s, _ = seconds(lambda: heatmaps(predict, image, lung, texture, cfg, delta_fn))
     vmapped_s, vmapped = seconds(lambda: heatmaps(predict, image, lung, texture, cfg, delta_fn))
-    figures = {"chunk": cfg.chunk, "positions": positions,
+    figures = {"chunk": cfg.chunk or default_chunk(image.shape), "positions": positions,
                "first_call_s": compile_s, "vmapped_s": vmapped_s,
                "vmapped_per_position_s": vmapped_s / positions}
     if not args.skip_sequential:

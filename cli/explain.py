@@ -27,7 +27,8 @@ PATTERN_CHOICES = ("TOT", "GG", "RET", "all")
               help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison.")
 @click.option("--threshold", type=float, help="Delta P threshold (percentage points) of the derived segmentation "
               "(default: the S-Net run's calibration, else -1).")
-@click.option("--chunk", type=click.IntRange(1), help="Patch positions per forward batch [default: 8 on CPU, 32 on GPU].")
+@click.option("--chunk", type=click.IntRange(1),
+              help="Patch positions per forward batch [default: 32; 8 on a CPU for slices of 256 px or more].")
 @click.pass_context
 def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index, levels_text, healthy, occlusion,
             threshold, chunk):
@@ -69,7 +70,8 @@ def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index,
               help="The run's patients to calibrate on.")
 @click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Healthy-lung texture patch (default: the cohort's patterns/healthy).")
-@click.option("--chunk", type=click.IntRange(1), help="Patch positions per forward batch [default: 8 on CPU, 32 on GPU].")
+@click.option("--chunk", type=click.IntRange(1),
+              help="Patch positions per forward batch [default: 32; 8 on a CPU for slices of 256 px or more].")
 def calibrate(run, split, healthy, chunk):
     """Search the Delta P threshold in -4..0 percentage points that makes the derived scores agree best (MAE)
     with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""

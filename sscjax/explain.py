@@ -11,7 +11,7 @@ they are not computed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -25,10 +25,10 @@ PATTERNS = ("TOT", "GG", "RET")
 Predict = Callable[[jax.Array], jax.Array]  # (N, H, W, 1) images -> (N, 3) scores in %
 
 
-def default_chunk() -> int:
-    """Patch positions per forward batch: 8 on CPU (measured fastest there; larger batches fall out of cache),
-    32 on accelerators. It bounds the device memory and never changes the maps."""
-    return 8 if jax.default_backend() == "cpu" else 32
+def default_chunk(shape: tuple[int, int]) -> int:
+    """Patch positions per forward batch when not set: 32, but 8 for slices of 256x256 pixels or more on a CPU
+    (measured fastest there: larger batches fall out of cache). It bounds the device memory, never the maps."""
+    return 8 if jax.default_backend() == "cpu" and shape[0] * shape[1] >= 256 * 256 else 32
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class HeatmapConfig:
     patch: int = 64
     stride: int = 16
     fade: int = 16  # width in pixels of the linear fade at each patch edge
-    chunk: int = field(default_factory=default_chunk)  # patch positions per forward batch
+    chunk: int | None = None  # patch positions per forward batch; None: default_chunk(image shape)
     occlusion: str = "replace"  # "replace" with healthy texture, or "constant" (classic occlusion)
     constant: float = 0.0  # the fill value of constant occlusion, in model input units
 
@@ -47,6 +47,8 @@ class HeatmapConfig:
             raise ConfigError(f"heat-map patch {self.patch} must be a multiple of the stride {self.stride}")
         if not 0 < self.fade <= self.patch // 2:
             raise ConfigError(f"heat-map fade {self.fade} must lie in 1..patch/2 = {self.patch // 2}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"heat-map chunk {self.chunk} must be at least 1")
         if self.occlusion not in ("replace", "constant"):
             raise ConfigError(f"occlusion must be 'replace' or 'constant', not {self.occlusion!r}")
 
@@ -125,8 +127,8 @@ def heatmaps(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.
              cfg: HeatmapConfig = HeatmapConfig(), delta_fn=None) -> np.ndarray:
     """(H, W, 3) Delta P maps (TOT, GG, RET, in percentage points) of one slice in model input units.
 
-    Positions are evaluated by `jax.vmap` in chunks of `cfg.chunk`; pass `delta_fn` (from `make_delta_fn`)
-    to reuse one compiled function over many slices of the same size.
+    Positions are evaluated by `jax.vmap` in chunks of `cfg.chunk` (None: `default_chunk`); pass `delta_fn` (from
+    `make_delta_fn`) to reuse one compiled function over many slices of the same size.
     """
     image = np.asarray(image, np.float32)
     lung_f = np.asarray(lung, np.float32)
@@ -135,9 +137,10 @@ def heatmaps(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.
     base = jax.jit(predict)(jnp.asarray(image)[None, :, :, None])
     cells = lung_positions(lung_f > 0, cfg)
     deltas = np.zeros((len(cells), len(PATTERNS)), np.float32)
-    for start in range(0, len(cells), cfg.chunk):
-        chunk = cells[start : start + cfg.chunk]
-        corners = np.zeros((cfg.chunk, 2), np.int32)  # fixed chunk shape: one compilation
+    size = cfg.chunk or default_chunk(image.shape)
+    for start in range(0, len(cells), size):
+        chunk = cells[start : start + size]
+        corners = np.zeros((size, 2), np.int32)  # fixed chunk shape: one compilation
         corners[: len(chunk)] = chunk * cfg.stride
         out = delta_fn(jnp.asarray(image), jnp.asarray(lung_f), content, jnp.asarray(corners), base)
         deltas[start : start + len(chunk)] = np.asarray(out)[: len(chunk)]

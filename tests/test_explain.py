@@ -1,5 +1,7 @@
 """Replacement heat maps: vmapped chunks equal the plain loop, and they point at the right region."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -116,3 +118,12 @@ def test_config_is_checked():
         explain.HeatmapConfig(patch=64, stride=24)
     with pytest.raises(ConfigError, match="occlusion"):
         explain.HeatmapConfig(occlusion="blur")
+
+
+def test_chunk_size_never_changes_the_maps_and_must_be_positive():
+    image, lung, texture = _slice()
+    predict = _conv_net()
+    by_default = explain.heatmaps(predict, image, lung, texture, dataclasses.replace(CFG, chunk=None))
+    np.testing.assert_allclose(by_default, explain.heatmaps(predict, image, lung, texture, CFG), atol=1e-4)
+    with pytest.raises(ConfigError, match="chunk 0"):
+        explain.HeatmapConfig(chunk=0)
