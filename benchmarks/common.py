@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sscjax.data.lnet import LevelSet, PreparedVolume
+from sscjax.configs.lnet import LNetData
+from sscjax.data.lnet import LevelSet, PreparedVolume, crop_starts, training_crops
 from sscjax.data.slices import SliceSet, window
 from sscjax.data.synthesis import Patterns
 from sscjax.io import Geometry
@@ -52,6 +53,15 @@ def level_volumes(n: int, size: tuple[int, int, int], seed: int) -> LevelSet:
                for _ in range(n)]
     positions = np.sort(rng.uniform(0.3, 0.7, (n, 5)) * size[0], axis=1)[:, ::-1].astype(np.float32)
     return LevelSet([f"v{i}" for i in range(n)], volumes, positions)
+
+
+def random_crops(levels: LevelSet, crop: int, batch: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch `step` of level-keeping L-Net training crops (z-scored inputs, positions in the crop)."""
+    rng = np.random.default_rng([seed, step])
+    rows = rng.integers(0, len(levels), batch)
+    starts = crop_starts(levels.positions[rows], crop, levels.volumes[0].array.shape[0], LNetData.margin,
+                         rng.random(batch))
+    return training_crops(levels, rows, starts, crop)
 
 
 def environment() -> dict[str, Any]:

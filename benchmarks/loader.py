@@ -12,9 +12,8 @@ import argparse
 import time
 
 import numpy as np
-from common import chest_slices, level_volumes, print_report, texture_patterns
+from common import chest_slices, level_volumes, print_report, random_crops, texture_patterns
 
-from sscjax.data.lnet import crop_starts, training_crops
 from sscjax.data.snet_loader import SNetLoader, prefetch
 
 
@@ -56,17 +55,10 @@ def snet_figures(args) -> dict:
 
 
 def lnet_figures(args) -> dict:
-    size, crop = tuple(args.lnet_size), args.lnet_crop
-    levels = level_volumes(8, size, args.seed)
-    rng = np.random.default_rng(args.seed)
-
-    def crops(step: int):
-        rows = rng.integers(0, len(levels), args.lnet_batch)
-        starts = crop_starts(levels.positions[rows], crop, size[0], 2, rng.random(len(rows)))
-        return training_crops(levels, rows, starts, crop)
-
+    levels = level_volumes(8, tuple(args.lnet_size), args.seed)
+    crops = lambda step: random_crops(levels, args.lnet_crop, args.lnet_batch, args.seed, step)  # noqa: E731
     crops(0)
-    seconds, _ = timed(crops, range(args.steps))
+    seconds, _ = timed(crops, range(1, args.steps + 1))
     return {"seconds_per_batch": seconds, "crops_per_s": args.lnet_batch / seconds}
 
 

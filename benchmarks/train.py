@@ -16,14 +16,11 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from common import chest_slices, level_volumes, peak_memory_bytes, print_report, texture_patterns
+from common import chest_slices, level_volumes, peak_memory_bytes, print_report, random_crops, texture_patterns
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from sscjax import configs, runs, train
 from sscjax.configs import ModelConfig
-from sscjax.data.lnet import crop_starts, training_crops
 from sscjax.data.snet_loader import SNetLoader
 
 
@@ -51,10 +48,7 @@ def lnet_task(preset: str, size: tuple[int, int, int] | None, crop: int | None, 
     levels = level_volumes(max(batch, 4), size, seed)
 
     def make_batch(step: int) -> train.Batch:
-        rng = np.random.default_rng([seed, step])
-        rows = rng.integers(0, len(levels), batch)
-        starts = crop_starts(levels.positions[rows], crop, size[0], 2, rng.random(batch))
-        inputs, targets = training_crops(levels, rows, starts, crop)
+        inputs, targets = random_crops(levels, crop, batch, seed, step)
         return {"inputs": inputs, "targets": targets / crop}
 
     return config, BenchTask(config.model, make_batch), {"crop": [crop, *size[1:]], "matrix": list(size)}
@@ -77,11 +71,7 @@ def measure(config, task: BenchTask, batch: int, steps: int, compute_dtype: str)
     """Compile time, then `steps` steps on one fixed batch and `steps` steps fed by the loader."""
     schedule = dataclasses.replace(config.train, batch_size=batch, compute_dtype=compute_dtype)
     mesh = train.data_mesh()
-    model = train.set_compute_dtype(task.make_model(nnx.Rngs(0)), compute_dtype)
-    model_def, params, state = train.split_model(model)
-    tx = train.make_optimizer(schedule)
-    params, state = train.replicate((params, state), mesh)
-    opt_state = jax.jit(tx.init, out_shardings=NamedSharding(mesh, PartitionSpec()))(params)  # as the engine
+    model_def, params, state, tx, opt_state = train.init_training(task, schedule, mesh)
     step_fn = train.make_train_step(task, model_def, tx)
     fixed = train.shard_batch(task.train_batch(0, 0, 1), mesh)
     key = jax.random.key(0)
@@ -96,7 +86,7 @@ def measure(config, task: BenchTask, batch: int, steps: int, compute_dtype: str)
 
     compile_s = run([fixed])
     fixed_s = run([fixed] * steps) / steps
-    fed_s = run(train.shard_batch(b, mesh) for b in train._batches(task, 1, 1 + steps)) / steps
+    fed_s = run(train.shard_batch(b, mesh) for b in train.prefetch_batches(task, 1, 1 + steps)) / steps
     return {"model": config.model.name, "parameters": sum(x.size for x in jax.tree.leaves(params)),
             "batch": batch, "compute_dtype": compute_dtype, "compile_s": compile_s,
             "fixed_batch": {"step_s": fixed_s, "steps_per_s": 1 / fixed_s, "images_per_s": batch / fixed_s},

@@ -21,7 +21,7 @@ from flax import nnx
 from sscjax import runs, train
 from sscjax.configs.lnet import LNetConfig, LNetData
 from sscjax.data import lnet as data
-from sscjax.errors import CohortError, ConfigError
+from sscjax.errors import ConfigError
 from sscjax.io import HU_RANGE, Scan, read_scan, write_csv, write_json
 
 NET = "lnet"
@@ -40,22 +40,26 @@ def to_positions(outputs: np.ndarray, crop: int) -> np.ndarray:
     return (np.asarray(outputs, dtype=np.float64) + 0.5) * crop
 
 
+def _predict_in_chunks(predict: train.Predictor, n: int, inputs: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """Outputs for n inputs made one predictor chunk at a time (`inputs(rows)`), so that only one chunk of
+    volumes is ever in host memory."""
+    chunk = getattr(predict, "chunk", n)
+    return np.concatenate([predict(inputs(slice(i, i + chunk))) for i in range(0, n, chunk)])
+
+
 def predict_positions(predict: train.Predictor, volume: np.ndarray, settings: LNetData) -> np.ndarray:
     """(5,) level positions in a resampled volume: per-level median over the sliding windows."""
     starts = data.window_starts(volume.shape[0], settings.crop, settings.stride)
-    chunk = getattr(predict, "chunk", len(starts))
-    outputs = np.concatenate([predict(data.windows(volume, starts[i:i + chunk], settings.crop))
-                              for i in range(0, len(starts), chunk)])
+    outputs = _predict_in_chunks(predict, len(starts), lambda rows: data.windows(volume, starts[rows], settings.crop))
     return data.median_positions(to_positions(outputs, settings.crop), starts)
 
 
 def predict_crops(predict: train.Predictor, levels: data.LevelSet, rows: np.ndarray, starts: np.ndarray,
                   crop: int) -> np.ndarray:
     """(n, 5) positions predicted within the crops (row, start), relative to each crop's start."""
-    chunk = getattr(predict, "chunk", len(rows))
-    outputs = [predict(data.training_crops(levels, rows[i:i + chunk], starts[i:i + chunk], crop)[0])
-               for i in range(0, len(rows), chunk)]
-    return to_positions(np.concatenate(outputs), crop)
+    outputs = _predict_in_chunks(predict, len(rows),
+                                 lambda part: data.training_crops(levels, rows[part], starts[part], crop)[0])
+    return to_positions(outputs, crop)
 
 
 def mean_crop_positions(levels: data.LevelSet, settings: LNetData) -> np.ndarray:
@@ -277,19 +281,11 @@ def evaluate_lnet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     (MAE and SD in original slices and mm, ICC(A,1) on slice indices, per level and over all), predictions.csv,
     Bland-Altman and correlation plots (slices). Returns the metrics with the written files."""
     from sscjax import plots
-    from sscjax.data import load_cohort
 
-    if split not in ("valid", "test"):
-        raise ConfigError(f"split {split!r} is not 'valid' or 'test'")
     run_dir = Path(run_dir)
-    model = level_model(run_dir)
-    config = runs.read_config(run_dir, NET)
-    ids = runs.read_splits(run_dir)[split]
-    cohort = load_cohort(data_dir or config.data_dir, check_scans=False)
-    missing = [i for i in ids if i not in cohort.scan_paths]
-    if missing:
-        raise CohortError([f"{cohort.root}: scan {i} of the run's {split} split is missing" for i in missing])
-    rows = _prediction_rows(model, cohort, ids, progress)
+    network, config = runs.load_model(run_dir, NET)
+    cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
+    rows = _prediction_rows(level_model(network, config), cohort, ids, progress)
     keys = ("pred_slice", "true_slice", "pred_mm", "true_mm")
     summary = {level: _summary(*(_column(rows, k, level) for k in keys)) for level in (*LEVEL_NAMES, None)}
     result = {"run": str(run_dir), "split": split, "n_scans": len(ids),

@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from sscjax.configs import ModelConfig, load_config, save_config, to_dict
-from sscjax.errors import ConfigError, ModelError
+from sscjax.errors import CohortError, ConfigError, ModelError
 from sscjax.io import write_json
 
 CONFIG_FILE = "config.json"
@@ -130,6 +130,20 @@ def read_splits(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise ModelError(f"{run_dir}: no {SPLITS_FILE} in this run")
     return _read_json(path)
+
+
+def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[object, list[str]]:
+    """(cohort in `data_dir`, scan ids) of a run's "valid" or "test" split; CohortError when a scan is missing."""
+    from sscjax.data import load_cohort
+
+    if split not in ("valid", "test"):
+        raise ConfigError(f"split {split!r} is not 'valid' or 'test'")
+    ids = read_splits(run_dir)[split]
+    cohort = load_cohort(data_dir, check_scans=False)
+    missing = [i for i in ids if i not in cohort.scan_paths]
+    if missing:
+        raise CohortError([f"{cohort.root}: scan {i} of the run's {split} split is missing" for i in missing])
+    return cohort, ids
 
 
 def load_model(run_dir: str | Path, net: str | None = None, kind: str = "best") -> tuple[nnx.Module, object]:

@@ -28,7 +28,7 @@ from sscjax.configs.snet import LITE0_PACKAGE, NO_PRETRAINING, SNetConfig
 from sscjax.data.slices import SliceSet, load_slices, resize_slices, window
 from sscjax.data.snet_loader import SNetLoader
 from sscjax.data.synthesis import Patterns, load_patterns
-from sscjax.errors import CohortError, ConfigError, ModelError
+from sscjax.errors import ConfigError, ModelError
 from sscjax.io import atomic_write
 
 NET = "snet"
@@ -101,6 +101,11 @@ def make_snet(config: SNetConfig, rngs: nnx.Rngs) -> nnx.Module:
     return model if path is None else load_backbone(model, path, config.model.name)
 
 
+def percent_scores(model: nnx.Module, images: jax.Array) -> jax.Array:
+    """The model's (N, 3) outputs as float32 TOT, GG, RET in %."""
+    return model(images).astype(jnp.float32) * PERCENT
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -137,7 +142,7 @@ class SNetTask:
         return jnp.mean((outputs - batch["targets"].astype(jnp.float32) / PERCENT) ** 2)
 
     def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array:
-        return model(inputs) * PERCENT
+        return percent_scores(model, inputs)
 
     def validate(self, predict: train.Predictor) -> train.Validation:
         """Scores of the validation level slices: "mae" (mean over the patterns) and MAE, kappa, ICC per pattern;
@@ -283,7 +288,7 @@ def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None
     if config is None:
         raise ConfigError("an S-Net model needs its config (image size) for scoring")
     batch = train.inference_batch(config.train.predict_batch, config.data.image_size**2)
-    predict = train.model_predictor(run_or_model, batch, forward=lambda m, x: m(x) * PERCENT,
+    predict = train.model_predictor(run_or_model, batch, forward=percent_scores,
                                     compute_dtype=config.train.compute_dtype)
     return ScoreModel(predict, config.data.image_size)
 
@@ -301,7 +306,7 @@ def predict_fn(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
     @jax.jit
     def forward(params, state, images):
         m = train.merge_model(model_def, params, state, jax.random.key(0), training=False)
-        return m(images).astype(jnp.float32) * PERCENT
+        return percent_scores(m, images)
 
     return functools.partial(forward, params, state)
 
@@ -323,17 +328,10 @@ def evaluate_snet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     (per pattern MAE (SD), weighted kappa, ICC(A,1) with 95 % CI, over all and per level) and correlation and
     Bland-Altman plots per pattern. Returns the agreement tables with the written files."""
     from sscjax import report
-    from sscjax.data import load_cohort
 
-    if split not in ("valid", "test"):
-        raise ConfigError(f"split {split!r} is not 'valid' or 'test'")
     run_dir = Path(run_dir)
     model, config = load_snet(run_dir)
-    ids = runs.read_splits(run_dir)[split]
-    cohort = load_cohort(data_dir or config.data_dir, check_scans=False)
-    missing = [i for i in ids if i not in cohort.scan_paths]
-    if missing:
-        raise CohortError([f"{cohort.root}: scan {i} of the run's {split} split is missing" for i in missing])
+    cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
     out = run_dir / "eval" / split
     slices = load_slices(cohort, run_dir / "eval" / "cache", image_size=config.data.image_size, neighbours=False,
                          ids=ids, progress=progress)

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -57,8 +57,9 @@ class Task(Protocol):
 
     `train_batch(step, process_index, process_count)` returns this host's rows of global batch `step`
     (a dict of numpy arrays, batch on axis 0, process `i` holding rows i*b/p .. (i+1)*b/p - 1), made from
-    (seed, step) alone and safe to call from several threads at once (batches are made ahead in parallel). `loss` (a scalar) and `predict` (a batch of inputs -> float outputs) run under `jax.jit`
-    with the model in training / evaluation mode; the engine reseeds the model's random streams (dropout,
+    (seed, step) alone and safe to call from several threads at once (batches are made ahead in parallel).
+    `loss` (a scalar) and `predict` (a batch of inputs -> float outputs) run under `jax.jit` with the model in
+    training / evaluation mode; the engine reseeds the model's random streams (dropout,
     stochastic depth) from (seed, step) before each step. `validate` gets a numpy -> numpy predictor of the
     current model (split over all devices; every host gets every output) and must return the same Validation
     on each host. `examples_per_epoch` turns `epochs` into steps.
@@ -223,6 +224,18 @@ def set_compute_dtype(model: nnx.Module, name: str) -> nnx.Module:
             if hasattr(module, "dtype"):
                 module.dtype = COMPUTE_DTYPES[name]
     return model
+
+
+def init_training(task: Task, config: TrainConfig, mesh: Mesh
+                  ) -> tuple[ModelDef, nnx.State, nnx.State, optax.GradientTransformation, optax.OptState]:
+    """A run's start: (model definition, params, model state, optimizer, optimizer state), the arrays
+    replicated on `mesh` with the shardings the train step returns (so it compiles once)."""
+    model = set_compute_dtype(task.make_model(nnx.Rngs(config.seed)), config.compute_dtype)
+    model_def, params, state = split_model(model)
+    tx = make_optimizer(config)
+    params, state = replicate((params, state), mesh)
+    opt_state = jax.jit(tx.init, out_shardings=NamedSharding(mesh, PartitionSpec()))(params)
+    return model_def, params, state, tx, opt_state
 
 
 def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransformation) -> Callable:
@@ -397,7 +410,7 @@ def _selection(meta: dict, mae: float, step: int) -> tuple[dict, bool]:
     return {**meta, "bad_validations": meta["bad_validations"] + 1}, False
 
 
-def _batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
+def prefetch_batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
     """Batches start .. stop-1 of this host, the next PREFETCH ones prepared in background threads."""
     pi, pc = jax.process_index(), jax.process_count()
     with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
@@ -423,11 +436,7 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
     valid_every = config.valid_every or steps_per_epoch(config, task.examples_per_epoch)
     checkpoint_every = config.checkpoint_every or valid_every
 
-    model = set_compute_dtype(task.make_model(nnx.Rngs(config.seed)), config.compute_dtype)
-    model_def, params, state = split_model(model)
-    tx = make_optimizer(config)
-    params, state = replicate((params, state), mesh)
-    opt_state = jax.jit(tx.init, out_shardings=NamedSharding(mesh, PartitionSpec()))(params)
+    model_def, params, state, tx, opt_state = init_training(task, config, mesh)
     train_step = make_train_step(task, model_def, tx)
     predict_step = make_predict_step(task.predict, model_def, mesh)
 
@@ -447,7 +456,7 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
     result = TrainResult(start, meta["best_step"], meta["best_mae"], False, {})
     last_time, last_step = time.perf_counter(), start
     try:
-        for step, host_batch in zip(range(start, total), _batches(task, start, total)):
+        for step, host_batch in zip(range(start, total), prefetch_batches(task, start, total)):
             batch = shard_batch(host_batch, mesh)
             rows = {v.shape[0] for v in batch.values()}
             if rows != {config.batch_size}:
