@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from sscjax.errors import ScanError
+from sscjax.errors import ScanError, SscError
 
 SCAN_EXTENSIONS = (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd", ".dcm")
 WRITE_EXTENSIONS = (".nii.gz", ".mha", ".nii", ".nrrd")
@@ -129,6 +129,30 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Refuse an output folder that cannot be written, before any work is done: the folder (made if missing) is
+    probed with a temporary file, and whatever the probe made is removed again."""
+    folder = Path(folder)
+    missing, existing = [], folder
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SscError(f"{folder}: cannot write outputs here ({existing} is a file, not a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ssc-write-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SscError(f"{folder}: cannot write outputs here ({e.strerror or e})") from None
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+    return folder
 
 
 def _json_ready(value):
