@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -29,8 +30,13 @@ def weights() -> None:
 def convert(src: Path, dst: Path, arch: str, num_classes: int | None, in_chans: str,
             normalize_input: bool) -> None:
     """Convert the PyTorch weight file SRC into the sscjax weight file DST (.npz)."""
+    from sscjax.errors import SscError
+    from sscjax.io import check_writable
     from sscjax.models import convert_weights, count_parameters
 
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise SscError(f"{dst}: would overwrite the input weights file; choose another output file")
+    check_writable(dst.parent)
     model, meta = convert_weights(src, dst, arch, num_classes, int(in_chans),
                                   normalize_input=normalize_input)
     click.echo(f"{meta['arch']}: {count_parameters(model):,} parameters, {meta['num_classes']} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from sscjax.errors import ConfigError, ModelError
-from sscjax.models.convert import assign_state, read_state_dict, torchvision_convnext_keys
+from sscjax.models.convert import assign_state, check_npz, read_state_dict, torchvision_convnext_keys
 from sscjax.models.convnext import CONVNEXT_VARIANTS, ConvNeXt, torchvision_config
 from sscjax.models.efficientnet import EfficientNetLite0
 from sscjax.models.layers import at_path, torch_names
@@ -203,15 +204,19 @@ def load_weights(path: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[s
     """The network saved by `save_weights` (in evaluation mode) and its metadata."""
     path = Path(path)
     try:
+        check_npz(path)
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["__meta__"]))
             arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
     except FileNotFoundError:
         raise ModelError(f"{path}: no such weights file") from None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ModelError(f"{path}: not an sscjax weights file ({e})") from None
-    model = abstract_model(meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], seed=seed,
-                           **meta.get("options", {}))
+    try:
+        model = abstract_model(meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], seed=seed,
+                               **meta.get("options", {}))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ModelError(f"{path}: its metadata does not describe a network ({type(e).__name__}: {e})") from None
     assign_state(model, arrays, {k: (p, "same") for k, p in _weight_paths(model).items()}, str(path))
     model.eval()
     return model, meta

@@ -1,12 +1,16 @@
 """Read PyTorch (.pth zip or legacy) and .safetensors weights without torch, and copy them into NNX models.
 
-Pickled files are read with an unpickler that only builds tensors and plain containers: any other
-global (os.system, builtins.eval, ...) is refused before it can run.
+Every pickle in a file (the legacy format's header records too) is read with an unpickler that only builds
+tensors and plain containers: any other global (os.system, builtins.eval, ...) is refused before it can run.
+Every size a file declares (zip entries, tensor shapes, storage lengths, safetensors headers and offsets) is
+checked against the file itself before memory is allocated for it.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import pickle
 import re
 import struct
@@ -34,6 +38,10 @@ SAFETENSORS_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# A zip entry may inflate to at most this many times its compressed size (plus ZIP_SLACK bytes): torch stores
+# tensors uncompressed (ratio 1) and weights compress poorly, so more than this is a zip bomb, not weights.
+MAX_INFLATION = 16
+ZIP_SLACK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class StorageRef:
     key: str
     dtype: np.dtype
     offset: int = 0  # in elements, for the legacy format's storage views
+    numel: int | None = None  # elements of the whole storage, as the zip format's pickle declares it
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,15 @@ class TensorRef:
         """A copy of the tensor's elements; ValueError if they do not all lie inside the storage."""
         flat = storages[self.storage.key]
         start = self.storage.offset + self.offset
+        if not all(isinstance(v, int) and v >= 0 for v in (*self.shape, *self.stride)) or len(self.shape) != len(self.stride):
+            raise ValueError(f"tensor of shape {self.shape!r:.80} and stride {self.stride!r:.80} is malformed")
+        if math.prod(self.shape) > flat.size:  # a stride-0 view may not make more elements than its storage has
+            raise ValueError(f"tensor {self.shape} has more elements than its storage {self.storage.key} "
+                             f"({flat.size})")
         if 0 in self.shape:
             return np.zeros(self.shape, flat.dtype)
         last = start + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
-        if start < 0 or min(self.stride, default=0) < 0 or last >= flat.size:
+        if start < 0 or last >= flat.size:
             raise ValueError(f"tensor {self.shape} lies outside its storage {self.storage.key}")
         strides = tuple(s * flat.dtype.itemsize for s in self.stride)
         return np.lib.stride_tricks.as_strided(flat[start:], self.shape, strides, writeable=False).copy()
@@ -91,6 +105,7 @@ class TensorUnpickler(pickle.Unpickler):
         super().__init__(file)
         self.path = path
         self.storage_dtypes: dict[str, np.dtype] = {}
+        self.storage_numel: dict[str, int] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in SAFE_GLOBALS:
@@ -104,7 +119,10 @@ class TensorUnpickler(pickle.Unpickler):
             raise ModelError(f"{self.path}: unknown persistent id {pid!r:.80}")
         key, view = str(pid[2]), (pid[5] if len(pid) > 5 else None)
         self.storage_dtypes[key] = pid[1]
-        return StorageRef(key, pid[1], int(view[1]) if view else 0)
+        numel = pid[4] if isinstance(pid[4], int) and pid[4] >= 0 else None
+        if numel is not None:
+            self.storage_numel[key] = numel
+        return StorageRef(key, pid[1], int(view[1]) if view else 0, numel)
 
 
 def _materialise(obj: Any, storages: dict[str, np.ndarray]) -> Any:
@@ -117,49 +135,113 @@ def _materialise(obj: Any, storages: dict[str, np.ndarray]) -> Any:
     return obj
 
 
+def _check_inflation(info: zipfile.ZipInfo, source: Path) -> None:
+    if info.file_size > MAX_INFLATION * info.compress_size + ZIP_SLACK:
+        raise ModelError(f"{source}: the entry {info.filename} would inflate from {info.compress_size:,} to "
+                         f"{info.file_size:,} bytes; refused (not a weights file)")
+
+
+def check_npz(path: Path) -> None:
+    """Refuse an .npz whose entries would inflate like a zip bomb or whose arrays declare more bytes than their
+    entry holds, before numpy allocates them (np.load sizes its arrays from their headers)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            _check_inflation(info, path)
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise ModelError(f"{path}: the array {info.filename} declares shape {shape}, more than its "
+                                 f"{info.file_size:,} bytes hold")
+
+
+def zip_entry(archive: zipfile.ZipFile, name: str, source: Path, size: int | None = None) -> bytes:
+    """The bytes of one zip entry, refused before reading if it would inflate far beyond its compressed size
+    (a zip bomb) or if it is not the `size` its tensor needs."""
+    info = archive.getinfo(name)
+    _check_inflation(info, source)
+    if size is not None and info.file_size != size:
+        raise ModelError(f"{source}: the entry {name} holds {info.file_size:,} bytes, its tensor storage needs "
+                         f"{size:,}")
+    with archive.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) != info.file_size:
+        raise ModelError(f"{source}: the entry {name} is truncated")
+    return data
+
+
 def _read_zip_pth(path: Path) -> Any:
     with zipfile.ZipFile(path) as archive:
-        pkl = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+        names = archive.namelist()
+        pkl = next((n for n in names if n.endswith("data.pkl")), None)
         if pkl is None:
             raise ModelError(f"{path}: a zip file without data.pkl is not a PyTorch checkpoint")
         prefix = pkl[: -len("data.pkl")]
-        with archive.open(pkl) as f:
-            unpickler = TensorUnpickler(f, path)
-            obj = unpickler.load()
-        byteorder = ">" if (prefix + "byteorder" in archive.namelist()
-                            and archive.read(prefix + "byteorder").strip() == b"big") else "<"
-        storages = {key: np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype.newbyteorder(byteorder))
-                    .astype(dtype) for key, dtype in unpickler.storage_dtypes.items()}
+        unpickler = TensorUnpickler(io.BytesIO(zip_entry(archive, pkl, path)), path)
+        obj = unpickler.load()
+        big_endian = prefix + "byteorder" in names and zip_entry(archive, prefix + "byteorder", path).strip() == b"big"
+        storages = {}
+        for key, dtype in unpickler.storage_dtypes.items():
+            numel = unpickler.storage_numel.get(key)
+            raw = zip_entry(archive, f"{prefix}data/{key}", path, None if numel is None else numel * dtype.itemsize)
+            storages[key] = np.frombuffer(raw, dtype.newbyteorder(">" if big_endian else "<")).astype(dtype)
     return _materialise(obj, storages)
 
 
 def _read_legacy_pth(path: Path) -> Any:
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        if pickle.load(f) != LEGACY_MAGIC:
+        if TensorUnpickler(f, path).load() != LEGACY_MAGIC:
             raise ModelError(f"{path}: not a PyTorch checkpoint (no zip archive, no legacy magic number)")
-        pickle.load(f), pickle.load(f)  # protocol version, sys_info
+        TensorUnpickler(f, path).load(), TensorUnpickler(f, path).load()  # protocol version, sys_info
         unpickler = TensorUnpickler(f, path)
         obj = unpickler.load()
         storages = {}
         for key in TensorUnpickler(f, path).load():  # then each storage: int64 numel, raw data
             dtype = unpickler.storage_dtypes[key]
             (numel,) = struct.unpack("<q", f.read(8))
+            if not 0 <= numel * dtype.itemsize <= size - f.tell():
+                raise ModelError(f"{path}: storage {key} declares {numel:,} elements, more than the file holds")
             storages[key] = np.frombuffer(f.read(numel * dtype.itemsize), dtype, count=numel)
     return _materialise(obj, storages)
 
 
+def _safetensors_entry(info: Any, name: str, data_size: int, path: Path) -> tuple[np.dtype, list[int], int, int]:
+    """(dtype, shape, begin, end) of one header entry, every field checked against the file."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise ModelError(f"{path}: header entry {name!r:.80} lacks dtype, shape or data_offsets")
+    if info["dtype"] not in SAFETENSORS_DTYPES:
+        raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']!r:.40}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, *offsets))):
+        raise ModelError(f"{path}: tensor {name} has a malformed shape or data_offsets")
+    dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+    begin, end = offsets
+    if not begin <= end <= data_size or end - begin != math.prod(shape) * dtype.itemsize:
+        raise ModelError(f"{path}: tensor {name} of shape {shape} does not fit its offsets {offsets} in the "
+                         f"file's {data_size:,} data bytes")
+    return dtype, shape, begin, end
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     data = path.read_bytes()
+    if len(data) < 8:
+        raise ModelError(f"{path}: too short for a safetensors file")
     (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ModelError(f"{path}: the header claims {n:,} bytes, the file has {len(data) - 8:,} after its length")
     header = json.loads(data[8: 8 + n])
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: the safetensors header is not a mapping of tensor names")
     header.pop("__metadata__", None)
+    body = memoryview(data)[8 + n:]
     out = {}
     for name, info in header.items():
-        if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        flat = np.frombuffer(data[8 + n + begin: 8 + n + end], SAFETENSORS_DTYPES[info["dtype"]])
-        out[name] = flat.reshape(info["shape"]).copy()
+        dtype, shape, begin, end = _safetensors_entry(info, name, len(body), path)
+        out[name] = np.frombuffer(body[begin:end], dtype).reshape(shape).copy()
     return out
 
 
@@ -189,8 +271,8 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         obj = _read_zip_pth(path) if zipfile.is_zipfile(path) else _read_legacy_pth(path)
     except ModelError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, struct.error, zipfile.BadZipFile, json.JSONDecodeError, OSError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            RecursionError, struct.error, zipfile.BadZipFile, json.JSONDecodeError, OSError) as e:
         raise ModelError(f"{path}: unreadable weights file ({type(e).__name__}: {e})") from e
     return _unwrap(obj, path)
 
