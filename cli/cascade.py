@@ -24,19 +24,22 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
     With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
-    ensemble mean and `spread` is the SD between folds. Writes OUT/<scan>/scores.json, scores.csv, the five
-    slices (.mha with their geometry), their lung masks and montage.png, and OUT/scores.csv for all scans.
+    ensemble mean and `spread` is the SD between folds. Scores lie in 0..100 %; scores.json also keeps the networks'
+    unbounded outputs under `raw`. Writes OUT/<scan>/scores.json, scores.csv, the five slices (.mha with their
+    geometry), their lung masks and montage.png, and OUT/scores.csv for all scans. Two scans with one id (file name
+    without extension) are refused, since their results would share a folder.
     """
     from sscjax import cascade as cs
     from sscjax.errors import SscError
-    from sscjax.io import read_scan, scan_id
+    from sscjax.io import check_writable, read_scan
 
-    paths = scans_from(scans)
+    paths = cs.output_ids(scans_from(scans))
     levels = cs.parse_levels(levels_text) if levels_text else None
     if levels is not None and len(paths) > 1:
         raise click.UsageError("--levels names the levels of one scan; give a single --scan with it")
+    check_writable(out)
     models = resolve_models(lnet_runs if levels is None else (), snet_runs, workdir, need_lnet=levels is None)
-    todo = [p for p in paths if overwrite or not cs.result_done(out, scan_id(p))]
+    todo = [p for sid, p in paths.items() if overwrite or not cs.result_done(out, sid)]
     if len(todo) < len(paths):
         click.echo(f"{len(paths) - len(todo)} scan(s) already done in {out} (skipped; --overwrite redoes them)")
     failures = {}
@@ -47,10 +50,10 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
                 cs.write_result(result, out)
             except SscError as e:
                 failures[str(path)] = str(e)
-    for path in paths:
-        if str(path) not in failures and cs.result_done(out, scan_id(path)):
-            _print_scores(out / scan_id(path) / cs.RESULT_FILE)
-    if any(cs.result_done(out, scan_id(p)) for p in paths):
+    for sid, path in paths.items():
+        if str(path) not in failures and cs.result_done(out, sid):
+            _print_scores(out / sid / cs.RESULT_FILE)
+    if any(cs.result_done(out, sid) for sid in paths):
         click.echo(f"All scans' levels: {cs.collect_scores(out)}")
     echo_failures(failures, len(paths))
 

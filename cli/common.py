@@ -31,11 +31,13 @@ def resolve_models(lnet_runs, snet_runs, workdir: Path, need_lnet: bool = True):
 
 
 def scans_from(values) -> list[Path]:
-    """Scan paths from --scan values: files, DICOM folders, folders of scans."""
+    """Scan paths from --scan values: files, DICOM folders, folders of scans; a scan named twice counts once."""
     from sscjax.io import find_scans
 
-    paths = [p for value in values for p in find_scans(value)]
-    return list(dict.fromkeys(paths))
+    unique: dict[Path, Path] = {}
+    for path in (p for value in values for p in find_scans(value)):
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def echo_failures(failures: dict[str, str], total: int) -> None:
@@ -44,7 +46,7 @@ def echo_failures(failures: dict[str, str], total: int) -> None:
         return
     click.echo(f"\n{len(failures)} of {total} scan(s) failed:", err=True)
     for path, reason in failures.items():
-        click.echo(f"  {path}: {reason}", err=True)
+        click.echo(f"  {reason}" if reason.startswith(path) else f"  {path}: {reason}", err=True)
     sys.exit(1)
 
 

@@ -78,17 +78,20 @@ def format_summary(summary: dict) -> str:
 
 @data.command()
 @click.argument("cohort_dir", type=COHORT_DIR)
-@click.option("--no-scans", is_flag=True, help="Check only the CSVs and file names; do not open the scans (fast).")
+@click.option("--no-scans", is_flag=True, help="Check only the CSVs and file names; do not read the scans (fast).")
 @click.option("--require-patterns", is_flag=True,
               help="Also require patterns/gg, ret and healthy (needed for S-Net data synthesis).")
 def check(cohort_dir: Path, no_scans: bool, require_patterns: bool) -> None:
     """Validate a cohort and summarise it; list every problem and exit with code 2 if there are any.
 
+    Every scan is read whole and checked as the other commands check it (geometry, HU values, enough slices
+    for the five levels).
+
     ssc data check COHORT_DIR [--no-scans]
     """
     from sscjax.data.cohort import cohort_summary, load_cohort
 
-    with _progress("reading scan headers") as progress:
+    with _progress("reading scans") as progress:
         cohort = load_cohort(cohort_dir, check_scans=not no_scans, require_patterns=require_patterns,
                              progress=progress)
     click.echo(format_summary(cohort_summary(cohort)))

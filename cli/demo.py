@@ -122,26 +122,39 @@ def _baseline_scores(cohort, train_ids, test_ids, path: Path) -> Path:
     return path
 
 
+SUMMARY_FILE = "summary.json"
+
+
+def _headline(metrics: dict, levels: dict, level_baseline: float, seconds: float) -> dict:
+    """The figures the demo prints, as data: per pattern MAE, kappa, ICC and the baseline's MAE; the L-Net's."""
+    compare = metrics.get("compare", {})
+    snet = {p: {"mae": metrics[p]["mae"], "kappa": metrics[p]["kappa"], "icc": metrics[p]["icc"],
+                "baseline_mae": compare.get(p, {}).get("mean_b")} for p in ("TOT", "GG", "RET")}
+    return {"seconds": seconds, "snet": snet,
+            "lnet": {"mae_mm": levels["all"]["mae_mm"], "baseline_mae_mm": level_baseline}}
+
+
 def _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats, levels, level_baseline, seconds):
     import json
 
-    metrics = json.loads((stats / "metrics.json").read_text())
+    from sscjax.io import write_json
+
+    headline = _headline(json.loads((stats / "metrics.json").read_text()), levels, level_baseline, seconds)
+    summary = write_json(out / SUMMARY_FILE, headline)
     click.secho(f"\n== Done in {seconds / 60:.1f} min. Headline figures on the test split", bold=True)
-    click.echo(f"   L-Net level error: {levels['all']['mae_mm']:.1f} mm MAE "
+    click.echo(f"   L-Net level error: {headline['lnet']['mae_mm']:.1f} mm MAE "
                f"(predict-the-mean-position baseline: {level_baseline:.1f} mm)")
-    compare = metrics.get("compare", {})
     click.echo("   S-Net via the cascade   MAE %   kappa    ICC   (baseline MAE %)")
-    for p in ("TOT", "GG", "RET"):
-        m = metrics[p]
-        base = compare.get(p, {}).get("mean_b")
-        base_text = f"({base:.1f})" if base is not None else ""
-        click.echo(f"     {p:4s}                 {m['mae']:6.2f} {_num(m['kappa']):>7s} {_num(m['icc']):>6s}   {base_text}")
+    for p, m in headline["snet"].items():
+        base = f"({m['baseline_mae']:.1f})" if m["baseline_mae"] is not None else ""
+        click.echo(f"     {p:4s}                 {m['mae']:6.2f} {_num(m['kappa']):>7s} {_num(m['icc']):>6s}   {base}")
     click.echo("\nWhere everything is:")
     click.echo(f"   TensorBoard:    tensorboard --logdir {out / 'runs'}")
     click.echo(f"   runs:           {lnet_run}  {snet_run}")
     click.echo(f"   cascade:        {results}/<scan>/scores.json, montage.png, L1..L5.mha; all scans: {results / 'scores.csv'}")
     click.echo(f"   heat maps:      {explained} (PNG overlays, Delta P maps); calibration: {calibration_dir}")
     click.echo(f"   statistics:     {stats / 'metrics.md'} (+ .json, .csv, Bland-Altman and correlation PNGs)")
+    click.echo(f"   headline:       {summary}")
 
 
 def _num(value) -> str:

@@ -58,8 +58,10 @@ def _number(value, digits: int = 2) -> str:
 def lnet(run: Path, split: str, data_dir: Path | None) -> None:
     """Level-finding agreement of an L-Net run: MAE (SD) in slices of the original scans and in mm, ICC(A,1)
     per level, Bland-Altman and correlation plots; written to RUN/eval/SPLIT/."""
+    from sscjax.io import check_writable
     from sscjax.lnet import evaluate_lnet
 
+    check_writable(run / "eval" / split)
     bar = LazyBar(f"levels ({split})")
     result = evaluate_lnet(run, split, data_dir, bar)
     bar.close()
@@ -80,8 +82,10 @@ def snet(run: Path, split: str, data_dir: Path | None) -> None:
     (95 % CI) per pattern, over all and per level; correlation and Bland-Altman plots; predictions.csv
     (scan_id,level,TOT,GG,RET) for `ssc evaluate --pred`. Written to RUN/eval/SPLIT/."""
     from sscjax import metrics
+    from sscjax.io import check_writable
     from sscjax.snet import evaluate_snet
 
+    check_writable(run / "eval" / split)
     bar = LazyBar(f"slices ({split})")
     result = evaluate_snet(run, split, data_dir, bar)
     bar.close()
@@ -103,7 +107,9 @@ def read_scores(path: Path) -> pd.DataFrame:
 def evaluate_csv(pred: Path, truth: Path, compare: Path | None, out: Path, only_predicted: bool) -> None:
     """Compute the agreement tables, write metrics.json/.md/.csv and the plots to `out`, print the summary."""
     from sscjax import metrics, report
+    from sscjax.io import check_writable
 
+    check_writable(out)
     pred_table, truth_table = read_scores(pred), read_scores(truth)
     joined, merged = metrics.join_truth(pred_table, truth_table, only_predicted=only_predicted,
                                         pred_name=str(pred), truth_name=str(truth))

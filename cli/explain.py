@@ -45,9 +45,10 @@ def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index,
         raise click.UsageError("give --scan (or a subcommand such as `calibrate`)")
     from sscjax import explain as ex
     from sscjax.cascade import parse_levels
-    from sscjax.io import read_scan
+    from sscjax.io import check_writable, read_scan
 
     levels = parse_levels(levels_text) if levels_text else None
+    check_writable(out)
     image = read_scan(scan)
     models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
     patterns = ex.PATTERNS if pattern.lower() == "all" else (pattern.upper(),)
@@ -76,7 +77,9 @@ def calibrate(run, split, healthy, chunk):
     """Search the Delta P threshold in -4..0 percentage points that makes the derived scores agree best (MAE)
     with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""
     from sscjax import explain as ex
+    from sscjax.io import check_writable
 
+    check_writable(run / ex.CALIBRATION_DIR)
     bar = LazyBar("Heat maps")
     result, folder = ex.calibrate_run(run, split, healthy, bar, chunk=chunk)
     bar.close()

@@ -22,5 +22,6 @@ def levels(scan: Path, run: Path, series: str | None) -> None:
     from sscjax.io import read_scan
     from sscjax.lnet import predict_levels
 
-    prediction = predict_levels(run, read_scan(scan, series))
+    ct = read_scan(scan, series)  # a scan that is refused never costs loading the model
+    prediction = predict_levels(run, ct)
     click.echo(json.dumps({**prediction.to_json(), "scan": str(scan)}))

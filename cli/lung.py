@@ -18,7 +18,8 @@ def _overwrites_input(out: Path, scan: Path) -> bool:
 @click.command()
 @click.argument("scan", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "mask_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Mask file to write (.nii.gz, .mha, .nrrd or .nii): uint8, 1 = lung, same geometry as SCAN.")
+              help="Mask file to write (.nii.gz, .mha, .nrrd or .nii): uint8, 1 = lung, with SCAN's geometry and "
+                   "storage order (its voxel array overlays SCAN's).")
 @click.option("--series", default=None, metavar="UID",
               help="DICOM series instance UID, when SCAN is a folder holding several series (default: the longest).")
 def lung(scan: Path, mask_path: Path, series: str | None) -> None:
@@ -28,16 +29,17 @@ def lung(scan: Path, mask_path: Path, series: str | None) -> None:
     cm^2 for a single slice.
     """
     from sscjax.errors import SscError
-    from sscjax.io import WRITE_EXTENSIONS, read_scan, write_image
+    from sscjax.io import WRITE_EXTENSIONS, check_writable, in_file_orientation, read_scan, write_image
     from sscjax.lung import lung_mask, lung_sizes
 
     if _overwrites_input(mask_path, scan):
         raise SscError(f"{mask_path}: would overwrite the input scan {scan}; choose another output file")
     if not mask_path.name.lower().endswith(WRITE_EXTENSIONS):
         raise SscError(f"{mask_path}: cannot write a mask in this format (use {', '.join(WRITE_EXTENSIONS)})")
+    check_writable(mask_path.parent)
     ct = read_scan(scan, series, volume=False)
     mask = lung_mask(ct)
-    write_image(mask_path, mask, ct.geometry)
+    write_image(mask_path, *in_file_orientation(mask, ct))
     sizes = lung_sizes(mask, ct.geometry)
     unit = "cm^2" if ct.n_slices == 1 else "mL"
     for side, size in sizes.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 
 import click
 
@@ -24,6 +25,29 @@ COMMANDS = {
     "explain": ("cli.explain:explain", "Replacement heat maps that explain the S-Net scores."),
     "demo": ("cli.demo:demo", "Run the whole method on a small synthetic cohort."),
 }
+
+
+# Their notes (orbax on read-only checkpoint managers, asyncio on the reads orbax abandons when a checkpoint is
+# corrupt) are noise to a user; what matters reaches the user as an exception.
+LIBRARY_LOGGERS = ("absl", "asyncio", "jax", "orbax")
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' notes off the user's terminal: their log lines below CRITICAL, Python warnings
+    (numpy RuntimeWarnings, jax's) unless asked for with `python -W` / PYTHONWARNINGS, and the exceptions that
+    tensorstore's callbacks raise after orbax gave up on a corrupt checkpoint (reported as one ModelError)."""
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
+    sys.unraisablehook = _drop_closed_loop
+
+
+def _drop_closed_loop(unraisable) -> None:
+    """sys.unraisablehook: drop RuntimeError('Event loop is closed') from reads that finished after their asyncio
+    loop ended; report any other exception as Python does."""
+    if not (unraisable.exc_type is RuntimeError and "Event loop is closed" in str(unraisable.exc_value)):
+        sys.__unraisablehook__(unraisable)
 
 
 class LazyGroup(click.Group):
@@ -54,7 +78,7 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, not a traceback."""
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint managers
+    quiet_libraries()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -62,6 +86,9 @@ def main() -> None:
     except click.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.BadParameter as e:  # a missing or unusable file or value: the one line that names it
+        click.echo(f"Error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

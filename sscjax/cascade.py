@@ -17,7 +17,7 @@ from sscjax import lnet, metrics, plots, snet
 from sscjax.data.lnet import N_LEVELS, prepare_volume
 from sscjax.data.slices import window
 from sscjax.errors import ModelError, ScanError
-from sscjax.io import Geometry, Scan, scan_id, write_csv, write_image, write_json
+from sscjax.io import Geometry, Scan, remove_partial_writes, scan_id, write_csv, write_image, write_json
 from sscjax.lung import lung_mask
 
 PATTERNS = metrics.PATTERNS
@@ -68,8 +68,9 @@ class CascadeResult:
     levels_mm: np.ndarray  # (5,) world z of L1..L5
     levels_spread_mm: np.ndarray  # (5,) SD of the L-Net folds' levels (0 with one fold or hand-picked levels)
     slice_index: np.ndarray  # (5,) nearest slice of the scan
-    scores: np.ndarray  # (5, 3) TOT, GG, RET in %, the ensemble mean
+    scores: np.ndarray  # (5, 3) TOT, GG, RET in % (0..100), the ensemble mean
     spread: np.ndarray  # (5, 3) SD between the S-Net folds
+    raw: np.ndarray  # (5, 3) the ensemble mean of the networks' unbounded outputs in % (for research)
     slices: np.ndarray  # (5, H, W) HU
     lungs: np.ndarray  # (5, H, W) lung masks
     slice_geometries: list[Geometry]
@@ -82,6 +83,7 @@ class CascadeResult:
                    **{p: round(float(self.scores[k, j]), 3) for j, p in enumerate(PATTERNS)},
                    **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(PATTERNS)},
                    "spread": {p: round(float(self.spread[k, j]), 3) for j, p in enumerate(PATTERNS)},
+                   "raw": {p: round(float(self.raw[k, j]), 3) for j, p in enumerate(PATTERNS)},
                    "z_spread_mm": round(float(self.levels_spread_mm[k]), 3)}
                   for k in range(N_LEVELS)]
         mean = {**{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(PATTERNS)},
@@ -90,16 +92,31 @@ class CascadeResult:
 
 
 def parse_levels(text: str) -> np.ndarray:
-    """'z1,z2,z3,z4,z5' (world mm, L1 highest) -> (5,) array, checked for count and anatomical order."""
+    """'z1,z2,z3,z4,z5' (world mm, L1 highest) -> (5,) array, checked for count, finiteness and anatomical order."""
     try:
         z = np.array([float(v) for v in text.split(",")])
     except ValueError:
         raise ScanError(f"--levels {text!r}: expected five numbers in mm separated by commas") from None
-    if z.shape != (N_LEVELS,) or not np.all(np.isfinite(z)):
+    if z.shape != (N_LEVELS,):
         raise ScanError(f"--levels {text!r}: expected five numbers in mm (L1..L5), got {z.size}")
+    if not np.all(np.isfinite(z)):
+        raise ScanError(f"--levels {text!r}: the values must be finite numbers in mm (not nan or inf)")
     if not np.all(np.diff(z) < 0):
         raise ScanError(f"--levels {text!r}: levels must go down the body, L1 > L2 > L3 > L4 > L5 in world z")
     return z
+
+
+def output_ids(paths: list[Path]) -> dict[str, Path]:
+    """The output folder name (scan id) of each scan, decided before any work: two different scans with one id
+    (the same name in two folders, or scan.mha beside scan.nii.gz) are refused, since the second's results would
+    overwrite the first's. Ids differing only in case count as one (case-insensitive file systems)."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        first = seen.setdefault(scan_id(path).casefold(), path)
+        if first != path:
+            raise ScanError(f"{first} and {path}: both have the scan id {scan_id(path)!r}, so their results would go "
+                            "to the same output folder; rename one or score them in separate calls")
+    return {scan_id(path): path for path in paths}
 
 
 def locate_levels(models: Models, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
@@ -116,12 +133,14 @@ def locate_levels(models: Models, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
     return levels.mean(axis=0), levels.std(axis=0)
 
 
-def score_slices(models: Models, slices_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """((N, 3) mean scores in %, (N, 3) SD between the S-Net folds) of (N, H, W) slices in HU."""
+def score_slices(models: Models, slices_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """((N, 3) mean scores in % (0..100), (N, 3) their SD between the S-Net folds, (N, 3) the mean of the unbounded
+    outputs) of (N, H, W) slices in HU."""
     if not models.snets:
         raise ModelError("no S-Net to score the slices: name a run with --snet")
-    scores = np.stack([model.score(slices_hu) for model in models.snets])
-    return scores.mean(axis=0), scores.std(axis=0)
+    raw = np.stack([model.raw(slices_hu) for model in models.snets])
+    scores = snet.bounded_percent(raw)
+    return scores.mean(axis=0), scores.std(axis=0), raw.mean(axis=0)
 
 
 def lung_range(lung: np.ndarray) -> np.ndarray:
@@ -140,7 +159,7 @@ def run_cascade(scan: Scan, models: Models, levels_mm: np.ndarray | None = None,
     else:
         levels_mm, levels_spread = locate_levels(models, scan)
     index = np.asarray(scan.geometry.nearest_slice(levels_mm, scan.n_slices))
-    scores, spread = score_slices(models, scan.array[index])
+    scores, spread, raw = score_slices(models, scan.array[index])
     table = None
     if all_slices:
         rows = lung_range(lung)
@@ -148,7 +167,7 @@ def run_cascade(scan: Scan, models: Models, levels_mm: np.ndarray | None = None,
                                     for i in range(0, len(rows), batch)]) if rows.size else np.zeros((0, 3))
         table = np.column_stack([rows, scan.z_mm[rows], per_slice])
     used = {"levels": "given" if given else "lnet", "lnet": [] if given else models.lnet_runs, "snet": models.snet_runs}
-    return CascadeResult(scan_id(scan.source), scan.source, levels_mm, levels_spread, index, scores, spread,
+    return CascadeResult(scan_id(scan.source), scan.source, levels_mm, levels_spread, index, scores, spread, raw,
                          scan.array[index], lung[index], [scan.geometry.slice_geometry(int(k)) for k in index],
                          used, table)
 
@@ -163,6 +182,7 @@ def write_result(result: CascadeResult, out_dir: str | Path) -> Path:
     a CSV row per level, a montage PNG, the all-slices table and plot if computed, and scores.json (last)."""
     folder = Path(out_dir) / result.scan_id
     folder.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(folder)
     rounded = metrics.round_to_step(result.scores)
     for k in range(N_LEVELS):
         write_image(folder / f"L{k + 1}.mha", result.slices[k].astype(np.int16), result.slice_geometries[k])
@@ -188,6 +208,7 @@ def write_result(result: CascadeResult, out_dir: str | Path) -> Path:
 def collect_scores(out_dir: str | Path) -> Path:
     """Gather every scan's per-level CSV under OUT into OUT/scores.csv (input for `ssc evaluate --pred`)."""
     out_dir = Path(out_dir)
+    remove_partial_writes(out_dir)
     rows = []
     for path in sorted(out_dir.glob(f"*/{LEVEL_CSV}")):
         with open(path, newline="") as f:

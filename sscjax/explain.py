@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sscjax.errors import ConfigError
-from sscjax.io import atomic_write, write_json
+from sscjax.io import atomic_write, remove_partial_writes, write_json
 
 PATTERNS = ("TOT", "GG", "RET")
 Predict = Callable[[jax.Array], jax.Array]  # (N, H, W, 1) images -> (N, 3) scores in %
@@ -409,9 +409,9 @@ def explain_scan(scan, models, *, slice_index=None, levels_mm=None, healthy: str
 
 def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, patterns: tuple[str, ...] = PATTERNS) -> Path:
     """Write every slice's maps, segmentations and overlays into OUT/<scan_id>/explain/, and explain.json."""
-
     folder = Path(out_dir) / found.scan_id / "explain"
     folder.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(folder)
     summary = {"scan": found.scan_id, "heatmap": vars(found.config), "slices": []}
     for name, k, exp, image, lung, geometry in zip(found.names, found.slice_index, found.explanations,
                                                    found.slices_hu, found.lungs, found.geometries):

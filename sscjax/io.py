@@ -13,8 +13,12 @@ import csv
 import json
 import math
 import os
+import re
+import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,8 +36,31 @@ MAX_OBLIQUE_DEG = 1.0
 # DICOM slice gaps may differ from their median by this fraction before the series counts as uneven.
 SLICE_GAP_TOLERANCE = 0.05
 
+# What a scan must be for the method to score it (docs/security.md); every command that reads a CT checks these.
+# Pixel spacing: clinical chest CT uses 0.3-1 mm pixels, the synthetic phantoms up to about 3.5 mm; beyond 5 mm
+# no lung structure survives, and sizes in the wrong unit (m, um) fall outside.
+PIXEL_MM = (0.1, 5.0)
+# Slice spacing: 0.5-5 mm for volumetric CT, 10 mm (at most 15) for incremental HRCT; wider gaps put a level's
+# nearest slice more than 7.5 mm from the level itself.
+SLICE_MM = (0.1, 15.0)
+# A volume that must hold the five Goh levels (L-Net, cascade, training): each level slice with its neighbours
+# above and below is 15 distinct slices, and even a child's L1..L5 span is several times 30 mm.
+MIN_LEVEL_SLICES = 15
+MIN_LEVEL_EXTENT_MM = 30.0
+# Direction cosines are stored with about 6 decimals; a larger departure of D^T D from the identity is a shear or
+# scale that would change every volume and distance (1e-3: 0.1 % in volume, 0.06 deg of shear).
+ORTHONORMAL_TOLERANCE = 1e-3
+# CT values in HU are 16-bit: padding outside the scan circle (-3024, -2048, -32768) below air, metal up to about
+# 30000 on the extended scale; values outside this range are not Hounsfield units.
+PLAUSIBLE_HU = (-32768.0, 32767.0)
+# Why a CT without air (about -1000 HU) is refused: its values were stored without their rescale.
+RAW_VALUES_HINT = "looks like raw scanner values without the HU rescale (DICOM RescaleSlope/RescaleIntercept)"
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_STDERR_LOCK = threading.Lock()  # one reader at a time may divert the stderr descriptor
+# ITK and GDCM warnings ("No Series were found", uneven sampling) are for developers; problems are raised here.
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
 @dataclass(frozen=True)
@@ -79,11 +106,13 @@ class Geometry:
 
 @dataclass
 class Scan:
-    """A CT volume in HU, (z, y, x) in canonical orientation, with its geometry and where it came from."""
+    """A CT volume in HU, (z, y, x) in canonical orientation, with its geometry and where it came from
+    (`file_geometry`: the geometry as stored in the file, before the canonical flips; None if made in memory)."""
 
     array: np.ndarray
     geometry: Geometry
     source: str = ""
+    file_geometry: Geometry | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -112,6 +141,19 @@ def extension_of(path: Path) -> str:
     """The scan extension of a file name (".nii.gz" counts as one), lower case."""
     name = path.name.lower()
     return next((ext for ext in SCAN_EXTENSIONS if name.endswith(ext)), path.suffix.lower())
+
+
+PARTIAL_WRITES = ".*.tmp*"  # the temporary files of `atomic_write` (".NAME.XXXX.tmpEXT")
+STALE_S = 60.0  # a temporary file untouched this long is what a killed run left, not a write in progress
+
+
+def remove_partial_writes(folder: str | Path) -> None:
+    """Remove the temporary files that killed runs left in `folder` (an atomic write stopped between writing its
+    temporary file and renaming it), leaving alone any younger than STALE_S: a write in progress elsewhere."""
+    now = time.time()
+    for path in Path(folder).glob(PARTIAL_WRITES):
+        if path.is_file() and now - path.stat().st_mtime > STALE_S:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -190,13 +232,35 @@ def _unsupported(path: Path) -> ScanError:
     return ScanError(f"{path}: not a supported scan format (use {', '.join(SCAN_EXTENSIONS)} or a DICOM folder)")
 
 
-def _geometry_of(image: sitk.Image) -> Geometry:
-    return Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+def _stored_header(image: sitk.Image | sitk.ImageFileReader) -> tuple[Geometry, tuple[int, int, int]]:
+    """Geometry and (z, y, x) shape as stored; a 2D image is one slice (spacing 1 mm, origin 0 along z)."""
+    dim = image.GetDimension()
+    size = list(image.GetSize()) + [1] * (3 - dim)
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.reshape(image.GetDirection(), (dim, dim))
+    geometry = Geometry(tuple(image.GetSpacing()) + (1.0,) * (3 - dim), tuple(image.GetOrigin()) + (0.0,) * (3 - dim),
+                        tuple(float(v) for v in direction.ravel()))
+    return geometry, (size[2], size[1], size[0])
 
 
-def _check_geometry(geometry: Geometry, source: str) -> None:
-    if any(not math.isfinite(s) or s <= 0 for s in geometry.spacing):
+def _check_geometry(geometry: Geometry, n_slices: int, source: str) -> None:
+    """Refuse geometry nothing can be measured in: spacing outside PIXEL_MM or (with several slices) SLICE_MM, a
+    non-finite origin, a sheared or scaled direction, axes more than MAX_OBLIQUE_DEG from axial."""
+    spacing = np.asarray(geometry.spacing, dtype=np.float64)
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
         raise ScanError(f"{source}: spacing {geometry.spacing} mm is not positive")
+    limits = [("pixel", spacing[:2], PIXEL_MM)] + ([("slice", spacing[2:], SLICE_MM)] if n_slices > 1 else [])
+    for what, values, (lo, hi) in limits:
+        if np.any((values < lo) | (values > hi)):
+            raise ScanError(f"{source}: {what} spacing {np.round(values, 4).tolist()} mm lies outside the "
+                            f"{lo:g}..{hi:g} mm of a chest CT")
+    if not np.all(np.isfinite(geometry.origin)):
+        raise ScanError(f"{source}: origin {geometry.origin} is not a finite position")
+    matrix = geometry.matrix
+    departure = float(np.abs(matrix.T @ matrix - np.eye(3)).max()) if np.all(np.isfinite(matrix)) else math.inf
+    if not departure <= ORTHONORMAL_TOLERANCE:
+        raise ScanError(f"{source}: direction matrix is not orthonormal (sheared or scaled axes: D^T D departs "
+                        f"{departure:.3g} from the identity, at most {ORTHONORMAL_TOLERANCE:g} allowed)")
     cos_tol = math.cos(math.radians(MAX_OBLIQUE_DEG))
     diagonal = np.abs(np.diag(geometry.matrix))
     if np.any(diagonal < cos_tol):
@@ -243,19 +307,23 @@ def _dicom_series(folder: Path, series: str | None) -> list[str]:
     return list(max(files.values(), key=len))
 
 
-def _check_dicom_spacing(folder: Path, files: list[str]) -> None:
-    """Refuse series with missing, duplicated or unevenly spaced slices (positions along the slice normal)."""
+def _check_dicom_positions(folder: Path, files: list[str]) -> None:
+    """Refuse series with missing, duplicated or unevenly spaced slices (positions along the slice normal), or
+    whose slice origins drift in-plane along the series (a gantry tilt: the slices are not stacked squarely)."""
     if len(files) < 2:
         return
     reader = sitk.ImageFileReader()
-    positions, normal = [], None
+    origins, normal = [], None
     for f in files:
         reader.SetFileName(f)
         reader.ReadImageInformation()
         if normal is None:
             normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2]
-        positions.append(np.dot(reader.GetOrigin(), normal))
-    gaps = np.diff(np.sort(np.asarray(positions)))
+        origins.append(reader.GetOrigin())
+    origins = np.asarray(origins, dtype=np.float64)
+    positions = origins @ normal
+    order = np.argsort(positions)
+    gaps = np.diff(positions[order])
     step = float(np.median(gaps))
     if step <= 1e-6 or np.any(gaps <= 1e-6):
         raise ScanError(f"{folder}: DICOM series has several slices at the same position")
@@ -266,85 +334,139 @@ def _check_dicom_spacing(folder: Path, files: list[str]) -> None:
             f"{folder}: DICOM series has {kind}: gap of {gaps[worst]:.2f} mm after slice {worst} "
             f"where the series spacing is {step:.2f} mm"
         )
+    travel = origins[order[-1]] - origins[order[0]]
+    along = float(travel @ normal)
+    drift = float(np.linalg.norm(travel - along * normal))
+    tilt = math.degrees(math.atan2(drift, along))
+    if tilt > MAX_OBLIQUE_DEG:
+        raise ScanError(f"{folder}: DICOM series is gantry-tilted: slice origins drift {drift:.1f} mm in-plane over "
+                        f"{along:.1f} mm along the slices ({tilt:.1f} deg; at most {MAX_OBLIQUE_DEG:g} deg); tilted series "
+                        "are not supported")
 
 
-def _read_sitk(path: Path, series: str | None, header_only: bool) -> sitk.Image | sitk.ImageFileReader:
-    """The image of a file or DICOM folder (a DICOM folder is always read whole); header only for files."""
-    if not path.exists():
-        raise ScanError(f"{path}: no such file or folder")
-    try:
-        if path.is_dir():
-            files = _dicom_series(path, series)
-            _check_dicom_spacing(path, files)
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
-            return reader.Execute()
-        if extension_of(path) not in SCAN_EXTENSIONS:
-            raise _unsupported(path)
-        if not header_only:
-            return sitk.ReadImage(str(path))
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return reader
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        detail = lines[-1] if lines else "unknown error"
-        raise ScanError(f"{path}: cannot read the image ({detail[:200]})") from None
+@contextlib.contextmanager
+def _library_output() -> Iterator[Callable[[], str]]:
+    """Divert what the image libraries print to the stderr file descriptor themselves (MetaIO, NrrdIO) while the
+    block runs, so that none of it reaches the user; yields a function that returns the text printed so far."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as buffer:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield lambda: (buffer.seek(0), buffer.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
-def _check_pixels(image: sitk.Image | sitk.ImageFileReader, source: str, volume: bool) -> None:
+def _read_failure(path: Path, error: RuntimeError, printed: str) -> ScanError:
+    """One line for a file the image library could not read. Its exception often ends in a stale errno ("No such
+    file or directory" for a file that exists), so the reason given is what the library printed, if it did (less
+    object addresses, prefixes and the quoted file name, which the line names once already)."""
+    lines = [line.strip() for line in (printed.strip() or str(error)).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Exception thrown", "Reason:"))] or ["unknown error"]
+    detail = re.sub(r'\(0x[0-9a-f]+\)|^(sitk::ERROR|ITK ERROR): | for "[^"]*"', "", lines[0 if printed.strip() else -1])
+    return ScanError(f"{path}: cannot read the image: the file is truncated or corrupt ({detail[:160]})")
+
+
+def _check_header(image: sitk.Image | sitk.ImageFileReader, source: str, volume: bool
+                  ) -> tuple[Geometry, tuple[int, int, int]]:
+    """The stored geometry and (z, y, x) shape of an image header that passes every check, before voxels are read;
+    `volume`: it must be a CT volume that can hold the five Goh levels."""
     components = image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader) else image.GetNumberOfComponentsPerPixel()
     if components != 1:
         raise ScanError(f"{source}: has {components} values per pixel; a CT has one")
     if image.GetDimension() not in (2, 3):
         raise ScanError(f"{source}: has {image.GetDimension()} dimensions; expected a 3D volume")
-    depth = image.GetSize()[2] if image.GetDimension() == 3 else 1
-    if volume and depth < 2:
+    geometry, shape = _stored_header(image)
+    if volume and shape[0] < 2:
         raise ScanError(f"{source}: is a single 2D slice, but a CT volume is needed here")
+    _check_geometry(geometry, shape[0], source)
+    extent = shape[0] * geometry.spacing[2]
+    if volume and (shape[0] < MIN_LEVEL_SLICES or extent < MIN_LEVEL_EXTENT_MM):
+        raise ScanError(f"{source}: {shape[0]} slices spanning {extent:.1f} mm; the five Goh levels need a chest CT "
+                        f"of at least {MIN_LEVEL_SLICES} slices and {MIN_LEVEL_EXTENT_MM:g} mm")
+    return geometry, shape
 
 
-def _as_3d(image: sitk.Image) -> sitk.Image:
-    return sitk.JoinSeries(image) if image.GetDimension() == 2 else image
+def _read_sitk(path: Path, series: str | None, volume: bool, header_only: bool
+               ) -> tuple[sitk.Image | None, Geometry, tuple[int, int, int]]:
+    """(image, stored geometry, (z, y, x) shape) of a file or DICOM folder whose header passed `_check_header`;
+    no image with `header_only` (a DICOM folder is always read whole)."""
+    if not path.exists():
+        raise ScanError(f"{path}: no such file or folder")
+    if not os.access(path, os.R_OK):
+        raise ScanError(f"{path}: no permission to read it")
+    if path.is_file() and extension_of(path) not in SCAN_EXTENSIONS:
+        raise _unsupported(path)
+    with _library_output() as printed:
+        try:
+            if path.is_dir():
+                files = _dicom_series(path, series)
+                _check_dicom_positions(path, files)
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(files)
+                image = reader.Execute()
+                return image, *_check_header(image, str(path), volume)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            geometry, shape = _check_header(reader, str(path), volume)
+            return (None if header_only else reader.Execute()), geometry, shape
+        except RuntimeError as e:
+            raise _read_failure(path, e, printed()) from None
+
+
+def _check_values(array: np.ndarray, source: str) -> None:
+    """Refuse CT values that are not Hounsfield units: NaN or infinite voxels, values outside PLAUSIBLE_HU, and
+    unsigned values (no air at about -1000 HU: the rescale to HU was not applied)."""
+    lo, hi = float(array.min()), float(array.max())  # NaN propagates, so finite extremes mean finite voxels
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        raise ScanError(f"{source}: {bad} of {array.size} voxels are NaN or infinite; a CT holds finite HU values")
+    if array.dtype.kind == "u":
+        raise ScanError(f"{source}: unsigned values {lo:g}..{hi:g} with no air (about -1000 HU): {RAW_VALUES_HINT}")
+    if lo < PLAUSIBLE_HU[0] or hi > PLAUSIBLE_HU[1]:
+        raise ScanError(f"{source}: values {lo:g}..{hi:g} lie outside {PLAUSIBLE_HU[0]:g}..{PLAUSIBLE_HU[1]:g}; "
+                        "not a CT in Hounsfield units")
+
+
+def _read(path: Path, series: str | None, volume: bool, dtype, hu: bool) -> Scan:
+    """A checked image as a canonical Scan (values checked as HU if `hu`), converted to `dtype` if given."""
+    image, stored, shape = _read_sitk(path, series, volume, header_only=False)
+    array = sitk.GetArrayFromImage(image).reshape(shape)
+    if hu:
+        _check_values(array, str(path))
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    array, geometry = canonical(array, stored)
+    return Scan(array, geometry, str(path), stored)
 
 
 def read_image(path: str | Path, series: str | None = None, *, volume: bool = False, dtype=None) -> Scan:
     """Read any scalar image (CT, mask, pattern) as a canonical (z, y, x) array with its geometry."""
-    path = Path(path)
-    image = _read_sitk(path, series, header_only=False)
-    _check_pixels(image, str(path), volume)
-    image = _as_3d(image)
-    geometry = _geometry_of(image)
-    _check_geometry(geometry, str(path))
-    array = sitk.GetArrayFromImage(image)
-    if dtype is not None:
-        array = array.astype(dtype, copy=False)
-    array, geometry = canonical(array, geometry)
-    return Scan(array, geometry, str(path))
+    return _read(Path(path), series, volume, dtype, hu=False)
 
 
 def read_scan(path: str | Path, series: str | None = None, *, volume: bool = True) -> Scan:
-    """Read a CT scan (file or DICOM folder) in HU as float32, canonical orientation."""
-    return read_image(path, series, volume=volume, dtype=np.float32)
+    """Read a CT scan (file or DICOM folder) in HU as float32, canonical orientation. Every command reads CTs
+    here, so all refuse the same scans: bad geometry (`_check_geometry`), values that are not HU (`_check_values`)
+    and, with `volume`, anything too short to hold the five Goh levels (False accepts single slices)."""
+    return _read(Path(path), series, volume, np.float32, hu=True)
 
 
 def read_geometry(path: str | Path, series: str | None = None) -> tuple[Geometry, tuple[int, int, int]]:
     """Canonical geometry and (z, y, x) shape of a scan; files are read from their header only."""
-    path = Path(path)
-    image = _read_sitk(path, series, header_only=True)
-    _check_pixels(image, str(path), volume=False)
-    dim = image.GetDimension()
-    size = list(image.GetSize()) + [1] * (3 - dim)
-    direction = np.eye(3)
-    direction[:dim, :dim] = np.reshape(image.GetDirection(), (dim, dim))
-    geometry = Geometry(
-        tuple(image.GetSpacing()) + (1.0,) * (3 - dim),
-        tuple(image.GetOrigin()) + (0.0,) * (3 - dim),
-        tuple(direction.ravel()),
-    )
-    _check_geometry(geometry, str(path))
-    shape = (size[2], size[1], size[0])
+    _, geometry, shape = _read_sitk(Path(path), series, volume=False, header_only=True)
     return canonical_geometry(geometry, shape), shape
+
+
+def in_file_orientation(array: np.ndarray, scan: Scan) -> tuple[np.ndarray, Geometry]:
+    """A (z, y, x) array on `scan`'s canonical grid (a mask, a map) in the scan file's own storage order, with the
+    file's geometry: written so, it overlays the file's voxel array voxel for voxel (undoes `canonical`)."""
+    stored = scan.file_geometry or scan.geometry
+    flip_axes = tuple(2 - axis for axis in _backward_axes(stored))
+    return (np.ascontiguousarray(np.flip(array, axis=flip_axes)) if flip_axes else array), stored
 
 
 def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:

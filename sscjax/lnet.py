@@ -21,7 +21,7 @@ from flax import nnx
 from sscjax import runs, train
 from sscjax.configs.lnet import LNetConfig, LNetData
 from sscjax.data import lnet as data
-from sscjax.errors import ConfigError
+from sscjax.errors import ConfigError, ModelError
 from sscjax.io import HU_RANGE, Scan, read_scan, write_csv, write_json
 
 NET = "lnet"
@@ -204,6 +204,9 @@ class LevelPrediction:
 def predict_prepared(model: LevelModel, prepared: data.PreparedVolume, source: str = "") -> LevelPrediction:
     """Levels of a prepared volume, mapped to world z (clamped into the scan) and the original scan's slices."""
     positions = predict_positions(model.predict, prepared.array, model.settings)
+    if not np.all(np.isfinite(positions)):
+        raise ModelError(f"{source or 'scan'}: the L-Net gave non-finite level positions {positions.tolist()} "
+                         "(a diverged model?)")
     n = prepared.source_shape[0]
     ends = prepared.source_geometry.z_of_index(np.asarray([0, n - 1]))
     z = np.clip(prepared.geometry.z_of_index(positions), ends.min(), ends.max())

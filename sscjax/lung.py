@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from sscjax.errors import ScanError
-from sscjax.io import Geometry, Scan
+from sscjax.io import RAW_VALUES_HINT, Geometry, Scan
 
 PLANE = np.zeros((3, 3, 3), dtype=bool)  # 4-connectivity within a slice, none across slices
 PLANE[1] = ndi.generate_binary_structure(2, 1)
@@ -227,8 +227,9 @@ def _select_lungs(candidates: np.ndarray, hu: np.ndarray, spacing: np.ndarray, s
     keep = [i for i in order if sizes[i] >= minimum and sizes[i] >= s.second_lung_ratio * sizes[order[0]]]
     if not keep:
         largest = float(sizes.max()) if n else 0.0
+        raw = f"; no value below 0 HU, so no air: the scan {RAW_VALUES_HINT}" if hu.min() >= 0 else ""
         raise ScanError(f"{source}: no lungs found (largest lung-like air region inside the body: "
-                        f"{largest:.1f} {what}, at least {minimum:g} {what} expected)")
+                        f"{largest:.1f} {what}, at least {minimum:g} {what} expected){raw}")
     return np.isin(labels, np.asarray(keep) + 1)
 
 

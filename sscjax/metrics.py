@@ -170,11 +170,12 @@ def _listed(keys: list[tuple]) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > MAX_LISTED else "")
 
 
-def validate_scores(table: pd.DataFrame, source: str) -> pd.DataFrame:
+def validate_scores(table: pd.DataFrame, source: str, reference: bool = False) -> pd.DataFrame:
     """Check a `scan_id,level,TOT,GG,RET` table and return it typed (str, int, float columns).
 
     Raises SscError naming `source` and the row (data row i = line i + 1 of a CSV with a header):
-    missing columns, empty scan ids, levels other than 1..5, scores that are not finite numbers.
+    missing columns, empty scan ids, levels other than 1..5, scores that are not finite numbers, and for
+    `reference` scores (a rater's Goh scores, as `ssc data check` demands) scores outside 0..100 %.
     """
     missing = [c for c in (*KEYS, *PATTERNS) if c not in table.columns]
     if missing:
@@ -190,6 +191,8 @@ def validate_scores(table: pd.DataFrame, source: str) -> pd.DataFrame:
     for p in PATTERNS:
         score = pd.to_numeric(table[p], errors="coerce")
         _check(np.isfinite(score), table[p], source, p, "is not a finite number")
+        if reference:
+            _check(score.between(0, 100), table[p], source, p, "is outside 0..100 %")
         out[p] = score.astype(np.float64)
     return out
 
@@ -220,7 +223,7 @@ def join_truth(pred: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool 
     `only_predicted` (then the reference rows without a prediction are left out).
     """
     pred, merged = merge_folds(validate_scores(pred, pred_name))
-    truth = validate_scores(truth, truth_name)
+    truth = validate_scores(truth, truth_name, reference=True)
     duplicated = truth[truth.duplicated(list(KEYS))]
     if len(duplicated):
         raise SscError(f"{truth_name}: duplicated reference rows for {_listed(_keys(duplicated))}")

@@ -6,6 +6,7 @@ runs headless and in threads. Every figure is written atomically through `save_f
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,13 @@ def new_figure(size: tuple[float, float] = (5.0, 4.5)) -> tuple[Figure, Axes]:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Write `fig` atomically to `path` (format from the extension, e.g. .png, .pdf, .svg)."""
+    """Write `fig` atomically to `path` (format from the extension, e.g. .png, .pdf, .svg). It is rendered in memory
+    first, so the temporary file exists only while the finished bytes are written, not while matplotlib draws."""
     path = Path(path)
+    rendered = io.BytesIO()
+    fig.savefig(rendered, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+        tmp.write_bytes(rendered.getvalue())
     return path
 
 

@@ -4,7 +4,9 @@ The network maps one level slice (HU window [-1500, 1500] -> [0, 1], one channel
 `image_size`; the model normalises it with its pretraining statistics, see `sscjax.models`) to TOT, GG and RET.
 Output scale: the head regresses percent / 100, so targets lie in [0, 1] and the MSE loss and its gradients are
 of order one whatever the pattern; every prediction this module hands out (`SNetTask.predict`, `ScoreModel`,
-`predict_fn`, validation, evaluation) is the head's output times 100, i.e. percent, unclipped.
+`predict_fn`, validation, evaluation) is the head's output times 100, i.e. percent, bounded to 0..100 by
+`bounded_percent` (a regression head can overshoot; a share of the lung cannot); `raw_percent` and
+`ScoreModel.raw` keep the unbounded output for research.
 
 Pre-training: a fresh model of the configured architecture (random weights, a zero 3-output head) gets every
 weight but the head's from an ImageNet source; for one input channel the stem's RGB kernels are summed.
@@ -76,9 +78,9 @@ def _imagenet_model(path: Path, arch: str, in_chans: int) -> nnx.Module:
     return model
 
 
-def load_backbone(model: nnx.Module, path: Path, arch: str) -> nnx.Module:
-    """Set every weight of `model` except its head from the ImageNet weights in `path` (stem summed over RGB
-    when the model has one input channel)."""
+def backbone_weights(model: nnx.Module, path: Path, arch: str) -> nnx.State:
+    """Every weight but the head from the ImageNet weights in `path`, checked against the shapes of `model` (which
+    may be abstract); the stem summed over RGB when the model has one input channel."""
     in_chans = int(model.stem_conv.kernel.shape[2])
     backbone = nnx.state(_imagenet_model(path, arch, in_chans), BACKBONE)
     wanted = dict(nnx.to_flat_state(nnx.state(model, BACKBONE)))
@@ -87,23 +89,47 @@ def load_backbone(model: nnx.Module, path: Path, arch: str) -> nnx.Module:
                 f"(model {tuple(v.shape)})" for p, v in wanted.items() if p not in given or given[p].shape != v.shape]
     if problems or len(given) != len(wanted):
         raise ModelError(f"{path}: the weights do not fit {arch}: {', '.join(problems[:5]) or 'extra weights'}")
-    nnx.update(model, backbone)
+    return backbone
+
+
+def imagenet_backbone(config: SNetConfig) -> nnx.State | None:
+    """The ImageNet weights a config asks for (every weight but the head), read and checked against its network
+    (None: random initialisation); training reads them before it makes a run folder, so a bad file leaves none."""
+    path = pretrained_source(config)
+    if path is None:
+        return None
+    abstract = nnx.eval_shape(lambda: runs.build_model(config.model, nnx.Rngs(0)))
+    return backbone_weights(abstract, path, config.model.name)
+
+
+def make_snet(config: SNetConfig, rngs: nnx.Rngs, backbone: nnx.State | None = None) -> nnx.Module:
+    """A fresh S-Net (training mode): the configured network with a zero 3-output head (it predicts 0 %, the
+    commonest score, until trained, as in BiT's transfer learning; a random head starts at +-50 % or more and
+    slows short fine-tuning several fold) and, unless `pretrained` is "none", ImageNet weights everywhere else
+    (`backbone` if already read by `imagenet_backbone`)."""
+    model = runs.build_model(config.model, rngs)
+    model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
+    backbone = imagenet_backbone(config) if backbone is None else backbone
+    if backbone is not None:
+        nnx.update(model, backbone)
     return model
 
 
-def make_snet(config: SNetConfig, rngs: nnx.Rngs) -> nnx.Module:
-    """A fresh S-Net (training mode): the configured network with a zero 3-output head (it predicts 0 %, the
-    commonest score, until trained, as in BiT's transfer learning; a random head starts at +-50 % or more and
-    slows short fine-tuning several fold) and, unless `pretrained` is "none", ImageNet weights everywhere else."""
-    path = pretrained_source(config)
-    model = runs.build_model(config.model, rngs)
-    model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
-    return model if path is None else load_backbone(model, path, config.model.name)
+def bounded_percent(scores):
+    """Scores in % bounded to 0..100 (numpy or JAX arrays): what every user of the S-Net gets, since a regression
+    head can overshoot (say GG -2.8 %) while a share of the lung cannot."""
+    return scores.clip(0.0, PERCENT)
+
+
+def raw_percent(model: nnx.Module, images: jax.Array) -> jax.Array:
+    """The model's (N, 3) outputs as float32 TOT, GG, RET in %, unbounded (for research; users get
+    `percent_scores`)."""
+    return model(images).astype(jnp.float32) * PERCENT
 
 
 def percent_scores(model: nnx.Module, images: jax.Array) -> jax.Array:
-    """The model's (N, 3) outputs as float32 TOT, GG, RET in %."""
-    return model(images).astype(jnp.float32) * PERCENT
+    """The model's (N, 3) TOT, GG, RET in %, bounded to 0..100."""
+    return bounded_percent(raw_percent(model, images))
 
 
 # ---------------------------------------------------------------- training
@@ -115,20 +141,22 @@ class SNetTask:
 
     name = NET
 
-    def __init__(self, config: SNetConfig, train_set: SliceSet, valid_set: SliceSet, patterns: Patterns | None):
+    def __init__(self, config: SNetConfig, train_set: SliceSet, valid_set: SliceSet, patterns: Patterns | None,
+                 backbone: nnx.State | None = None):
         if len(valid_set) == 0:
             raise ConfigError(f"fold {config.fold} has no validation slices")
         settings = config.data
-        self.config, self.train_set, self.valid_set = config, train_set, valid_set
+        self.config, self.train_set, self.valid_set, self.backbone = config, train_set, valid_set, backbone
         self.examples_per_epoch = len(train_set)
         self.loader = SNetLoader(train_set, config.train.batch_size, config.train.seed, patterns=patterns,
                                  synthetic_fraction=settings.synthetic_fraction, balanced=config.balanced,
                                  synthesis=config.synthesis, augment=settings.augment, bin_width=settings.bin_width,
-                                 synthesis_config=settings.lesions, augment_config=settings.affine)
+                                 balance_power=settings.balance_power, synthesis_config=settings.lesions,
+                                 augment_config=settings.affine)
         self.grid_pending = True
 
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return make_snet(self.config, rngs)
+        return make_snet(self.config, rngs, self.backbone)
 
     def train_batch(self, step: int, process_index: int, process_count: int) -> train.Batch:
         """This host's rows of global batch `step` (drawn from (seed, step) by the loader)."""
@@ -191,13 +219,13 @@ def prepare(config: SNetConfig, workdir: str | Path, progress: Callable[[int, in
 def train_snet(config: SNetConfig, workdir: str | Path, run_dir: str | Path | None = None, *, resume: bool = False,
                progress: Callable[[train.StepInfo], None] | None = None,
                prepare_progress: Callable[[int, int], None] | None = None) -> train.TrainResult:
-    """Train one fold of the S-Net: check the pretrained source, extract the slices, record the run, run the
+    """Train one fold of the S-Net: read the pretrained weights, extract the slices, record the run, run the
     engine."""
-    pretrained_source(config)
+    backbone = imagenet_backbone(config)
     train_set, valid_set, patterns, record, fingerprint = prepare(config, workdir, prepare_progress)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
     runs.start_run(run_dir, config, record, fingerprint, resume)
-    task = SNetTask(config, train_set, valid_set, patterns)
+    task = SNetTask(config, train_set, valid_set, patterns, backbone)
     return train.train(task, config.train, run_dir, resume=resume, progress=progress)
 
 
@@ -268,16 +296,21 @@ def prepare_slices(slices: np.ndarray, image_size: int, windowed: bool = False) 
 
 @dataclass(frozen=True)
 class ScoreModel:
-    """A trained S-Net ready to score slices: a predictor of model inputs -> (N, 3) TOT, GG, RET in %."""
+    """A trained S-Net ready to score slices: a predictor of model inputs -> (N, 3) unbounded TOT, GG, RET in %."""
 
     predict: train.Predictor
     image_size: int
 
-    def score(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
-        """(N, 3) scores in % of (N, H, W) slices in HU (or window units with windowed=True), any in-plane size."""
+    def raw(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
+        """(N, 3) unbounded network outputs in % of (N, H, W) slices in HU (or window units with windowed=True), any
+        in-plane size."""
         if len(slices) == 0:
             return np.zeros((0, len(PATTERNS)), np.float32)
         return self.predict(prepare_slices(slices, self.image_size, windowed))
+
+    def score(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
+        """(N, 3) scores in %, bounded to 0..100, of (N, H, W) slices (see `raw`)."""
+        return bounded_percent(self.raw(slices, windowed))
 
 
 def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None = None) -> ScoreModel:
@@ -288,7 +321,7 @@ def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None
     if config is None:
         raise ConfigError("an S-Net model needs its config (image size) for scoring")
     batch = train.inference_batch(config.train.predict_batch, config.data.image_size**2)
-    predict = train.model_predictor(run_or_model, batch, forward=percent_scores,
+    predict = train.model_predictor(run_or_model, batch, forward=raw_percent,
                                     compute_dtype=config.train.compute_dtype)
     return ScoreModel(predict, config.data.image_size)
 

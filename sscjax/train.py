@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sscjax.configs import TrainConfig
 from sscjax.errors import ConfigError, ModelError
+from sscjax.io import _json_ready
 
 Batch = dict[str, np.ndarray]
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -162,18 +163,63 @@ def epoch_rows(seed: int, step: int, n_examples: int, batch_size: int) -> np.nda
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def learning_rate(config: TrainConfig) -> optax.Schedule:
-    """The configured rate, reached linearly over `warmup_steps` (if any) and then held."""
-    if config.warmup_steps <= 0:
-        return optax.constant_schedule(config.learning_rate)
-    return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+DECAYS = ("constant", "cosine")
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam; weight decay as an L2 term added to the gradient (PyTorch Adam) or decoupled (AdamW)."""
+def learning_rate(config: TrainConfig, total: int = 0) -> optax.Schedule:
+    """The configured rate, reached linearly over `warmup_steps` (if any), then held ("constant") or brought
+    down to 0 at step `total` along a half cosine ("cosine")."""
+    if config.decay not in DECAYS:
+        raise ConfigError(f"learning-rate decay {config.decay!r} is not one of {', '.join(DECAYS)}")
+    warmup = max(config.warmup_steps, 0)
+    after = (optax.cosine_decay_schedule(config.learning_rate, max(total - warmup, 1)) if config.decay == "cosine"
+             else optax.constant_schedule(config.learning_rate))
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup), after], [warmup])
+
+
+class AverageState(NamedTuple):
+    """The moving average of the parameters and the number of updates averaged."""
+
+    count: jax.Array
+    params: optax.Params
+
+
+def average_params(decay: float) -> optax.GradientTransformation:
+    """Passes the updates through and keeps an exponential moving average of the updated parameters; its decay
+    ramps up as min(decay, (1 + n) / (10 + n)) after n updates, so early weights (a zero head) fade fast."""
+    if not 0 < decay < 1:
+        raise ConfigError(f"weight-average decay {decay} must lie in (0, 1)")
+
+    def init(params):
+        return AverageState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+
+    def update(updates, state, params):
+        rate = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count))
+        new = optax.apply_updates(params, updates)
+        average = jax.tree.map(lambda a, p: rate * a + (1 - rate) * p, state.params, new)
+        return updates, AverageState(state.count + 1, average)
+
+    return optax.GradientTransformation(init, update)
+
+
+def averaged_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:
+    """The weights to validate and keep: their moving average if the optimizer keeps one, else `params`."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, AverageState))
+             if isinstance(s, AverageState)]
+    return found[0].params if found else params
+
+
+def make_optimizer(config: TrainConfig, total: int = 0) -> optax.GradientTransformation:
+    """Adam over `total` steps; weight decay as an L2 term added to the gradient (PyTorch Adam) or decoupled
+    (AdamW); with `average_decay`, a moving average of the weights beside."""
+    rate = learning_rate(config, total)
     if config.decoupled_weight_decay:
-        return optax.adamw(learning_rate(config), weight_decay=config.weight_decay)
-    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(learning_rate(config)))
+        tx = optax.adamw(rate, weight_decay=config.weight_decay)
+    else:
+        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(rate))
+    return tx if config.average_decay is None else optax.chain(tx, average_params(config.average_decay))
 
 
 # ---------------------------------------------------------------- functional model
@@ -232,7 +278,7 @@ def init_training(task: Task, config: TrainConfig, mesh: Mesh
     replicated on `mesh` with the shardings the train step returns (so it compiles once)."""
     model = set_compute_dtype(task.make_model(nnx.Rngs(config.seed)), config.compute_dtype)
     model_def, params, state = split_model(model)
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, total_steps(config, task.examples_per_epoch))
     params, state = replicate((params, state), mesh)
     opt_state = jax.jit(tx.init, out_shardings=NamedSharding(mesh, PartitionSpec()))(params)
     return model_def, params, state, tx, opt_state
@@ -320,7 +366,8 @@ class Checkpoints:
     of the best validation); a model item holds {"params", "state"}; each checkpoint has a JSON "meta" item."""
 
     def __init__(self, run_dir: Path, read_only: bool = False):
-        root = Path(run_dir).absolute() / CHECKPOINT_DIR
+        self.run_dir = Path(run_dir)
+        root = self.run_dir.absolute() / CHECKPOINT_DIR
         self.managers = {kind: ocp.CheckpointManager(root / kind, options=ocp.CheckpointManagerOptions(
             max_to_keep=1, enable_async_checkpointing=not read_only, create=not read_only, read_only=read_only,
             # the two managers save the same steps: their multi-host barriers need distinct names
@@ -335,13 +382,19 @@ class Checkpoints:
         return self.managers[kind].latest_step()
 
     def restore(self, kind: str, targets: dict[str, dict]) -> tuple[dict, dict]:
-        """(items, meta) of the newest checkpoint of `kind`; `targets` give the items' shapes, dtypes, shardings."""
+        """(items, meta) of the newest checkpoint of `kind`; `targets` give the items' shapes, dtypes, shardings.
+        ModelError naming the run when its files are unreadable (truncated, overwritten or missing)."""
         manager = self.managers[kind]
         step = manager.latest_step()
         if step is None:
             raise ModelError(f"{manager.directory}: no checkpoint saved")
         args = {name: ocp.args.StandardRestore(jax.tree.map(_abstract, tree)) for name, tree in targets.items()}
-        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+        except Exception as e:  # orbax and tensorstore raise ValueError, OSError, JSON errors ... for damaged files
+            raise ModelError(f"{self.run_dir}: its {kind} checkpoint (step {step}) is unreadable or corrupt "
+                             f"({type(e).__name__} reading {manager.directory / str(step)}); train the run again"
+                             ) from None
         return {name: restored[name] for name in targets}, dict(restored["meta"])
 
     def close(self) -> None:
@@ -385,7 +438,8 @@ class RunLog:
             return
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
-        self.jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self.jsonl.write(json.dumps(_json_ready({"step": step, "time": time.time(), **values}), allow_nan=False)
+                         + "\n")  # a NaN loss is null: JSON has no NaN
         self.jsonl.flush()
 
     def images(self, step: int, images: dict[str, np.ndarray]) -> None:
@@ -465,20 +519,25 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
             params, opt_state, state, out = train_step(params, opt_state, state, batch, key)
             done = step + 1
             loss = float(out["loss"])
+            if not math.isfinite(loss):
+                raise ModelError(f"{run_dir}: the training loss is {loss} at step {done} (training diverged); lower "
+                                 "the learning rate or check the data (the run keeps its last checkpoints)")
             result.losses[done] = loss
             now = time.perf_counter()
             speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
             metrics = None
             if done % config.log_every == 0 or done == total:
                 log.scalars(done, {"train/loss": loss, "train/grad_norm": float(out["grad_norm"]),
-                                   "train/lr": float(learning_rate(config)(step)), "train/examples_per_s": speed})
+                                   "train/lr": float(learning_rate(config, total)(step)),
+                                   "train/examples_per_s": speed})
                 last_time, last_step = now, done
             if done % valid_every == 0 or done == total:
-                validation = task.validate(predictor(predict_step, params, state, mesh, config.predict_batch))
+                kept = averaged_params(opt_state, params)
+                validation = task.validate(predictor(predict_step, kept, state, mesh, config.predict_batch))
                 metrics = validation.metrics
                 meta, improved = _selection(meta, float(metrics["mae"]), done)
                 if improved:
-                    checkpoints.save("best", done, {"model": {"params": params, "state": state}},
+                    checkpoints.save("best", done, {"model": {"params": kept, "state": state}},
                                      {"step": done, **meta})
                 log.scalars(done, {f"valid/{k}": v for k, v in metrics.items()})
                 log.images(done, validation.images)

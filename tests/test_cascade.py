@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -105,6 +106,7 @@ def test_many_scans_skip_done_ones_and_report_bad_ones(monkeypatch, capsys, runs
     assert code == 1
     assert "3 of 5 scan(s) failed" in err
     assert "flat.mha: is a single 2D slice" in err and "broken.nii.gz: cannot read" in err
+    assert not any(f"{folder / name}: {folder / name}" in err for name in ("flat.mha", "broken.nii.gz", "water.mha"))
     assert "water.mha" in err and "no lungs" in err.lower()
     done = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert done == sorted(straight[:2])
@@ -148,3 +150,86 @@ def test_wrong_network_and_bad_levels_exit_2_in_one_line(monkeypatch, capsys, ru
     code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--workdir", tmp_path / "nothing")
     assert code == 2 and "no trained lnet runs found" in err
     assert not any(tmp_path.glob("*/scores.json"))
+
+
+RAW = np.array([130.0, -2.8, -7.0])  # TOT, GG, RET as an overshooting network puts them out
+
+
+@pytest.fixture(scope="module")
+def overshooting(phantoms, tmp_path_factory):
+    """The cascade of one phantom scan with an S-Net whose outputs are forced outside 0..100: (result, out folder,
+    the montage captions)."""
+    from sscjax import cascade, plots
+
+    cohort, _, _ = phantoms
+    sid = cohort.ids[0]
+    model = snet.ScoreModel(lambda inputs: np.tile(RAW, (len(inputs), 1)).astype(np.float32), 32)
+    result = cascade.run_cascade(read_scan(cohort.scan_paths[sid]), cascade.Models([], [model]),
+                                 cohort.levels_mm[sid], all_slices=True)
+    out = tmp_path_factory.mktemp("overshoot")
+    captions, montage = [], plots.level_montage
+
+    def recording(images, spacing, text, *args):
+        captions.extend(text)
+        return montage(images, spacing, text, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "level_montage", recording)
+        cascade.write_result(result, out)
+    cascade.collect_scores(out)
+    return result, out / sid, captions
+
+
+def test_scores_outside_0_100_reach_no_file_and_the_raw_output_is_kept(overshooting):
+    _, folder, captions = overshooting
+    result = json.loads((folder / "scores.json").read_text())
+    for lv in result["levels"]:
+        assert [lv[p] for p in metrics.PATTERNS] == [100.0, 0.0, 0.0]
+        assert [lv[f"{p}_5"] for p in metrics.PATTERNS] == [100, 0, 0]
+        assert lv["raw"] == pytest.approx(dict(zip(metrics.PATTERNS, RAW)))
+    assert result["mean"] == {"TOT": 100.0, "GG": 0.0, "RET": 0.0, "TOT_5": 100.0, "GG_5": 0.0, "RET_5": 0.0}
+    for table in (folder / "scores.csv", folder.parent / "scores.csv", folder / "all_slices.csv"):
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and all([float(r[p]) for p in metrics.PATTERNS] == [100.0, 0.0, 0.0] for r in rows), table
+    assert len(captions) == 5 and all("TOT 100.0  GG 0.0  RET 0.0" in c for c in captions)
+
+
+def test_two_scans_with_one_id_are_refused_before_any_work(tmp_path):
+    from sscjax import cascade
+    from sscjax.errors import ScanError
+
+    for pair in ([tmp_path / "a" / "p.mha", tmp_path / "b" / "p.mha"], [tmp_path / "P.mha", tmp_path / "p.nii.gz"]):
+        with pytest.raises(ScanError, match=f"{pair[0]} and {pair[1]}: both have the scan id"):
+            cascade.output_ids(pair)
+    assert cascade.output_ids([tmp_path / "p.mha", tmp_path / "q.nii.gz"]) == {"p": tmp_path / "p.mha",
+                                                                                "q": tmp_path / "q.nii.gz"}
+
+
+@pytest.mark.parametrize("text,message", [("nan,1,2,3,4", "must be finite"), ("50,40,inf,20,10", "must be finite"),
+                                          ("4,3,2,1", "expected five numbers in mm (L1..L5), got 4"),
+                                          ("5,4,x,2,1", "separated by commas")])
+def test_bad_levels_say_what_is_wrong(text, message):
+    from sscjax import cascade
+    from sscjax.errors import ScanError
+
+    with pytest.raises(ScanError, match=re.escape(message)):
+        cascade.parse_levels(text)
+
+
+def test_a_rerun_removes_what_killed_writes_left(overshooting):
+    import os
+    import time
+
+    from sscjax import cascade
+    from sscjax.io import STALE_S
+
+    result, folder, _ = overshooting
+    stale, fresh = folder / ".montage.png.k1ll3d.tmp.png", folder / ".L1.mha.wr1t1ng.tmp.mha"
+    stale.write_bytes(b"half a png")
+    fresh.write_bytes(b"a write in progress")
+    old = time.time() - 2 * STALE_S
+    os.utime(stale, (old, old))
+    cascade.write_result(result, folder.parent)
+    assert not stale.exists() and fresh.exists()
+    fresh.unlink()

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from sscjax.data.cohort import load_cohort
 from sscjax.data.goh import GOH_COLUMNS, patient_key
 from sscjax.data.splits import make_splits
+from sscjax.errors import ScanError
 from sscjax.io import read_scan
 from test_cohort import make_cohort
 from conftest import run_ssc as ssc
@@ -50,6 +51,25 @@ def test_check_broken_cohort_lists_problems_and_exits_2(tmp_path, monkeypatch, c
     assert f"{tmp_path / 'scores.csv'} line 4: score(s) outside 0..100 %: RET = 120" in err
     assert f"{tmp_path / 'scans'}: no scan for 'p02' (listed in levels.csv line 4)" in err
     assert "Traceback" not in err
+
+
+def test_check_reads_every_scan_as_the_commands_do(tmp_path, monkeypatch, capsys):
+    """A NaN voxel or a negative slice spacing in the header: the problem list holds read_scan's own refusal."""
+    make_cohort(tmp_path, masks=False)
+    nan_scan, flipped = tmp_path / "scans" / "p01.mha", tmp_path / "scans" / "p04.mha"
+    image = sitk.ReadImage(str(nan_scan), sitk.sitkFloat32)
+    image[2, 3, 4] = float("nan")
+    sitk.WriteImage(image, str(nan_scan))
+    flipped.write_bytes(flipped.read_bytes().replace(b" 2.5\nDimSize", b" -2.5\nDimSize"))
+    code, out, err = ssc(monkeypatch, capsys, "data", "check", tmp_path)
+    assert code == 2 and out == ""
+    assert "2 problem(s) in the cohort" in err
+    assert f"  {nan_scan}: 1 of 720 voxels are NaN or infinite; a CT holds finite HU values\n" in err
+    assert f"  {flipped}: spacing (0.8, 0.8, -2.5) mm is not positive\n" in err
+    for path in (nan_scan, flipped):
+        with pytest.raises(ScanError) as refused:
+            read_scan(path)
+        assert f"  {refused.value}\n" in err
 
 
 def test_check_shows_tot_warnings(tmp_path, monkeypatch, capsys):

@@ -163,3 +163,40 @@ def test_subcommands_can_hang_off_the_group(monkeypatch, tmp_path):
     assert result.exit_code == 0 and result.output == "dummy ran\n"
     result = CliRunner().invoke(evaluate, ["--out", str(tmp_path), "dummy"])
     assert result.exit_code == 2 and "--out belong(s) to the CSV evaluation" in result.output
+
+
+@pytest.mark.parametrize("value,message", [("-20", "GG '-20' is outside 0..100 %"), ("150", "GG '150' is outside 0..100 %"),
+                                           ("nan", "GG 'nan' is not a finite number")])
+def test_reference_scores_outside_0_100_exit_2_naming_file_row_and_value(csvs, tmp_path, monkeypatch, capsys, value,
+                                                                         message):
+    paths, truth, *_ = csvs
+    bad = truth.astype(str)
+    bad.loc[6, "GG"] = value
+    bad.to_csv(tmp_path / "truth.csv", index=False)
+    code, out, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", paths["pred"], "--truth", tmp_path / "truth.csv",
+                          "--out", tmp_path / "o")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"Error: {tmp_path / 'truth.csv'}, data row 7 (line 8): {message}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_predictions_may_overshoot_but_references_may_not(csvs, tmp_path, monkeypatch, capsys):
+    paths, truth, *_ = csvs
+    over = truth.copy()
+    over["GG"] = over["GG"] - 3.0  # another method's regression output, below 0 where the truth is 0
+    over.to_csv(tmp_path / "over.csv", index=False)
+    code, _, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", tmp_path / "over.csv", "--truth", paths["truth"],
+                        "--out", tmp_path / "o")
+    assert code == 0, err
+    code, _, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", paths["truth"], "--truth", tmp_path / "over.csv",
+                        "--out", tmp_path / "o2")
+    assert code == 2 and "is outside 0..100 %" in err
+
+
+def test_an_unwritable_out_is_refused_before_any_work(csvs, tmp_path, monkeypatch, capsys):
+    paths, *_ = csvs
+    (tmp_path / "afile").write_text("")
+    code, out, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", paths["pred"], "--truth", paths["truth"],
+                          "--out", tmp_path / "afile" / "out")
+    assert code == 2 and out == "" and err.strip() == (f"Error: {tmp_path / 'afile' / 'out'}: cannot write outputs here "
+                                                      f"({tmp_path / 'afile'} is a file, not a folder)")

@@ -9,8 +9,8 @@ import pytest
 from sscjax.data.cohort import (cohort_summary, load_cohort, score_histogram, write_levels_csv,
                                 write_scores_csv)
 from sscjax.data.splits import make_splits, write_splits
-from sscjax.errors import CohortError
-from sscjax.io import Geometry, write_image
+from sscjax.errors import CohortError, ScanError
+from sscjax.io import Geometry, read_scan, write_image
 
 N_SLICES, DZ, Z0 = 20, 2.5, -300.0  # slices span -300 .. -252.5 mm
 LEVELS_MM = np.array([-255.0, -265.0, -275.0, -285.0, -295.0])
@@ -238,9 +238,23 @@ def test_unreadable_and_single_slice_scans(cohort_dir):
     write_image(cohort_dir / "scans" / "p02.mha", np.zeros((6, 6), np.int16), scan_geometry())
     problems = problems_of(cohort_dir)
     assert any(str(cohort_dir / "scans" / "p01.mha") in p and "cannot read" in p for p in problems)
-    assert any(str(cohort_dir / "scans" / "p02.mha") in p and "single slice" in p for p in problems)
+    assert any(str(cohort_dir / "scans" / "p02.mha") in p and "single 2D slice" in p for p in problems)
     (cohort_dir / "scans" / "p03.dcm").write_bytes(b"x")
     assert "single DICOM file" in one_problem(cohort_dir, str(cohort_dir / "scans" / "p03.dcm"), check_scans=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.where(np.arange(N_SLICES)[:, None, None] == 3, np.nan, np.zeros((N_SLICES, 6, 6), np.float32)),
+    lambda: np.zeros((N_SLICES, 6, 6), np.uint16),
+    lambda: np.zeros((4, 6, 6), np.int16),
+], ids=["nan", "unsigned", "4-slices"])
+def test_scans_are_refused_with_the_message_every_command_gives(cohort_dir, make):
+    """`ssc data check` reads each scan as the commands do: the same refusal, word for word."""
+    path = cohort_dir / "scans" / "p02.mha"
+    write_image(path, make(), scan_geometry())
+    with pytest.raises(ScanError) as refused:
+        read_scan(path)
+    assert one_problem(cohort_dir, str(path)) == str(refused.value)
 
 
 def test_broken_link(cohort_dir):

@@ -76,7 +76,7 @@ def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_th
     thresholds = np.array(record["thresholds"])
     assert np.all((thresholds >= -4) & (thresholds <= 0))
     assert (snet_run / "explain" / "calibration.png").stat().st_size > 10_000
-    assert all(-1 <= r <= 1 for r in record["r2"] if r is not None)
+    assert all(r <= 1 for r in record["r2"] if r is not None)  # R^2 has no lower bound: a poor fit is below 0
     code, out, err = ssc(monkeypatch, capsys, "explain", "--scan", scan_path, "--lnet", lnet_trained[1], "--snet",
                          snet_run, "--out", tmp_path)
     assert code == 0, err

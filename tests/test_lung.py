@@ -291,3 +291,47 @@ def test_command_without_lungs_fails_in_one_line(tmp_path, monkeypatch, capsys):
     assert code == 2 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and "no lungs found" in stderr and str(path) in stderr
     assert not out.exists()
+
+
+def test_raw_values_without_the_hu_rescale_are_named_as_the_likely_cause():
+    raw = _body_scan((20, 96, 96))
+    raw.array[:] = np.clip(raw.array + 1024, 0, None)  # air at about 24: stored values, rescale not applied
+    with pytest.raises(ScanError, match="no lungs found .* without the HU rescale"):
+        lung_mask(raw)
+    with pytest.raises(ScanError) as water:
+        lung_mask(_body_scan((20, 96, 96)))
+    assert "rescale" not in str(water.value)  # a body in air is no raw scan
+
+
+def _stored_flipped(canonical: Scan, flip_xyz: tuple[bool, bool, bool]) -> tuple[np.ndarray, Geometry]:
+    """The canonical array and geometry as a file stores them with the given index axes reversed (same world)."""
+    matrix, origin = canonical.geometry.matrix.copy(), np.asarray(canonical.geometry.origin)
+    for axis in np.flatnonzero(flip_xyz):
+        origin = origin + matrix[:, axis] * canonical.geometry.spacing[axis] * (canonical.shape[2 - axis] - 1)
+        matrix[:, axis] *= -1
+    array = np.flip(canonical.array, axis=tuple(2 - a for a in np.flatnonzero(flip_xyz)))
+    return array, Geometry(canonical.geometry.spacing, tuple(origin), tuple(matrix.ravel()))
+
+
+@pytest.mark.parametrize("flip_xyz", [(False, False, True), (True, True, False)], ids=["head-first", "flipped-xy"])
+def test_command_writes_the_mask_in_the_scan_file_storage_order(tmp_path, monkeypatch, capsys, chest, flip_xyz):
+    import SimpleITK as sitk
+
+    scan = chest[0]
+    array, geometry = _stored_flipped(scan, flip_xyz)
+    path = write_image(tmp_path / "stored.mha", array, geometry)
+    code, _, err = _run_ssc(monkeypatch, capsys, "lung", str(path), "-o", str(tmp_path / "mask.nii.gz"))
+    assert code == 0, err
+    written, original = sitk.ReadImage(str(tmp_path / "mask.nii.gz")), sitk.ReadImage(str(path))
+    for get in ("GetOrigin", "GetDirection", "GetSpacing", "GetSize"):
+        assert getattr(written, get)() == pytest.approx(getattr(original, get)(), abs=1e-4), get
+    expected, _ = _stored_flipped(Scan(lung_mask(scan), scan.geometry), flip_xyz)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)  # overlays the file voxel by voxel
+
+
+def test_command_refuses_an_unwritable_output_before_computing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    monkeypatch.setattr("sscjax.lung.lung_mask", lambda scan: pytest.fail("computed before refusing"))
+    code, stdout, stderr = _run_ssc(monkeypatch, capsys, "lung", str(SLICE), "-o", str(tmp_path / "taken" / "m.mha"))
+    assert code == 2 and stdout == ""
+    assert len(stderr.strip().splitlines()) == 1 and f"{tmp_path / 'taken'}: cannot write outputs here" in stderr

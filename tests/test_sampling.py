@@ -47,3 +47,13 @@ def test_unbalanced_draws_follow_the_data_and_coarse_bins_pool_groups():
     coarse = Sampler(TOT, bin_width=50).draw(np.random.default_rng(2), 30000)
     groups = np.bincount(score_groups(TOT[coarse], 50))  # 0..24.9 | 25..74.9 | 75..100
     assert stats.chisquare(groups).pvalue > 1e-3
+
+
+def test_tempered_balance_draws_groups_by_size_to_one_minus_power():
+    for power in (0.0, 0.5):
+        drawn = Sampler(TOT, power=power).draw(np.random.default_rng(3), 30000)
+        counts = np.array([np.sum(TOT[drawn] == t) for t in SIZES])
+        weights = np.array(list(SIZES.values()), float) ** (1 - power)
+        assert stats.chisquare(counts, weights / weights.sum() * len(drawn)).pvalue > 1e-3
+    with pytest.raises(ConfigError, match="power"):
+        Sampler(TOT, power=1.5)

@@ -126,7 +126,8 @@ def test_balanced_switch_decides_how_real_slices_are_drawn(tiny, data):
         drawn = groups[np.concatenate([p.source for p in plans])]
         return np.array([(drawn == g).mean() for g in present])
 
-    balanced, uniform = shares(tiny), shares(dataclasses.replace(tiny, balanced=False))
+    full = dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, balance_power=1.0))
+    balanced, uniform = shares(full), shares(dataclasses.replace(tiny, balanced=False))
     np.testing.assert_allclose(balanced, 1 / len(present), atol=0.03)  # every TOT group equally often
     np.testing.assert_allclose(uniform, counts / counts.sum(), atol=0.03)  # as often as it occurs
     assert counts[0] / counts.sum() > 0.4  # healthy slices dominate, so the two really differ
@@ -275,3 +276,28 @@ def test_cli_errors_exit_2_in_one_line(cohort, tmp_path, monkeypatch, capsys):
     code, _, err = _ssc(monkeypatch, capsys, "train", "snet", "--data", cohort, "--workdir", tmp_path)
     assert code == 2 and "--pretrained FILE" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "snet").exists()
+
+
+def test_scores_are_bounded_to_0_100_and_the_raw_output_kept(tiny):
+    scratch = dataclasses.replace(tiny, pretrained="none")
+    model = snet.make_snet(scratch, nnx.Rngs(0))  # a zero head: the outputs are its bias
+    model.head.bias.set_value(jnp.asarray([-0.05, 1.3, 0.2]))
+    images = jnp.zeros((2, scratch.data.image_size, scratch.data.image_size, 1))
+    np.testing.assert_allclose(snet.predict_fn(model)(images), [[0.0, 100.0, 20.0]] * 2, rtol=1e-5)  # heat maps
+    scorer = snet.score_model(model, scratch)
+    hu = np.full((3, 50, 50), -800.0)
+    np.testing.assert_allclose(scorer.score(hu), [[0.0, 100.0, 20.0]] * 3, rtol=1e-5)
+    np.testing.assert_allclose(scorer.raw(hu), [[-5.0, 130.0, 20.0]] * 3, rtol=1e-5)
+
+
+def test_bad_pretrained_weights_are_refused_before_a_run_folder_exists(tiny, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x02not a state dict" * 50)
+    with pytest.raises(ModelError, match=f"{garbage}: unreadable weights file"):
+        snet.train_snet(dataclasses.replace(tiny, pretrained=str(garbage)), tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+    small = tmp_path / "small.npz"
+    convert_weights(CONVNEXT_FIXTURE, small, "convnext")
+    with pytest.raises(ModelError, match="holds convnext weights; the model is efficientnet_lite0"):
+        snet.train_snet(dataclasses.replace(tiny, pretrained=str(small)), tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -14,7 +14,7 @@ from flax import nnx
 
 from sscjax import train
 from sscjax.configs import TrainConfig
-from sscjax.errors import ConfigError
+from sscjax.errors import ConfigError, ModelError
 
 
 class ToyModel(nnx.Module):
@@ -139,6 +139,51 @@ def test_logs_scalars_and_images(tmp_path):
     assert events.Tags()["images"] == ["valid/toy"]
 
 
+def _strict_json(line: str) -> dict:
+    return json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in log.jsonl is not JSON"))
+
+
+def test_log_writes_undefined_numbers_as_null(tmp_path):
+    log = train.RunLog(tmp_path)
+    log.scalars(3, {"valid/kappa_GG": float("nan"), "valid/mae": np.float32(2.5), "train/loss": float("inf")})
+    log.close()
+    record = _strict_json((tmp_path / train.LOG_FILE).read_text())
+    assert (record["valid/kappa_GG"], record["valid/mae"], record["train/loss"]) == (None, 2.5, None)
+
+
+@dataclasses.dataclass
+class DivergingTask(ToyTask):
+    """A loss that turns NaN at step 7 (as a too high learning rate makes it)."""
+
+    def train_batch(self, step, process_index, process_count):
+        batch = super().train_batch(step, process_index, process_count)
+        return {**batch, "targets": batch["targets"] * (np.nan if step >= 6 else 1.0)}
+
+
+def test_a_nan_loss_stops_training_naming_the_run_and_step(tmp_path):
+    with pytest.raises(ModelError, match=f"{tmp_path}: the training loss is nan at step 7"):
+        train.train(DivergingTask(), TOY, tmp_path)
+    assert train.Checkpoints(tmp_path, read_only=True).latest_step("latest") == 5
+    for line in (tmp_path / train.LOG_FILE).read_text().splitlines():
+        _strict_json(line)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left running
+@pytest.mark.parametrize("damage", ["overwrite shards", "truncate metadata", "remove shards"])
+def test_a_damaged_checkpoint_is_one_model_error_naming_the_run(tmp_path, damage):
+    train.train(ToyTask(), dataclasses.replace(TOY, steps=10), tmp_path)
+    step = tmp_path / train.CHECKPOINT_DIR / "best" / "10"
+    if damage == "truncate metadata":
+        (step / "model" / "_METADATA").write_text('{"tree_metadata": {')
+    for shard in (step / "model" / "d").iterdir():
+        if damage == "overwrite shards":
+            shard.write_bytes(b"garbage" * 40)
+        elif damage == "remove shards":
+            shard.unlink()
+    with pytest.raises(ModelError, match=f"{tmp_path}: its best checkpoint \\(step 10\\) is unreadable or corrupt"):
+        train.restore_model(tmp_path, ToyModel(nnx.Rngs(0)), "best")
+
+
 def test_adam_with_l2_matches_pytorch_adam_and_adamw_is_decoupled():
     params = {"w": jnp.asarray([1.0, -3.0])}
     grads = {"w": jnp.asarray([0.5, 0.25])}
@@ -210,3 +255,37 @@ def test_cpu_inference_takes_large_inputs_one_at_a_time():
     expected = 1 if jax.default_backend() == "cpu" else 4
     assert train.inference_batch(4, 256 * 256) == expected
     assert train.inference_batch(4, 64 * 64) == 4
+
+
+def test_cosine_decay_warms_up_then_falls_to_zero_at_the_last_step():
+    rate = train.learning_rate(TrainConfig(learning_rate=1e-3, warmup_steps=10, decay="cosine"), total=110)
+    values = np.array([float(rate(s)) for s in range(111)])
+    assert values[0] == 0 and values[10] == pytest.approx(1e-3) and values[110] == pytest.approx(0, abs=1e-12)
+    assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) < 0)
+    assert values[60] == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match="decay"):
+        train.learning_rate(TrainConfig(decay="step"))
+
+
+def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path):
+    config = dataclasses.replace(TOY, average_decay=0.9, decay="cosine")
+    whole = train.train(ToyTask(), config, tmp_path / "whole")
+
+    def kill_at_27(info):
+        if info.step == 27:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.train(ToyTask(), config, tmp_path / "split", progress=kill_at_27)
+    resumed = train.train(ToyTask(), config, tmp_path / "split", resume=True)
+    for kind in ("latest", "best"):
+        for a, b in zip(final_state(tmp_path / "whole", kind), final_state(tmp_path / "split", kind), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (resumed.best_step, resumed.best_mae) == (whole.best_step, whole.best_mae)
+    task = ToyTask()
+    best = train.restore_model(tmp_path / "whole", ToyModel(nnx.Rngs(5)), "best")
+    found = np.abs(np.asarray(best(task.x[task.n:])) - task.y[task.n:]).mean()
+    assert found == pytest.approx(whole.best_mae, rel=1e-5)  # the best checkpoint holds the validated average
+    raw = final_state(tmp_path / "whole", "latest")
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(raw, final_state(tmp_path / "whole", "best"), strict=True))

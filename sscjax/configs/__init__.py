@@ -31,6 +31,8 @@ class TrainConfig:
     batch_size: int = 4  # global batch, split over all devices of all hosts
     learning_rate: float = 1e-4
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps (0: constant rate)
+    decay: str = "constant"  # the rate after warm-up: "constant", or "cosine" down to 0 at the last step
+    average_decay: float | None = None  # validate and keep an exponential moving average of the weights; None: off
     weight_decay: float = 1e-4
     decoupled_weight_decay: bool = False  # False: L2 added to the gradient (PyTorch Adam); True: AdamW
     valid_every: int | None = None  # steps between validations; None: once per epoch

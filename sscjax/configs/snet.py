@@ -24,6 +24,7 @@ class SNetData:
     neighbours: bool = True  # also train on the slices just above and below each level (same label)
     synthetic_fraction: float = 0.5  # share of each training batch made by data synthesis (when on)
     bin_width: float = DEFAULT_BIN_WIDTH  # TOT groups of balanced sampling, in %
+    balance_power: float = 1.0  # 1: every TOT group drawn equally often (the paper); 0: uniform; see data.sampling
     augment: bool = True  # random rotation, scale and shift of every training sample
     lesions: SynthesisConfig = field(default_factory=SynthesisConfig)
     affine: AugmentConfig = field(default_factory=AugmentConfig)

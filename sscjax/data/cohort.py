@@ -20,7 +20,7 @@ import numpy as np
 
 from sscjax.data.splits import SPLITS_FILE, Splits, load_splits_file, splits_problems
 from sscjax.errors import CohortError, ScanError
-from sscjax.io import SCAN_EXTENSIONS, Geometry, extension_of, atomic_write, read_geometry, scan_id
+from sscjax.io import SCAN_EXTENSIONS, Geometry, atomic_write, extension_of, read_geometry, read_scan, scan_id
 
 LEVELS_FILE = "levels.csv"
 SCORES_FILE = "scores.csv"
@@ -266,8 +266,13 @@ def _cross_check_ids(root: Path, level_lines: dict[str, int], score_lines: dict[
         problems.append(f"{scan_paths[sid]}: no rows for this scan in {LEVELS_FILE} or {SCORES_FILE}")
 
 
-def _header(path: Path, problems: list[str]) -> ScanHeader | None:
+def _header(path: Path, problems: list[str], whole_scan: bool = False) -> ScanHeader | None:
+    """The canonical (geometry, shape) of an image, or None after recording why it is unusable; `whole_scan`
+    reads and checks every voxel of a CT as the commands that use it do (`read_scan`), not just the header."""
     try:
+        if whole_scan:
+            scan = read_scan(path)
+            return scan.geometry, scan.shape
         return read_geometry(path)
     except ScanError as e:
         problems.append(str(e))
@@ -283,20 +288,17 @@ def _in_scan(geometry: Geometry, z: float, n_slices: int) -> bool:
     return True
 
 
-def _check_scan_headers(scan_paths: dict[str, Path], levels: dict[str, np.ndarray], level_lines: dict[str, int],
-                        levels_path: Path, problems: list[str], progress: Progress | None) -> dict[str, ScanHeader]:
-    """Read every scan's header; levels must lie within half a slice of the scan's first/last slice."""
+def _check_scans(scan_paths: dict[str, Path], levels: dict[str, np.ndarray], level_lines: dict[str, int],
+                 levels_path: Path, problems: list[str], progress: Progress | None) -> dict[str, ScanHeader]:
+    """Read and check every scan whole; levels must lie within half a slice of the scan's first/last slice."""
     headers = {}
     for done, (sid, path) in enumerate(sorted(scan_paths.items()), 1):
-        header = _header(path, problems)
+        header = _header(path, problems, whole_scan=True)
         if progress is not None:
             progress(done, len(scan_paths))
         if header is None:
             continue
         geometry, shape = header
-        if shape[0] < 2:
-            problems.append(f"{path}: a single slice; a scan must be a CT volume")
-            continue
         headers[sid] = header
         if sid not in levels:
             continue
@@ -357,11 +359,12 @@ def load_cohort(root: str | Path, check_scans: bool = True, require_patterns: bo
                 check_splits: bool = True, progress: Progress | None = None) -> Cohort:
     """Load and validate a cohort folder; raise CohortError listing every problem found.
 
-    check_scans: read each scan's (and mask's, pattern's) header to check readability, that the levels lie
-    in the scan and that masks share its geometry; False checks only the CSVs and file names (fast).
+    check_scans: read each scan whole (geometry and values checked as every command checks them, `read_scan`),
+    and each mask's and pattern's header, to check readability, that the levels lie in the scan and that masks
+    share its geometry; False checks only the CSVs and file names (fast).
     require_patterns: the gg/ret/healthy texture patches (needed for data synthesis) must be present.
     check_splits: an existing splits.json must split exactly the cohort's ids.
-    progress(done, total) is called after each scan header is read.
+    progress(done, total) is called after each scan is read.
     """
     root = Path(root)
     if not root.is_dir():
@@ -376,7 +379,7 @@ def load_cohort(root: str | Path, check_scans: bool = True, require_patterns: bo
     scan_paths = _scan_entries(root / SCANS_DIR, problems)
     if level_table is not None and score_table is not None:
         _cross_check_ids(root, level_lines, score_lines, scan_paths, problems)
-    headers = (_check_scan_headers(scan_paths, levels, level_lines, levels_path, problems, progress)
+    headers = (_check_scans(scan_paths, levels, level_lines, levels_path, problems, progress)
                if check_scans else {})
     masks = _masks(root, scan_paths, headers, check_scans, problems, warnings)
     patterns = _patterns(root, require_patterns, check_scans, problems)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 OFFSETS = (-1, 0, 1)
 N_LEVELS = 5
 AIR_HU = -1000.0
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: made from scans that passed read_scan's checks (finite HU, geometry); 1 may hold unchecked ones
 # A lung mask's geometry may differ from its scan's by this fraction of a voxel (float storage).
 MASK_GEOMETRY_TOL = 0.1
 

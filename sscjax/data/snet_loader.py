@@ -50,7 +50,7 @@ class SNetLoader:
 
     def __init__(self, slices: SliceSet, batch_size: int, seed: int, *, patterns: Patterns | None = None,
                  synthetic_fraction: float = 0.5, balanced: bool = True, synthesis: bool = True,
-                 augment: bool = True, bin_width: float = DEFAULT_BIN_WIDTH,
+                 augment: bool = True, bin_width: float = DEFAULT_BIN_WIDTH, balance_power: float = 1.0,
                  synthesis_config: SynthesisConfig = SynthesisConfig(),
                  augment_config: AugmentConfig = AugmentConfig(), process_index: int = 0, process_count: int = 1,
                  block_pixels: int = BLOCK_PIXELS):
@@ -70,7 +70,7 @@ class SNetLoader:
         self.synthesis_config = synthesis_config
         self.augment_config = augment_config
         self.rows = np.arange(batch_size).reshape(process_count, -1)[process_index]
-        self.sampler = Sampler(slices.scores[:, 0], balanced=balanced, bin_width=bin_width)
+        self.sampler = Sampler(slices.scores[:, 0], balanced=balanced, bin_width=bin_width, power=balance_power)
         self.healthy = np.flatnonzero(slices.healthy)
         self.boxes = lung_boxes(slices.lung)
         if self.n_synthetic:
