@@ -189,7 +189,6 @@ def test_the_payloads_would_run_with_plain_pickle(tmp_path):
 
 @pytest.mark.parametrize("name,make,message", [
     ("legacy-payload", lambda t: legacy_file(t / "evil.pth", [payload(t)]), NOT_RUN),
-    ("npz-declares-huge-array", lambda t: npz_with_header(t / "huge.npz", (GB, GB)), "more than its"),
     ("npz-bomb", lambda t: _deflated_npz(t / "bomb.npz"), "would inflate"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_hostile_pretrained_files_for_training(name, make, message, cohort, tmp_path, monkeypatch, capfd):
