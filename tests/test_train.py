@@ -76,15 +76,19 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_gives_identical_parameters(tmp_path):
-    whole = train.train(ToyTask(), TOY, tmp_path / "whole")
-
-    def kill_at_27(info):
+def kill_at_27(config, run_dir):
+    """Train `config` in `run_dir` until it is killed during step 27, as a SIGKILL would stop it."""
+    def kill(info):
         if info.step == 27:
             raise Killed
 
     with pytest.raises(Killed):
-        train.train(ToyTask(), TOY, tmp_path / "split", progress=kill_at_27)
+        train.train(ToyTask(), config, run_dir, progress=kill)
+
+
+def test_resume_after_kill_gives_identical_parameters(tmp_path):
+    whole = train.train(ToyTask(), TOY, tmp_path / "whole")
+    kill_at_27(TOY, tmp_path / "split")
     with pytest.raises(ConfigError, match="resume"):
         train.train(ToyTask(), TOY, tmp_path / "split")
     resumed = train.train(ToyTask(), TOY, tmp_path / "split", resume=True)
@@ -270,13 +274,7 @@ def test_cosine_decay_warms_up_then_falls_to_zero_at_the_last_step():
 def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path):
     config = dataclasses.replace(TOY, average_decay=0.9, decay="cosine")
     whole = train.train(ToyTask(), config, tmp_path / "whole")
-
-    def kill_at_27(info):
-        if info.step == 27:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train.train(ToyTask(), config, tmp_path / "split", progress=kill_at_27)
+    kill_at_27(config, tmp_path / "split")
     resumed = train.train(ToyTask(), config, tmp_path / "split", resume=True)
     for kind in ("latest", "best"):
         for a, b in zip(final_state(tmp_path / "whole", kind), final_state(tmp_path / "split", kind), strict=True):
