@@ -88,7 +88,7 @@ def npz_with_header(path: Path, shape: tuple[int, ...]) -> Path:
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("w.npy", np.lib.format.MAGIC_PREFIX + b"\x01\x00" + header.getvalue() + bytes(16))
+        z.writestr("w.npy", header.getvalue() + bytes(16))
         z.writestr("__meta__.npy", _npy(np.array(json.dumps({"arch": "convnext", "num_classes": 1, "in_chans": 1}))))
     return path
 
@@ -189,6 +189,7 @@ def test_the_payloads_would_run_with_plain_pickle(tmp_path):
 
 @pytest.mark.parametrize("name,make,message", [
     ("legacy-payload", lambda t: legacy_file(t / "evil.pth", [payload(t)]), NOT_RUN),
+    ("npz-declares-huge-array", lambda t: npz_with_header(t / "huge.npz", (GB, GB)), "more than its"),
     ("npz-bomb", lambda t: _deflated_npz(t / "bomb.npz"), "would inflate"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_hostile_pretrained_files_for_training(name, make, message, cohort, tmp_path, monkeypatch, capfd):
