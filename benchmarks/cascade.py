@@ -19,7 +19,7 @@ from pathlib import Path
 from common import print_report
 from flax import nnx
 
-from sscjax import cascade, configs, lnet, runs, snet
+from sscjax import cascade, lnet, networks, runs, snet
 from sscjax.io import read_scan
 from sscjax.phantom.cohort import write_cohort
 
@@ -49,7 +49,7 @@ def timing(module, names: list[str], seconds: dict[str, float]):
 
 def preset_models(preset: str) -> cascade.Models:
     """One L-Net and one S-Net of a preset's architecture and input size, randomly initialised."""
-    lnet_config, snet_config = configs.preset("lnet", preset), configs.preset("snet", preset)
+    lnet_config, snet_config = networks.preset("lnet", preset), networks.preset("snet", preset)
     level = lnet.level_model(runs.build_model(lnet_config.model, nnx.Rngs(0)), lnet_config)
     scorer = snet.score_model(snet.make_snet(dataclasses.replace(snet_config, pretrained="none"), nnx.Rngs(0)),
                               snet_config)
@@ -75,7 +75,7 @@ def one_scan(path: Path, models: cascade.Models, out_dir: Path) -> dict[str, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=["paper", "tiny"], default="paper", help="network architectures and sizes")
+    parser.add_argument("--preset", choices=networks.shared_presets(), default="paper", help="network architectures and sizes")
     parser.add_argument("--phantom", choices=["full", "small"], default="full", help="phantom size")
     parser.add_argument("--scans", type=int, default=2, help="scans timed (the first also compiles)")
     parser.add_argument("--quick", action="store_true", help="CPU-sized: small phantoms, tiny presets")

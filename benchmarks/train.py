@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from common import chest_slices, level_volumes, peak_memory_bytes, print_report, random_crops, texture_patterns
 from flax import nnx
 
-from sscjax import configs, runs, train
+from sscjax import networks, runs, train
 from sscjax.configs import ModelConfig
 from sscjax.data.snet_loader import SNetLoader
 
@@ -43,7 +43,7 @@ class BenchTask:
 
 
 def lnet_task(preset: str, size: tuple[int, int, int] | None, crop: int | None, batch: int, seed: int):
-    config = configs.preset("lnet", preset)
+    config = networks.preset("lnet", preset)
     size, crop = tuple(size or config.data.size), crop or config.data.crop
     levels = level_volumes(max(batch, 4), size, seed)
 
@@ -55,7 +55,7 @@ def lnet_task(preset: str, size: tuple[int, int, int] | None, crop: int | None, 
 
 
 def snet_task(preset: str, image_size: int | None, batch: int, seed: int):
-    config = configs.preset("snet", preset)
+    config = networks.preset("snet", preset)
     size = image_size or config.data.image_size
     loader = SNetLoader(chest_slices(60, size, seed), batch, seed, patterns=texture_patterns(seed),
                         synthesis=True, augment=True, balanced=True)
@@ -81,7 +81,7 @@ def measure(config, task: BenchTask, batch: int, steps: int, compute_dtype: str)
         start = time.perf_counter()
         for batch in batches:
             params, opt_state, state, out = step_fn(params, opt_state, state, batch, key)
-            float(out["loss"])  # the engine reads the loss every step, as here
+        float(out["loss"])  # the engine reads the losses every log_every steps; one read waits for all the steps
         return time.perf_counter() - start
 
     compile_s = run([fixed])
@@ -97,7 +97,7 @@ def measure(config, task: BenchTask, batch: int, steps: int, compute_dtype: str)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=["lnet", "snet", "both"], default="both")
-    parser.add_argument("--preset", choices=["paper", "tiny"], default="paper", help="model and sizes of a preset")
+    parser.add_argument("--preset", choices=networks.shared_presets(), default="paper", help="model and sizes of a preset")
     parser.add_argument("--lnet-size", type=int, nargs=3, help="L-Net resampled matrix (default: the preset's)")
     parser.add_argument("--lnet-crop", type=int, help="L-Net crop slices (default: the preset's)")
     parser.add_argument("--lnet-batch", type=int, default=2, help="L-Net batch size")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import echo_failures, model_options, resolve_models, scans_from
+from sscjax.cli.common import echo_failures, model_options, resolve_models, scans_from
 
 
 @click.command()

@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 
 
+def set_option(example: str):
+    """--set KEY.PATH=VALUE, repeatable: one setting changed on the command line."""
+    return click.option("--set", "assignments", multiple=True, metavar="KEY.PATH=VALUE",
+                        help=f"Change one setting, e.g. --set {example}; repeatable. The value is read as TOML (3e-4, "
+                             "true, \"text\", [1, 2]); other text counts as a string.")
+
+
 def model_options(command):
     """--lnet, --snet (repeatable run folders) and --workdir (where runs are found by default)."""
     command = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
@@ -21,11 +28,11 @@ def model_options(command):
 
 def resolve_models(lnet_runs, snet_runs, workdir: Path, need_lnet: bool = True):
     """Load the named runs, or every trained fold under the workdir."""
-    from sscjax import cascade as cs
+    from sscjax import cascade, runs
 
-    lnets = list(lnet_runs) or (cs.find_runs(workdir, "lnet") if need_lnet else [])
-    snets = list(snet_runs) or cs.find_runs(workdir, "snet")
-    models = cs.load_models(lnets, snets)
+    lnets = list(lnet_runs) or (runs.find_runs(workdir, "lnet") if need_lnet else [])
+    snets = list(snet_runs) or runs.find_runs(workdir, "snet")
+    models = cascade.load_models(lnets, snets)
     click.echo(f"Models: {len(lnets)} L-Net and {len(snets)} S-Net run(s)")
     return models
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from sscjax.domain import LEVEL_NAMES
+
 COHORT_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 MAX_WARNINGS_SHOWN = 20
 
@@ -45,7 +47,7 @@ def format_summary(summary: dict) -> str:
              _row("", summary["histogram_bins"], 7)]
     lines += [_row(name, [str(c) for c in counts], 7) for name, counts in summary["histograms"].items()]
     lines.append("mean / median score per level (%):")
-    lines.append(_row("", [f"L{n}" for n in range(1, 6)], 13))
+    lines.append(_row("", list(LEVEL_NAMES), 13))
     for name, means in summary["mean_per_level"].items():
         medians = summary["median_per_level"][name]
         lines.append(_row(name, [f"{m:.1f} / {d:.1f}" for m, d in zip(means, medians)], 13))

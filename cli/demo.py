@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import LazyBar
+from sscjax.cli.common import LazyBar
 
 
 def _stage(title: str) -> float:
@@ -21,21 +21,18 @@ def _done(start: float) -> None:
 
 def _train(net: str, data: Path, runs_dir: Path, seed: int):
     """Train fold 0 of `net` with the tiny preset (resuming a run an earlier demo left unfinished)."""
-    import importlib
+    from sscjax import networks, runs
 
-    from sscjax import configs, runs
-
-    library = importlib.import_module(f"sscjax.{net}")
-    config = configs.preset(net, "tiny", data_dir=str(data.resolve()), fold=0)
+    config = networks.preset(net, "tiny", data_dir=str(data.resolve()), fold=0)
     run_dir = runs.default_run_dir(runs_dir, net, 0)
     preparing, training = LazyBar("   prepare"), LazyBar("   train")
 
     def progress(info) -> None:
-        training(info.step, info.total, f"loss {info.loss:.3g}")
+        training(info.step, info.total, "" if info.loss is None else f"loss {info.loss:.3g}")
 
     try:
-        trainer = getattr(library, f"train_{net}")
-        trainer(config, runs_dir, run_dir, resume=True, progress=progress, prepare_progress=preparing)
+        networks.network(net).train(config, runs_dir, run_dir, resume=True, progress=progress,
+                                    prepare_progress=preparing)
     finally:
         preparing.close()
         training.close()
@@ -95,10 +92,11 @@ def demo(out: Path, patients: int, seed: int) -> None:
     _done(t)
 
     t = _stage(f"6/6 Agreement on the test split -> {stats}")
-    from cli.evaluate import evaluate_csv
+    from sscjax.cli.evaluate import echo_report
+    from sscjax.report import evaluate_csv
 
     baseline_csv = _baseline_scores(cohort, train_ids, splits.test, stats / "baseline_predict_the_mean.csv")
-    evaluate_csv(pred_csv, data / "scores.csv", baseline_csv, stats, only_predicted=True)
+    echo_report(*evaluate_csv(pred_csv, data / "scores.csv", baseline_csv, stats, only_predicted=True), stats)
     levels = lnet.evaluate_lnet(lnet_run, "test")
     level_baseline = lnet.mean_position_baseline(cohort, train_ids, splits.test)
     _done(t)
@@ -112,11 +110,11 @@ def _baseline_scores(cohort, train_ids, test_ids, path: Path) -> Path:
     import numpy as np
     import pandas as pd
 
+    from sscjax.domain import LEVELS, SCORES
     from sscjax.io import atomic_write
-    from sscjax.metrics import PATTERNS
 
     mean = np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
-    rows = [{"scan_id": i, "level": k, **dict(zip(PATTERNS, mean))} for i in test_ids for k in range(1, 6)]
+    rows = [{"scan_id": i, "level": k, **dict(zip(SCORES, mean))} for i in test_ids for k in LEVELS]
     with atomic_write(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.3f")
     return path
@@ -127,9 +125,11 @@ SUMMARY_FILE = "summary.json"
 
 def _headline(metrics: dict, levels: dict, level_baseline: float, seconds: float) -> dict:
     """The figures the demo prints, as data: per pattern MAE, kappa, ICC and the baseline's MAE; the L-Net's."""
+    from sscjax.domain import SCORES
+
     compare = metrics.get("compare", {})
     snet = {p: {"mae": metrics[p]["mae"], "kappa": metrics[p]["kappa"], "icc": metrics[p]["icc"],
-                "baseline_mae": compare.get(p, {}).get("mean_b")} for p in ("TOT", "GG", "RET")}
+                "baseline_mae": compare.get(p, {}).get("mean_b")} for p in SCORES}
     return {"seconds": seconds, "snet": snet,
             "lnet": {"mae_mm": levels["all"]["mae_mm"], "baseline_mae_mm": level_baseline}}
 

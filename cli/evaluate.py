@@ -7,14 +7,11 @@ hang off the same group.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from cli.common import LazyBar, run_evaluation_options
-
-if TYPE_CHECKING:
-    import pandas as pd
+from sscjax.cli.common import LazyBar, run_evaluation_options
+from sscjax.networks import network
 
 CSV_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 CSV_OPTIONS = ("pred", "truth", "compare", "out", "only_predicted")
@@ -46,7 +43,15 @@ def evaluate(ctx: click.Context, pred: Path | None, truth: Path | None, compare:
     missing = [f"--{name}" for name, value in (("pred", pred), ("truth", truth), ("out", out)) if value is None]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or give a subcommand)", ctx)
-    evaluate_csv(pred, truth, compare, out, only_predicted)
+    from sscjax.report import evaluate_csv
+
+    echo_report(*evaluate_csv(pred, truth, compare, out, only_predicted), out)
+
+
+def echo_report(markdown: str, written: list[Path], out: Path) -> None:
+    """Print an agreement report's tables and the files it wrote."""
+    click.echo(markdown)
+    click.echo(f"Wrote {len(written)} files to {out}/: {', '.join(p.name for p in written)}")
 
 
 def _number(value, digits: int = 2) -> str:
@@ -54,16 +59,16 @@ def _number(value, digits: int = 2) -> str:
 
 
 @evaluate.command()
-@run_evaluation_options("L-Net")
+@run_evaluation_options(network("lnet").title)
 def lnet(run: Path, split: str, data_dir: Path | None) -> None:
     """Level-finding agreement of an L-Net run: MAE (SD) in slices of the original scans and in mm, ICC(A,1)
     per level, Bland-Altman and correlation plots; written to RUN/eval/SPLIT/."""
+    from sscjax import runs
     from sscjax.io import check_writable
-    from sscjax.lnet import evaluate_lnet
 
-    check_writable(run / "eval" / split)
+    check_writable(runs.eval_dir(run, split))
     bar = LazyBar(f"levels ({split})")
-    result = evaluate_lnet(run, split, data_dir, bar)
+    result = network("lnet").evaluate(run, split, data_dir, bar)
     bar.close()
     click.echo("| level | n | MAE (SD) slices | MAE (SD) mm | ICC(A,1) [95% CI] |")
     click.echo("|---|---|---|---|---|")
@@ -76,49 +81,17 @@ def lnet(run: Path, split: str, data_dir: Path | None) -> None:
 
 
 @evaluate.command()
-@run_evaluation_options("S-Net")
+@run_evaluation_options(network("snet").title)
 def snet(run: Path, split: str, data_dir: Path | None) -> None:
     """Scoring agreement of an S-Net run on the true level slices: MAE (SD), weighted kappa and ICC(A,1)
     (95 % CI) per pattern, over all and per level; correlation and Bland-Altman plots; predictions.csv
     (scan_id,level,TOT,GG,RET) for `ssc evaluate --pred`. Written to RUN/eval/SPLIT/."""
-    from sscjax import metrics
+    from sscjax import metrics, runs
     from sscjax.io import check_writable
-    from sscjax.snet import evaluate_snet
 
-    check_writable(run / "eval" / split)
+    check_writable(runs.eval_dir(run, split))
     bar = LazyBar(f"slices ({split})")
-    result = evaluate_snet(run, split, data_dir, bar)
+    result = network("snet").evaluate(run, split, data_dir, bar)
     bar.close()
     click.echo(metrics.agreement_markdown(result))
     click.echo(f"Wrote {len(result['files'])} files to {Path(result['files'][0]).parent}/")
-
-def read_scores(path: Path) -> pd.DataFrame:
-    """A scores CSV as a table of strings (validated and typed later by `sscjax.metrics`)."""
-    import pandas as pd
-
-    from sscjax.errors import SscError
-
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise SscError(f"{path}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
-
-
-def evaluate_csv(pred: Path, truth: Path, compare: Path | None, out: Path, only_predicted: bool) -> None:
-    """Compute the agreement tables, write metrics.json/.md/.csv and the plots to `out`, print the summary."""
-    from sscjax import metrics, report
-    from sscjax.io import check_writable
-
-    check_writable(out)
-    pred_table, truth_table = read_scores(pred), read_scores(truth)
-    joined, merged = metrics.join_truth(pred_table, truth_table, only_predicted=only_predicted,
-                                        pred_name=str(pred), truth_name=str(truth))
-    result = metrics.joined_agreement(joined, merged)
-    paired = None
-    if compare is not None:
-        paired = metrics.compare_methods(pred_table, read_scores(compare), truth_table, only_predicted=only_predicted,
-                                         names=(str(pred), str(compare)), truth_name=str(truth))
-    labels = (pred.stem, compare.stem) if compare is not None and compare.stem != pred.stem else ("pred", "compare")
-    markdown, written = report.write_agreement(out, joined, result, paired, labels)
-    click.echo(markdown)
-    click.echo(f"Wrote {len(written)} files to {out}/: {', '.join(p.name for p in written)}")

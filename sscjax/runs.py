@@ -1,8 +1,10 @@
-"""Run folders: where a training run keeps what defines it and what it produced, and loading its model back.
+"""Run folders: where a training run keeps what defines it and what it produced, and loading its model back. The
+only module that knows the folder's layout:
 
 RUN/config.json (the resolved config), RUN/splits.json (the patients used), RUN/fingerprint.json (the cohort's
-fingerprint), RUN/checkpoints/{best,latest}/, RUN/tensorboard/, RUN/log.jsonl, RUN/eval/<split>/.
-The default run folder of a network and fold is WORKDIR/<net>/fold<k>.
+fingerprint), RUN/checkpoints/{best,latest}/, RUN/tensorboard/, RUN/log.jsonl, RUN/eval/<split>/ (evaluations, with
+their slice cache in RUN/eval/cache/), RUN/explain/ (the heat-map calibration). The default run folder of a network
+and fold is WORKDIR/<net>/fold<k>.
 """
 
 from __future__ import annotations
@@ -13,19 +15,76 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from sscjax.configs import ModelConfig, load_config, save_config, to_dict
+from sscjax.configs import ModelConfig, to_dict
 from sscjax.errors import CohortError, ConfigError, ModelError
-from sscjax.io import write_json
+from sscjax.io import atomic_write, write_json
+from sscjax.networks import config_from_dict
 
 CONFIG_FILE = "config.json"
 SPLITS_FILE = "splits.json"
 FINGERPRINT_FILE = "fingerprint.json"
-# Settings a resumed run may change: how long it trains.
-RESUMABLE = ("train.steps", "train.epochs", "train.early_stop")
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+LOG_FILE = "log.jsonl"
+EVAL_DIR = "eval"
+CALIBRATION_DIR = "explain"
+CALIBRATION_FILE = "calibration.json"
+# Settings (or whole sections) a resumed run may change: how long it trains, and how its heat maps are made.
+RESUMABLE = ("train.steps", "train.epochs", "train.early_stop", "explain")
 
 
 def default_run_dir(workdir: str | Path, net: str, fold: int) -> Path:
     return Path(workdir) / net / f"fold{fold}"
+
+
+def find_runs(workdir: str | Path, net: str) -> list[Path]:
+    """Every trained fold of a network under WORKDIR/<net>/ (folders with a config and a best checkpoint)."""
+    root = Path(workdir) / net
+    found = sorted(p for p in root.glob("*") if (p / CONFIG_FILE).is_file() and (p / CHECKPOINT_DIR / "best").is_dir())
+    if not found:
+        raise ModelError(f"{root}: no trained {net} runs found (train one with `ssc train {net}`, or name one)")
+    return found
+
+
+def eval_dir(run_dir: str | Path, split: str) -> Path:
+    """Where an evaluation of a run on a split ("valid", "test") is written."""
+    return Path(run_dir) / EVAL_DIR / split
+
+
+def eval_cache(run_dir: str | Path) -> Path:
+    """Where a run's evaluations cache the slices they extract."""
+    return Path(run_dir) / EVAL_DIR / "cache"
+
+
+def calibration_dir(run_dir: str | Path) -> Path:
+    """Where an S-Net run keeps its heat-map calibration (CALIBRATION_FILE and its scatter plot)."""
+    return Path(run_dir) / CALIBRATION_DIR
+
+
+def run_workdir(run_dir: str | Path) -> Path:
+    """The workdir (caches) of a run in the default layout WORKDIR/<net>/fold<k>."""
+    return Path(run_dir).parent.parent
+
+
+def save_config(path: str | Path, config) -> Path:
+    """Write the resolved config as JSON, atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(to_dict(config), indent=1) + "\n")
+    return Path(path)
+
+
+def load_config(path: str | Path):
+    """Read a config JSON written by `save_config` (settings added since it was written take their defaults)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config ({e})") from None
+    return config_from_dict(data, str(path))
+
+
+def _resumable(key: str) -> bool:
+    return any(key == r or key.startswith(f"{r}.") for r in RESUMABLE)
 
 
 def build_model(model: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -84,7 +143,7 @@ def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resum
         raise ConfigError(f"{run_dir}: already holds a trained run; resume it (--resume) or choose another run folder")
     if resume and (run_dir / CONFIG_FILE).is_file():
         old, new = _flat(to_dict(load_config(run_dir / CONFIG_FILE))), _flat(to_dict(config))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _resumable(k))
         if changed:
             raise ConfigError(f"{run_dir}: cannot resume with changed settings: "
                               + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
@@ -103,8 +162,6 @@ def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resum
 
 def has_checkpoint(run_dir: str | Path, kind: str = "best") -> bool:
     """Whether a run folder holds a finished checkpoint of `kind` ("best" or "latest")."""
-    from sscjax.train import CHECKPOINT_DIR
-
     folder = Path(run_dir) / CHECKPOINT_DIR / kind
     return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
@@ -148,7 +205,7 @@ def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[
 
 def load_model(run_dir: str | Path, net: str | None = None, kind: str = "best") -> tuple[nnx.Module, object]:
     """(model in evaluation mode with the run's best (or latest) weights, the run's config)."""
-    from sscjax.train import CHECKPOINT_DIR, restore_model
+    from sscjax.train import restore_model
 
     run_dir = Path(run_dir)
     config = read_config(run_dir, net)

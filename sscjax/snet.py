@@ -25,18 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sscjax import metrics, runs, train
+from sscjax import metrics, plots, runs, train
 from sscjax.configs.snet import LITE0_PACKAGE, NO_PRETRAINING, SNetConfig
 from sscjax.data.slices import SliceSet, load_slices, resize_slices, window
 from sscjax.data.snet_loader import SNetLoader
 from sscjax.data.synthesis import Patterns, load_patterns
+from sscjax.domain import SCORES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import atomic_write
 
 NET = "snet"
 PERCENT = 100.0  # network output x PERCENT = score in %
-PATTERNS = metrics.PATTERNS
-GRID_SAMPLES = 8  # training samples shown in TensorBoard
 BACKBONE = nnx.All(nnx.Any(nnx.Param, nnx.BatchStat), nnx.Not(nnx.PathContains("head")))  # all weights but the head
 
 
@@ -178,12 +177,12 @@ class SNetTask:
         pred = predict(self.valid_set.images[..., None])
         true = self.valid_set.scores
         found = {}
-        for j, p in enumerate(PATTERNS):
+        for j, p in enumerate(SCORES):
             m = metrics.pattern_metrics(pred[:, j], true[:, j])
             found |= {f"mae_{p}": m["mae"], f"kappa_{p}": m["kappa"], f"icc_{p}": m["icc"]}
-        images = {"valid/pred_vs_true": scatter_image(pred, true)}
+        images = {"valid/pred_vs_true": plots.score_scatter_image(pred, true)}
         if self.grid_pending:
-            images["train/samples"] = sample_grid(self.loader.batch(0))
+            images["train/samples"] = plots.sample_grid_image(self.loader.batch(0))
             self.grid_pending = False
         return train.Validation({"mae": float(np.abs(pred - true).mean()), **found}, images)
 
@@ -229,52 +228,6 @@ def train_snet(config: SNetConfig, workdir: str | Path, run_dir: str | Path | No
     return train.train(task, config.train, run_dir, resume=resume, progress=progress)
 
 
-# ---------------------------------------------------------------- TensorBoard images
-
-
-def _pixels(fig) -> np.ndarray:
-    """A matplotlib figure (Agg canvas) as an HxWx3 uint8 image."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def _figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=80, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def scatter_image(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Predicted against true scores, one panel per pattern, as an image."""
-    fig = _figure((9.0, 3.2))
-    for j, p in enumerate(PATTERNS):
-        ax = fig.add_subplot(1, len(PATTERNS), j + 1)
-        hi = max(float(np.max(pred[:, j], initial=0)), float(np.max(true[:, j], initial=0)), 5.0) * 1.05
-        ax.plot([0, hi], [0, hi], color="0.5", linestyle="--", linewidth=1)
-        ax.scatter(true[:, j], pred[:, j], s=12, alpha=0.6)
-        ax.set(title=p, xlabel="true (%)", ylabel="predicted (%)", xlim=(min(0, pred[:, j].min()), hi),
-               ylim=(min(0, pred[:, j].min()), hi))
-    return _pixels(fig)
-
-
-def sample_grid(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """Up to GRID_SAMPLES training samples of a loader batch (synthetic ones first) with their TOT/GG/RET."""
-    order = np.argsort(~batch["synthetic"], kind="stable")[:GRID_SAMPLES]
-    cols = 4
-    fig = _figure((2.2 * cols, 2.4 * -(-len(order) // cols)))
-    for i, row in enumerate(order):
-        ax = fig.add_subplot(-(-len(order) // cols), cols, i + 1)
-        ax.imshow(batch["image"][row, ..., 0], cmap="gray", vmin=0.25, vmax=0.6)
-        kind = "synthetic" if batch["synthetic"][row] else "real"
-        ax.set_title(f"{kind}\n" + "/".join(f"{v:.0f}" for v in batch["target"][row]), fontsize="small")
-        ax.set_axis_off()
-    fig.suptitle("training samples (augmented): TOT/GG/RET %", fontsize="medium")
-    return _pixels(fig)
-
-
 # ---------------------------------------------------------------- inference
 
 
@@ -282,6 +235,21 @@ def load_snet(run_dir: str | Path, kind: str = "best") -> tuple[nnx.Module, SNet
     """(model in evaluation mode with a run's best (or latest) weights, the run's config); ModelError when the
     folder is not an S-Net run or has no checkpoint."""
     return runs.load_model(run_dir, NET, kind)
+
+
+@dataclass(frozen=True)
+class LoadedSNet:
+    """A trained S-Net read from its run folder: the module (evaluation mode, for pure functions such as the heat
+    maps' `predict_fn`) and the run's config."""
+
+    run: Path
+    module: nnx.Module
+    config: SNetConfig
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> LoadedSNet:
+        """The best checkpoint of an S-Net run."""
+        return cls(Path(run_dir), *load_snet(run_dir))
 
 
 def prepare_slices(slices: np.ndarray, image_size: int, windowed: bool = False) -> np.ndarray:
@@ -305,7 +273,7 @@ class ScoreModel:
         """(N, 3) unbounded network outputs in % of (N, H, W) slices in HU (or window units with windowed=True), any
         in-plane size."""
         if len(slices) == 0:
-            return np.zeros((0, len(PATTERNS)), np.float32)
+            return np.zeros((0, len(SCORES)), np.float32)
         return self.predict(prepare_slices(slices, self.image_size, windowed))
 
     def score(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
@@ -351,7 +319,7 @@ def _score_table(slices: SliceSet, scores: np.ndarray):
     import pandas as pd
 
     return pd.DataFrame({"scan_id": slices.scan_id.astype(str), "level": slices.level.astype(int),
-                         **{p: scores[:, j].astype(np.float64) for j, p in enumerate(PATTERNS)}})
+                         **{p: scores[:, j].astype(np.float64) for j, p in enumerate(SCORES)}})
 
 
 def evaluate_snet(run_dir: str | Path, split: str = "valid", data_dir: str | Path | None = None,
@@ -365,8 +333,8 @@ def evaluate_snet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     run_dir = Path(run_dir)
     model, config = load_snet(run_dir)
     cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
-    out = run_dir / "eval" / split
-    slices = load_slices(cohort, run_dir / "eval" / "cache", image_size=config.data.image_size, neighbours=False,
+    out = runs.eval_dir(run_dir, split)
+    slices = load_slices(cohort, runs.eval_cache(run_dir), image_size=config.data.image_size, neighbours=False,
                          ids=ids, progress=progress)
     pred = np.round(score_model(model, config).score(slices.images, windowed=True).astype(np.float64), 3)
     pred_table, true_table = _score_table(slices, pred), _score_table(slices, slices.scores)

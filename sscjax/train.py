@@ -27,19 +27,18 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sscjax.configs import TrainConfig
+from sscjax.configs import COMPUTE_DTYPES as DTYPE_NAMES
+from sscjax.configs import DECAYS, TrainConfig
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import _json_ready
+from sscjax.runs import CHECKPOINT_DIR, LOG_FILE, TENSORBOARD_DIR
 
 Batch = dict[str, np.ndarray]
 Predictor = Callable[[np.ndarray], np.ndarray]
 DATA_AXIS = "data"
-CHECKPOINT_DIR = "checkpoints"
-TENSORBOARD_DIR = "tensorboard"
-LOG_FILE = "log.jsonl"
 # Everything in a model that is neither trained nor random: BatchNorm statistics and the like.
 MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 # Batches made ahead, each in its own thread (numpy releases the GIL: the S-Net loader at 512 px makes 116 images/s
 # on one thread, 161 on two), so that a fast device does not wait for the loader.
 PREFETCH = 2
@@ -81,12 +80,13 @@ class Task(Protocol):
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What the progress callback hears after every step (metrics only after a validation)."""
+    """What the progress callback hears after every step: the loss and speed as last read (every `log_every` steps
+    and at validations and checkpoints; None before the first read), metrics only after a validation."""
 
     step: int
     total: int
-    loss: float
-    examples_per_s: float
+    loss: float | None
+    examples_per_s: float | None
     metrics: dict[str, float] | None = None
 
 
@@ -161,9 +161,6 @@ def epoch_rows(seed: int, step: int, n_examples: int, batch_size: int) -> np.nda
     order = np.random.default_rng([seed, epoch]).permutation(n_examples)
     order = np.resize(order, max(n_examples, batch_size))  # fewer examples than a batch: repeat them
     return order[k * batch_size:(k + 1) * batch_size]
-
-
-DECAYS = ("constant", "cosine")
 
 
 def learning_rate(config: TrainConfig, total: int = 0) -> optax.Schedule:
@@ -285,7 +282,8 @@ def init_training(task: Task, config: TrainConfig, mesh: Mesh
 
 
 def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransformation) -> Callable:
-    """(params, opt_state, state, batch, key) -> (params, opt_state, state, {"loss", "grad_norm"}), jitted."""
+    """(params, opt_state, state, batch, key) -> (params, opt_state, state, {"loss", "grad_norm"}), jitted; the
+    buffers of params, opt_state and state are donated to their successors (one copy of the weights in memory)."""
 
     def loss_fn(params, state, batch, key):
         model = merge_model(model_def, params, state, key, training=True)
@@ -298,7 +296,7 @@ def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransform
         params = optax.apply_updates(params, updates)
         return params, opt_state, new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(step)
+    return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
 def make_predict_step(forward: Callable, model_def: ModelDef, mesh: Mesh) -> Callable:
@@ -464,6 +462,17 @@ def _selection(meta: dict, mae: float, step: int) -> tuple[dict, bool]:
     return {**meta, "bad_validations": meta["bad_validations"] + 1}, False
 
 
+def read_losses(pending: dict[int, dict], run_dir: Path) -> dict[int, tuple[float, float]]:
+    """{step: (loss, gradient norm)} of the steps run since the last read, in one transfer to the host; ModelError
+    naming the first step whose loss is not finite."""
+    values = jax.device_get(pending)
+    for step, out in values.items():
+        if not math.isfinite(float(out["loss"])):
+            raise ModelError(f"{run_dir}: the training loss is {float(out['loss'])} at step {step} (training diverged); "
+                             "lower the learning rate or check the data (the run keeps its last checkpoints)")
+    return {step: (float(out["loss"]), float(out["grad_norm"])) for step, out in values.items()}
+
+
 def prefetch_batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
     """Batches start .. stop-1 of this host, the next PREFETCH ones prepared in background threads."""
     pi, pc = jax.process_index(), jax.process_count()
@@ -509,6 +518,7 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
     base_key = jax.random.key(config.seed)
     result = TrainResult(start, meta["best_step"], meta["best_mae"], False, {})
     last_time, last_step = time.perf_counter(), start
+    pending, loss, speed = {}, None, None  # the steps' outputs stay on the device until read
     try:
         for step, host_batch in zip(range(start, total), prefetch_batches(task, start, total)):
             batch = shard_batch(host_batch, mesh)
@@ -518,20 +528,23 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
             key = jax.random.fold_in(base_key, step)
             params, opt_state, state, out = train_step(params, opt_state, state, batch, key)
             done = step + 1
-            loss = float(out["loss"])
-            if not math.isfinite(loss):
-                raise ModelError(f"{run_dir}: the training loss is {loss} at step {done} (training diverged); lower "
-                                 "the learning rate or check the data (the run keeps its last checkpoints)")
-            result.losses[done] = loss
-            now = time.perf_counter()
-            speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
+            pending[done] = out
+            logging = done % config.log_every == 0 or done == total
+            validating = done % valid_every == 0 or done == total
+            checkpointing = done % checkpoint_every == 0 or done == total
             metrics = None
-            if done % config.log_every == 0 or done == total:
-                log.scalars(done, {"train/loss": loss, "train/grad_norm": float(out["grad_norm"]),
+            if logging or validating or checkpointing:  # nothing is logged, validated or saved unchecked
+                read = read_losses(pending, run_dir)
+                pending.clear()
+                result.losses.update({s: value for s, (value, _) in read.items()})
+                (loss, grad_norm), now = read[done], time.perf_counter()
+                speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
+            if logging:
+                log.scalars(done, {"train/loss": loss, "train/grad_norm": grad_norm,
                                    "train/lr": float(learning_rate(config, total)(step)),
                                    "train/examples_per_s": speed})
                 last_time, last_step = now, done
-            if done % valid_every == 0 or done == total:
+            if validating:
                 kept = averaged_params(opt_state, params)
                 validation = task.validate(predictor(predict_step, kept, state, mesh, config.predict_batch))
                 metrics = validation.metrics
@@ -544,7 +557,7 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
                 result.validations.append({"step": done, **metrics})
                 last_time = time.perf_counter()  # validation time is not training throughput
             stop_early = config.early_stop is not None and meta["bad_validations"] >= config.early_stop
-            if done % checkpoint_every == 0 or done == total or stop_early:
+            if checkpointing or stop_early:
                 checkpoints.save("latest", done, {"model": {"params": params, "state": state}, "optimizer": opt_state},
                                  {"step": done, **meta})
             result.step, result.best_step, result.best_mae = done, meta["best_step"], meta["best_mae"]

@@ -37,7 +37,7 @@ def workdir(project):
 
 
 def train_lnet_cli(data_dir, workdir, *extra):
-    from cli.main import cli
+    from sscjax.cli.main import cli
 
     return CliRunner().invoke(cli, ["train", "lnet", "--data", str(data_dir), "--fold", "0", "--preset", "tiny",
                                     "--workdir", str(workdir), *extra], catch_exceptions=False)
@@ -55,9 +55,9 @@ def lnet_trained(project, cohort, workdir):
 @pytest.fixture(scope="session")
 def snet_trained(cohort, workdir):
     """The tiny S-Net trained on fold 0 for 200 of its 300 steps, validated every 25: (run folder, result)."""
-    from sscjax import configs, runs, snet
+    from sscjax import networks, runs, snet
 
-    tiny = configs.preset("snet", "tiny", data_dir=str(cohort))
+    tiny = networks.preset("snet", "tiny", data_dir=str(cohort))
     config = dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=SNET_STEPS,
                                                                  valid_every=SNET_VALID_EVERY))
     result = snet.train_snet(config, workdir)
@@ -66,7 +66,7 @@ def snet_trained(cohort, workdir):
 
 def run_ssc(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """Run `ssc ARGS` in-process exactly as the console script does: (exit code, stdout, stderr)."""
-    from cli.main import main
+    from sscjax.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
     try:

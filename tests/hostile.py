@@ -42,7 +42,7 @@ def checksums(root: Path) -> dict[str, str]:
 def run_ssc_fd(monkeypatch, capfd, args: list[str]) -> tuple[int, str, str]:
     """`ssc ARGS` in-process as the console script runs it, capturing the file descriptors too (C++ libraries
     write there): (exit code, stdout, stderr). Any exception that escapes `main` fails the test."""
-    from cli.main import main
+    from sscjax.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["ssc", *map(str, args)])
     capfd.readouterr()

@@ -5,7 +5,8 @@ import pytest
 from scipy import ndimage
 
 from sscjax.data.augment import AffineParams, AugmentConfig, augment, draw_affine, lung_boxes, transforms, warp
-from sscjax.data.slices import AIR, window
+from sscjax.data.slices import window
+from sscjax.domain import AIR
 
 SIZE = 64
 

@@ -12,6 +12,7 @@ import pytest
 
 from sscjax import metrics, snet
 from sscjax.data import load_cohort
+from sscjax.domain import SCORES
 from sscjax.io import Geometry, read_image, read_scan, write_image
 from conftest import run_ssc as ssc
 
@@ -46,9 +47,9 @@ def test_cascade_scores_the_nearest_slices_and_writes_them_with_geometry(monkeyp
     assert [lv["level"] for lv in result["levels"]] == [1, 2, 3, 4, 5] and np.all(np.diff(index) <= 0)
     np.testing.assert_array_equal(index, scan.geometry.nearest_slice(z, scan.n_slices))
     expected = snet.score_model(snet_run).score(scan.array[index])
-    scores = np.array([[lv[p] for p in metrics.PATTERNS] for lv in result["levels"]])
+    scores = np.array([[lv[p] for p in SCORES] for lv in result["levels"]])
     np.testing.assert_allclose(scores, expected, atol=2e-3)
-    rounded = np.array([[lv[f"{p}_5"] for p in metrics.PATTERNS] for lv in result["levels"]])
+    rounded = np.array([[lv[f"{p}_5"] for p in SCORES] for lv in result["levels"]])
     np.testing.assert_array_equal(rounded, metrics.round_to_step(scores))
     assert result["mean"]["TOT"] == pytest.approx(scores[:, 0].mean(), abs=2e-3)
     for k, lv in enumerate(result["levels"], start=1):
@@ -184,14 +185,14 @@ def test_scores_outside_0_100_reach_no_file_and_the_raw_output_is_kept(overshoot
     _, folder, captions = overshooting
     result = json.loads((folder / "scores.json").read_text())
     for lv in result["levels"]:
-        assert [lv[p] for p in metrics.PATTERNS] == [100.0, 0.0, 0.0]
-        assert [lv[f"{p}_5"] for p in metrics.PATTERNS] == [100, 0, 0]
-        assert lv["raw"] == pytest.approx(dict(zip(metrics.PATTERNS, RAW)))
+        assert [lv[p] for p in SCORES] == [100.0, 0.0, 0.0]
+        assert [lv[f"{p}_5"] for p in SCORES] == [100, 0, 0]
+        assert lv["raw"] == pytest.approx(dict(zip(SCORES, RAW)))
     assert result["mean"] == {"TOT": 100.0, "GG": 0.0, "RET": 0.0, "TOT_5": 100.0, "GG_5": 0.0, "RET_5": 0.0}
     for table in (folder / "scores.csv", folder.parent / "scores.csv", folder / "all_slices.csv"):
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
-        assert rows and all([float(r[p]) for p in metrics.PATTERNS] == [100.0, 0.0, 0.0] for r in rows), table
+        assert rows and all([float(r[p]) for p in SCORES] == [100.0, 0.0, 0.0] for r in rows), table
     assert len(captions) == 5 and all("TOT 100.0  GG 0.0  RET 0.0" in c for c in captions)
 
 

@@ -8,7 +8,7 @@ import sys
 import click
 from click.testing import CliRunner
 
-from cli.main import COMMANDS, cli
+from sscjax.cli.main import COMMANDS, cli
 from sscjax import __version__
 
 
@@ -44,7 +44,7 @@ def test_version_and_unknown_command():
 
 
 def test_help_starts_without_importing_jax():
-    code = "import sys; from cli.main import main; sys.argv = ['ssc', '--help'];\n" \
+    code = "import sys; from sscjax.cli.main import main; sys.argv = ['ssc', '--help'];\n" \
            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'jax' not in sys.modules, 'jax imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

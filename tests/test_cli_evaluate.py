@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
-from cli.evaluate import evaluate
+from sscjax.cli.evaluate import evaluate
 from conftest import pingouin_icc_a1, run_ssc as _ssc
 
-PATTERNS = ["TOT", "GG", "RET"]
+SCORES = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
 PATTERN_KEYS = {"mae", "sd", "kappa", "icc", "icc_ci95", "n"}
 
@@ -25,21 +25,21 @@ def csvs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("csv")
     rng = np.random.default_rng(11)
     truth = pd.DataFrame([(f"{i:03d}", lv) for i in range(8) for lv in range(1, 6)], columns=["scan_id", "level"])
-    for p in PATTERNS:
+    for p in SCORES:
         truth[p] = np.round(rng.uniform(0, 14, len(truth))) * 5
     pred = truth.copy()
-    pred[PATTERNS] = truth[PATTERNS] + rng.normal(0, 5, (len(truth), 3))
+    pred[SCORES] = truth[SCORES] + rng.normal(0, 5, (len(truth), 3))
     extra_fold = pred[pred["scan_id"].isin(["000", "001"])].copy()
-    extra_fold[PATTERNS] += 3.0
+    extra_fold[SCORES] += 3.0
     other = truth.copy()
-    other[PATTERNS] = truth[PATTERNS] + rng.normal(0, 12, (len(truth), 3))
+    other[SCORES] = truth[SCORES] + rng.normal(0, 12, (len(truth), 3))
     paths = {name: folder / f"{name}.csv" for name in ("truth", "pred", "other")}
     truth.to_csv(paths["truth"], index=False)
     pd.concat([pred, extra_fold]).sample(frac=1.0, random_state=1).to_csv(paths["pred"], index=False)
     other.to_csv(paths["other"], index=False)
     # the expected merged predictions: the mean over folds
     merged = pred.copy()
-    merged.loc[merged["scan_id"].isin(["000", "001"]), PATTERNS] += 1.5
+    merged.loc[merged["scan_id"].isin(["000", "001"]), SCORES] += 1.5
     return paths, truth, merged, other
 
 
@@ -75,7 +75,7 @@ def test_metrics_json_has_the_documented_keys_and_recomputed_values(csvs, evalua
     assert set(got) == {"TOT", "GG", "RET", "per_level", "merged_duplicates", "compare"}
     assert got["merged_duplicates"] == 10  # 2 scans x 5 levels predicted by two folds
     assert list(got["per_level"]) == ["1", "2", "3", "4", "5"]
-    for p in PATTERNS:
+    for p in SCORES:
         _assert_close(got[p], _expected(merged[p].to_numpy(), truth[p].to_numpy()))
         for level in range(1, 6):
             rows = (truth["level"] == level).to_numpy()
@@ -88,7 +88,7 @@ def test_compare_section_pairs_the_absolute_errors(csvs, evaluated):
 
     _, truth, merged, other = csvs
     got = json.loads((evaluated[0] / "metrics.json").read_text())["compare"]
-    for p in PATTERNS:
+    for p in SCORES:
         ea, eb = np.abs(merged[p] - truth[p]), np.abs(other[p] - truth[p])
         assert got[p]["n"] == 40
         assert got[p]["mean_a"] == pytest.approx(ea.mean()) and got[p]["mean_b"] == pytest.approx(eb.mean())
@@ -105,7 +105,7 @@ def test_csv_markdown_and_printed_summary_agree_with_json(evaluated):
     assert row["icc_ci95_hi"] == pytest.approx(got["per_level"]["3"]["GG"]["icc_ci95"][1])
     assert row["kappa"] == pytest.approx(got["per_level"]["3"]["GG"]["kappa"])
     assert pd.read_csv(out / "compare.csv")["ttest_p"].tolist() == pytest.approx(
-        [got["compare"][p]["ttest_p"] for p in PATTERNS])
+        [got["compare"][p]["ttest_p"] for p in SCORES])
     md = (out / "metrics.md").read_text()
     tot = got["TOT"]
     assert f"| TOT | 40 | {tot['mae']:.2f} ({tot['sd']:.2f}) | {tot['kappa']:.2f} |" in md
@@ -114,7 +114,7 @@ def test_csv_markdown_and_printed_summary_agree_with_json(evaluated):
 
 def test_plots_are_valid_pngs(evaluated):
     out, _ = evaluated
-    for p in PATTERNS:
+    for p in SCORES:
         for kind in ("bland_altman", "correlation"):
             with Image.open(out / f"{kind}_{p}.png") as im:
                 assert im.format == "PNG" and im.size[0] > 300

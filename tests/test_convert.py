@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from flax import nnx
 
-from cli.main import cli
+from sscjax.cli.main import cli
 from sscjax.errors import ModelError
 from sscjax.models import load_torch_weights, load_weights, save_weights
 from sscjax.models.convert import read_state_dict

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sscjax import explain
+from sscjax import explain, heatmaps
+from sscjax.configs.snet import ExplainConfig
 from sscjax.errors import ConfigError
 
-CFG = explain.HeatmapConfig(patch=16, stride=4, fade=4, chunk=8)
+CFG = heatmaps.HeatmapConfig(patch=16, stride=4, fade=4, chunk=8)
 
 
 def _conv_net(seed=0):
@@ -41,8 +42,8 @@ def _slice(h=40, w=36, seed=1):
 def test_vmapped_chunks_equal_the_sequential_loop():
     image, lung, texture = _slice()
     predict = _conv_net()
-    fast = explain.heatmaps(predict, image, lung, texture, CFG)
-    slow = explain.heatmaps_sequential(predict, image, lung, texture, CFG)
+    fast = heatmaps.heatmaps(predict, image, lung, texture, CFG)
+    slow = heatmaps.heatmaps_sequential(predict, image, lung, texture, CFG)
     assert fast.shape == image.shape + (3,)
     assert np.abs(slow).max() > 0.1
     np.testing.assert_allclose(fast, slow, atol=2e-4)
@@ -50,10 +51,10 @@ def test_vmapped_chunks_equal_the_sequential_loop():
 
 def test_constant_occlusion_equals_the_sequential_loop():
     image, lung, texture = _slice(seed=3)
-    cfg = explain.HeatmapConfig(patch=16, stride=8, fade=4, chunk=5, occlusion="constant", constant=0.5)
+    cfg = heatmaps.HeatmapConfig(patch=16, stride=8, fade=4, chunk=5, occlusion="constant", constant=0.5)
     predict = _conv_net(2)
-    np.testing.assert_allclose(explain.heatmaps(predict, image, lung, texture, cfg),
-                               explain.heatmaps_sequential(predict, image, lung, texture, cfg), atol=2e-4)
+    np.testing.assert_allclose(heatmaps.heatmaps(predict, image, lung, texture, cfg),
+                               heatmaps.heatmaps_sequential(predict, image, lung, texture, cfg), atol=2e-4)
 
 
 def test_toy_model_gives_negative_delta_only_around_its_region():
@@ -70,7 +71,7 @@ def test_toy_model_gives_negative_delta_only_around_its_region():
         score = (x[..., 0] * mask).sum((1, 2)) / mask.sum() * 100
         return jnp.stack([score] * 3, -1)
 
-    maps = explain.heatmaps(predict, image, lung, texture, CFG)
+    maps = heatmaps.heatmaps(predict, image, lung, texture, CFG)
     yy, xx = np.mgrid[:h, :w]
     # a pixel can only see a negative Delta P if some patch covering it also covers the region
     reach = (yy > 28 - CFG.patch) & (yy < 36 + CFG.patch - 1) & (xx > 40 - CFG.patch) & (xx < 48 + CFG.patch - 1)
@@ -85,7 +86,7 @@ def test_toy_model_gives_negative_delta_only_around_its_region():
 def test_positions_without_lung_are_skipped():
     lung = np.zeros((40, 40), bool)
     lung[20:22, 30:31] = True
-    cells = explain.lung_positions(lung, CFG)
+    cells = heatmaps.lung_positions(lung, CFG)
     # brute force: corners every 4 px whose 16 px patch touches the lung
     expected = [(iy, ix) for iy in range(10) for ix in range(10)
                 if lung[iy * 4 : iy * 4 + 16, ix * 4 : ix * 4 + 16].any()]
@@ -106,8 +107,8 @@ def test_derived_scores_and_calibration():
             maps[i].reshape(-1, 3)[flat, p] = -2.5
             truth[i, p] = 100 * k / 256
     maps[..., :] += np.where(lungs[..., None], -0.5, -9.0)  # outside the lung never counts
-    np.testing.assert_allclose(explain.derived_scores(maps, lungs, -1.0), truth)
-    calib = explain.calibrate(maps, lungs, truth)
+    np.testing.assert_allclose(heatmaps.derived_scores(maps, lungs, -1.0), truth)
+    calib = heatmaps.calibrate(maps, lungs, truth, explain.search_thresholds(ExplainConfig()))
     assert np.all((calib.thresholds > -3.0) & (calib.thresholds <= -0.5))
     np.testing.assert_allclose(calib.mae, 0)
     np.testing.assert_allclose(calib.r2, 1)
@@ -115,15 +116,15 @@ def test_derived_scores_and_calibration():
 
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="multiple of the stride"):
-        explain.HeatmapConfig(patch=64, stride=24)
+        heatmaps.HeatmapConfig(patch=64, stride=24)
     with pytest.raises(ConfigError, match="occlusion"):
-        explain.HeatmapConfig(occlusion="blur")
+        heatmaps.HeatmapConfig(occlusion="blur")
 
 
 def test_chunk_size_never_changes_the_maps_and_must_be_positive():
     image, lung, texture = _slice()
     predict = _conv_net()
-    by_default = explain.heatmaps(predict, image, lung, texture, dataclasses.replace(CFG, chunk=None))
-    np.testing.assert_allclose(by_default, explain.heatmaps(predict, image, lung, texture, CFG), atol=1e-4)
+    by_default = heatmaps.heatmaps(predict, image, lung, texture, dataclasses.replace(CFG, chunk=None))
+    np.testing.assert_allclose(by_default, heatmaps.heatmaps(predict, image, lung, texture, CFG), atol=1e-4)
     with pytest.raises(ConfigError, match="chunk 0"):
-        explain.HeatmapConfig(chunk=0)
+        heatmaps.HeatmapConfig(chunk=0)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sscjax import explain, snet
+from sscjax import explain, heatmaps, snet
 from sscjax.data import load_cohort
 from sscjax.data.slices import resize_slices
 from sscjax.io import read_image, read_scan
@@ -27,7 +27,7 @@ def test_explain_writes_maps_that_equal_the_library_heat_maps(monkeypatch, capsy
     scan = read_scan(scan_path)
     k = int(scan.n_slices * 0.35)
     code, out, err = ssc(monkeypatch, capsys, "explain", "--scan", scan_path, "--snet", snet_run, "--slice-index", k,
-                         "--pattern", "GG", "--threshold", "-0.5", "--out", tmp_path)
+                         "--pattern", "GG", "--threshold", "-0.5", "--set", "explain.chunk=5", "--out", tmp_path)
     assert code == 0, err
     folder = tmp_path / "phantom_001" / "explain"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -42,13 +42,14 @@ def test_explain_writes_maps_that_equal_the_library_heat_maps(monkeypatch, capsy
     size = config.data.image_size
     lung = resize_slices(lung_mask(scan)[[k]].astype(np.float32), size, order=0)[0] > 0.5
     texture = explain.read_texture(cohort / "patterns" / "healthy.mha", scan.geometry.spacing[0] * scan.shape[2] / size)
-    maps = explain.heatmaps(snet.predict_fn(model), snet.prepare_slices(scan.array[[k]], size)[0, ..., 0], lung,
+    maps = heatmaps.heatmaps(snet.predict_fn(model), snet.prepare_slices(scan.array[[k]], size)[0, ..., 0], lung,
                             texture, explain.scaled_config(size))
     np.testing.assert_allclose(saved, explain.to_native(maps, scan.shape[1:])[..., 1], atol=1e-3)
     assert np.abs(saved).max() > 0.05
     summary = json.loads((folder / "explain.json").read_text())
+    assert summary["heatmap"]["chunk"] == 5  # --set reached the heat maps (the chunk never changes them)
     (entry,) = summary["slices"]
-    derived = explain.derived_scores(maps, lung, -0.5)
+    derived = heatmaps.derived_scores(maps, lung, -0.5)
     assert entry["patterns"]["GG"]["derived"] == pytest.approx(derived[1], abs=1e-3)
     assert entry["patterns"]["GG"]["threshold"] == -0.5
     assert f"slice{k}" in out and "GG" in out

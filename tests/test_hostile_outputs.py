@@ -14,7 +14,7 @@ import pytest
 
 from hostile import Case, check_case
 
-PATTERNS = ("TOT", "GG", "RET")
+SCORES = ("TOT", "GG", "RET")
 _request = None  # the running test's request: cases reach the shared fixtures (trained runs, cohort) through it
 
 
@@ -172,21 +172,21 @@ def phantom_cascade(tmp: Path) -> list[str]:
 
 def csv_scores(path: Path) -> np.ndarray:
     with open(path, newline="") as f:
-        return np.array([[float(row[p]) for p in PATTERNS] + [float(row.get(f"{p}_5", 0)) for p in PATTERNS]
+        return np.array([[float(row[p]) for p in SCORES] + [float(row.get(f"{p}_5", 0)) for p in SCORES]
                          for row in csv.DictReader(f)])
 
 
 def scores_within_bounds(tmp: Path, out: str, err: str) -> None:
     sid = cohort_scan(0)[0]
     result = json.loads((tmp / "out" / sid / "scores.json").read_text())
-    values = [v for lv in result["levels"] for key, v in lv.items() if key.split("_")[0] in PATTERNS]
+    values = [v for lv in result["levels"] for key, v in lv.items() if key.split("_")[0] in SCORES]
     values += list(result["mean"].values())
     assert len(values) == 5 * 6 + 6 and all(0 <= v <= 100 for v in values)
-    assert all(set(lv["raw"]) == set(PATTERNS) for lv in result["levels"])
+    assert all(set(lv["raw"]) == set(SCORES) for lv in result["levels"])
     for table in (tmp / "out" / sid / "scores.csv", tmp / "out" / "scores.csv"):
         assert ((csv_scores(table) >= 0) & (csv_scores(table) <= 100)).all()
     with open(tmp / "out" / sid / "all_slices.csv", newline="") as f:
-        every = np.array([[float(row[p]) for p in PATTERNS] for row in csv.DictReader(f)])
+        every = np.array([[float(row[p]) for p in SCORES] for row in csv.DictReader(f)])
     assert every.size and ((every >= 0) & (every <= 100)).all()
 
 

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
 from conftest import N_PATIENTS, train_lnet_cli
-from sscjax import lnet, runs
-from sscjax.configs import load_config, preset, save_config
+from sscjax import lnet, plots, runs
+from sscjax.cli.main import cli
 from sscjax.configs.lnet import LNetData
 from sscjax.data import lnet as data
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import Geometry, read_scan, resampled_geometry, write_image
+from sscjax.networks import preset
+from sscjax.runs import load_config, save_config
 
 SIZE = (80, 64, 64)
 SETTINGS = LNetData(size=SIZE, crop=64, margin=2, stride=4)
@@ -186,9 +187,9 @@ def test_predictions_outside_the_scan_are_clamped_to_its_end_slices(tmp_path):
 
 def test_level_overlay_draws_true_and_predicted_lines_head_up():
     volume = np.zeros((20, 6, 10), np.int16)
-    image = lnet.level_overlay(volume, np.asarray([15.0] * 5), np.asarray([2.2] * 5))
+    image = plots.level_overlay(volume, np.asarray([15.0] * 5), np.asarray([2.2] * 5))
     assert image.shape == (20, 10, 3) and image.dtype == np.uint8
-    assert (image[19 - 15] == lnet.TRUE_RGB).all() and (image[19 - 2] == lnet.PRED_RGB).all()
+    assert (image[19 - 15] == plots.TRUE_RGB).all() and (image[19 - 2] == plots.PRED_RGB).all()
     assert (image[0] == 127).all()
 
 
@@ -281,7 +282,7 @@ def test_run_folder_records_config_splits_fingerprint_and_tensorboard(trained):
 
 
 def test_levels_command_prints_the_levels_evaluation_finds(trained):
-    from cli.evaluate import lnet as evaluate_command
+    from sscjax.cli.evaluate import lnet as evaluate_command
 
     root, run_dir, _ = trained
     evaluated = CliRunner().invoke(evaluate_command, ["--model", str(run_dir), "--split", "valid"],
@@ -305,7 +306,7 @@ def test_evaluate_lnet_writes_metrics_and_plots(trained):
     root, run_dir, _ = trained
     out = run_dir / "eval" / "valid"
     if not (out / "metrics.json").exists():  # written by the levels test, which compares with it
-        from cli.evaluate import lnet as evaluate_command
+        from sscjax.cli.evaluate import lnet as evaluate_command
 
         assert CliRunner().invoke(evaluate_command, ["--model", str(run_dir)], catch_exceptions=False).exit_code == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -11,6 +11,7 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
 from sscjax import metrics as M
+from sscjax.domain import SCORES
 from sscjax.errors import SscError
 
 LABELS = list(range(0, 101, 5))
@@ -126,21 +127,21 @@ def test_pearson_r():
 def _table(rng, n_scans, levels=(1, 2, 3, 4, 5)):
     keys = [(f"s{i:02d}", lv) for i in range(n_scans) for lv in levels]
     scores = np.round(rng.uniform(0, 20, (len(keys), 3))) * 5
-    return pd.DataFrame([(*k, *s) for k, s in zip(keys, scores)], columns=["scan_id", "level", *M.PATTERNS])
+    return pd.DataFrame([(*k, *s) for k, s in zip(keys, scores)], columns=["scan_id", "level", *SCORES])
 
 
 def test_agreement_overall_and_per_level_match_direct_computation():
     rng = np.random.default_rng(3)
     truth = _table(rng, 12)
     pred = truth.copy()
-    pred[list(M.PATTERNS)] += rng.normal(0, 6, (len(pred), 3))
+    pred[list(SCORES)] += rng.normal(0, 6, (len(pred), 3))
     pred = pred.sample(frac=1.0, random_state=0)  # row order must not matter
     result = M.agreement(pred, truth)
     assert set(result) == {"TOT", "GG", "RET", "per_level", "merged_duplicates"}
     assert result["merged_duplicates"] == 0
     assert list(result["per_level"]) == ["1", "2", "3", "4", "5"]
     pred = pred.sort_index()
-    for p in M.PATTERNS:
+    for p in SCORES:
         err = np.abs(pred[p] - truth[p])
         assert result[p]["mae"] == pytest.approx(err.mean()) and result[p]["sd"] == pytest.approx(err.std(ddof=1))
         assert result[p]["n"] == 60
@@ -157,8 +158,8 @@ def test_agreement_overall_and_per_level_match_direct_computation():
 def test_agreement_merges_fold_duplicates_by_averaging():
     truth = _table(np.random.default_rng(4), 4)
     low, high = truth.copy(), truth.copy()
-    low[list(M.PATTERNS)] -= 4.0
-    high[list(M.PATTERNS)] += 4.0
+    low[list(SCORES)] -= 4.0
+    high[list(SCORES)] += 4.0
     # s00 and s01 predicted by two folds (errors -4 and +4 average to 0), the others by one fold (error +4)
     pred = pd.concat([high, low[low["scan_id"].isin(["s00", "s01"])]])
     result = M.agreement(pred, truth)
@@ -205,10 +206,10 @@ def test_compare_methods_pairs_absolute_errors_per_pattern():
     rng = np.random.default_rng(7)
     truth = _table(rng, 6)
     a, b = truth.copy(), truth.copy()
-    a[list(M.PATTERNS)] += rng.normal(0, 3, (len(a), 3))
-    b[list(M.PATTERNS)] += rng.normal(0, 9, (len(b), 3))
+    a[list(SCORES)] += rng.normal(0, 3, (len(a), 3))
+    b[list(SCORES)] += rng.normal(0, 9, (len(b), 3))
     got = M.compare_methods(a, b.iloc[::-1], truth)
-    for p in M.PATTERNS:
+    for p in SCORES:
         ea, eb = np.abs(a[p] - truth[p]), np.abs(b[p] - truth[p])
         assert got[p]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(ea, eb).pvalue)
         assert got[p]["ttest_statistic"] == pytest.approx(stats.ttest_rel(ea, eb).statistic)

@@ -270,7 +270,7 @@ def test_write_cohort_refuses_a_non_empty_folder_and_overwrites_only_its_own_fil
 
 
 def test_cli_writes_a_cohort_and_reports_a_summary(tmp_path):
-    from cli.phantom import phantom
+    from sscjax.cli.phantom import phantom
 
     result = CliRunner().invoke(phantom, [str(tmp_path / "c"), "--patients", "1", "--seed", "2"])
     assert result.exit_code == 0, result.output

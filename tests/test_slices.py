@@ -9,7 +9,8 @@ import pytest
 
 import sscjax.data.slices as slices_module
 from sscjax.data.cohort import load_cohort, write_levels_csv, write_scores_csv
-from sscjax.data.slices import AIR, load_slices, resize_slices, window
+from sscjax.data.slices import load_slices, resize_slices, window
+from sscjax.domain import AIR
 from sscjax.errors import ConfigError, ScanError
 from sscjax.io import Geometry, read_image, read_scan, write_image
 

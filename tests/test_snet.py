@@ -16,15 +16,15 @@ from flax import nnx
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
-import cli.train as train_cli
-from cli.main import cli
-from sscjax import configs, runs, snet
+import sscjax.cli.train as train_cli
+from sscjax import configs, networks, runs, snet
+from sscjax.cli.main import cli
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import read_scan
 from sscjax.models import convert_weights, load_torch_weights
 from conftest import pingouin_icc_a1, run_ssc as _ssc
 
-PATTERNS = ["TOT", "GG", "RET"]
+SCORES = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
 CONVNEXT_FIXTURE = str(Path(__file__).parent / "fixtures" / "torchvision_convnext" / "convnext.pth")
 TINY_CONVNEXT = configs.ModelConfig("convnext", {"num_outputs": 3, "in_chans": 1, "normalize_input": True,
@@ -33,7 +33,7 @@ TINY_CONVNEXT = configs.ModelConfig("convnext", {"num_outputs": 3, "in_chans": 1
 
 @pytest.fixture(scope="module")
 def tiny(cohort):
-    return configs.preset("snet", "tiny", data_dir=str(cohort))
+    return networks.preset("snet", "tiny", data_dir=str(cohort))
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def test_a_pth_and_its_converted_npz_give_the_same_backbone(tiny, tmp_path):
 
 def test_unusable_pretrained_sources_are_refused(tiny, tmp_path):
     with pytest.raises(ConfigError, match="paper S-Net preset needs ImageNet weights"):
-        snet.make_snet(configs.preset("snet", "paper"), nnx.Rngs(0))
+        snet.make_snet(networks.preset("snet", "paper"), nnx.Rngs(0))
     with pytest.raises(ConfigError, match="holds EfficientNet-Lite0 weights; the model is convnext_tiny"):
-        snet.make_snet(configs.preset("snet", "paper", pretrained="efficientnet_lite0"), nnx.Rngs(0))
+        snet.make_snet(networks.preset("snet", "paper", pretrained="efficientnet_lite0"), nnx.Rngs(0))
     with pytest.raises(ConfigError, match="absent.pth: no such pretrained weights file"):
         snet.pretrained_source(dataclasses.replace(tiny, pretrained=str(tmp_path / "absent.pth")))
     with pytest.raises(ModelError, match="convnext.pth"):  # a tiny ConvNeXt is not EfficientNet-Lite0
@@ -137,7 +137,7 @@ def test_validation_slices_are_the_real_level_slices(data, cohort):
     _, valid_set, _ = data
     assert set(valid_set.offset) == {0} and len(valid_set) == 4 * 5
     truth = pd.read_csv(cohort / "scores.csv").set_index(["scan_id", "level"])
-    expected = truth.loc[list(zip(valid_set.scan_id, valid_set.level.astype(int))), PATTERNS].to_numpy()
+    expected = truth.loc[list(zip(valid_set.scan_id, valid_set.level.astype(int))), SCORES].to_numpy()
     np.testing.assert_array_equal(valid_set.scores, expected)
 
 
@@ -148,7 +148,7 @@ def test_tiny_run_beats_predicting_the_mean_on_every_pattern(trained, data):
     run_dir, result = trained
     baseline = snet.mean_baseline(*data[:2])
     best = next(v for v in result.validations if v["step"] == result.best_step)
-    mae = np.array([best[f"mae_{p}"] for p in PATTERNS])
+    mae = np.array([best[f"mae_{p}"] for p in SCORES])
     assert np.all(mae < 0.9 * baseline), (mae, baseline)
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["pretrained"], config["balanced"], config["synthesis"]) == ("efficientnet_lite0", True, False)
@@ -161,7 +161,7 @@ def test_tensorboard_gets_pattern_metrics_and_images(trained):
     run_dir, result = trained
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
-    assert {f"valid/{m}_{p}" for m in ("mae", "kappa", "icc") for p in PATTERNS} <= set(tags["scalars"])
+    assert {f"valid/{m}_{p}" for m in ("mae", "kappa", "icc") for p in SCORES} <= set(tags["scalars"])
     assert {"train/loss", "valid/mae"} <= set(tags["scalars"])
     assert {"valid/pred_vs_true", "train/samples"} <= set(tags["images"])
     assert len(events.Images("train/samples")) == 1
@@ -179,12 +179,12 @@ def evaluated(trained):
 def test_evaluation_files_agree_with_the_predictions_csv(evaluated, cohort):
     out, output = evaluated
     pred = pd.read_csv(out / "predictions.csv", dtype={"scan_id": str})
-    assert list(pred.columns) == ["scan_id", "level", *PATTERNS] and len(pred) == 20
+    assert list(pred.columns) == ["scan_id", "level", *SCORES] and len(pred) == 20
     truth = pd.read_csv(cohort / "scores.csv", dtype={"scan_id": str})
     joined = pred.merge(truth, on=["scan_id", "level"], suffixes=("", "_true"))
     assert len(joined) == 20
     written = json.loads((out / "metrics.json").read_text())
-    for p in PATTERNS:
+    for p in SCORES:
         a, b = joined[p].to_numpy(), joined[f"{p}_true"].to_numpy()
         m = written[p]
         assert m["mae"] == pytest.approx(np.abs(a - b).mean(), abs=1e-9)
@@ -207,7 +207,7 @@ def test_evaluation_repeats_the_best_validation_of_training(evaluated, trained):
     _, result = trained
     best = next(v for v in result.validations if v["step"] == result.best_step)
     written = json.loads((out / "metrics.json").read_text())
-    for p in PATTERNS:  # same model, same slices; predictions.csv holds 3 decimals
+    for p in SCORES:  # same model, same slices; predictions.csv holds 3 decimals
         assert written[p]["mae"] == pytest.approx(best[f"mae_{p}"], abs=1e-3)
 
 
@@ -245,11 +245,11 @@ def test_scoring_hu_slices_matches_training_preprocessing(trained, data, cohort)
 
 def test_evaluating_the_wrong_network_or_an_untrained_run_exits_2(tmp_path, monkeypatch, capsys):
     lnet_run = tmp_path / "lnet"
-    runs.start_run(lnet_run, configs.preset("lnet", "tiny"), {"valid": [], "test": []}, "x")
+    runs.start_run(lnet_run, networks.preset("lnet", "tiny"), {"valid": [], "test": []}, "x")
     code, _, err = _ssc(monkeypatch, capsys, "evaluate", "snet", "--model", lnet_run)
     assert code == 2 and err.strip() == f"Error: {lnet_run}: is a run of the lnet, not of the snet"
     untrained = tmp_path / "untrained"
-    runs.start_run(untrained, configs.preset("snet", "tiny"), {"valid": [], "test": []}, "x")
+    runs.start_run(untrained, networks.preset("snet", "tiny"), {"valid": [], "test": []}, "x")
     code, _, err = _ssc(monkeypatch, capsys, "evaluate", "snet", "--model", untrained)
     assert code == 2 and "has no saved best model yet" in err and len(err.strip().splitlines()) == 1
 

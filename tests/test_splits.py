@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from sscjax.data.cohort import load_cohort
-from sscjax.data.splits import ensure_splits, make_splits, n_test_patients, read_splits, write_splits
+from sscjax.data.cohort import ensure_splits, load_cohort
+from sscjax.data.splits import make_splits, n_test_patients, read_splits, write_splits
 from sscjax.errors import CohortError, ConfigError
 from test_cohort import make_cohort
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sscjax import train
+from sscjax import runs, train
 from sscjax.configs import TrainConfig
 from sscjax.errors import ConfigError, ModelError
 
@@ -134,10 +134,10 @@ def test_logs_scalars_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train.train(ToyTask(), dataclasses.replace(TOY, steps=20), tmp_path)
-    records = [json.loads(line) for line in (tmp_path / train.LOG_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / runs.LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
     assert [r["step"] for r in records if "valid/mae" in r] == [10, 20]
-    events = EventAccumulator(str(tmp_path / train.TENSORBOARD_DIR)).Reload()
+    events = EventAccumulator(str(tmp_path / runs.TENSORBOARD_DIR)).Reload()
     assert {"train/loss", "train/lr", "train/examples_per_s", "valid/mae"} <= set(events.Tags()["scalars"])
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([TOY.learning_rate] * 4)
     assert events.Tags()["images"] == ["valid/toy"]
@@ -151,7 +151,7 @@ def test_log_writes_undefined_numbers_as_null(tmp_path):
     log = train.RunLog(tmp_path)
     log.scalars(3, {"valid/kappa_GG": float("nan"), "valid/mae": np.float32(2.5), "train/loss": float("inf")})
     log.close()
-    record = _strict_json((tmp_path / train.LOG_FILE).read_text())
+    record = _strict_json((tmp_path / runs.LOG_FILE).read_text())
     assert (record["valid/kappa_GG"], record["valid/mae"], record["train/loss"]) == (None, 2.5, None)
 
 
@@ -168,7 +168,7 @@ def test_a_nan_loss_stops_training_naming_the_run_and_step(tmp_path):
     with pytest.raises(ModelError, match=f"{tmp_path}: the training loss is nan at step 7"):
         train.train(DivergingTask(), TOY, tmp_path)
     assert train.Checkpoints(tmp_path, read_only=True).latest_step("latest") == 5
-    for line in (tmp_path / train.LOG_FILE).read_text().splitlines():
+    for line in (tmp_path / runs.LOG_FILE).read_text().splitlines():
         _strict_json(line)
 
 
@@ -176,7 +176,7 @@ def test_a_nan_loss_stops_training_naming_the_run_and_step(tmp_path):
 @pytest.mark.parametrize("damage", ["overwrite shards", "truncate metadata", "remove shards"])
 def test_a_damaged_checkpoint_is_one_model_error_naming_the_run(tmp_path, damage):
     train.train(ToyTask(), dataclasses.replace(TOY, steps=10), tmp_path)
-    step = tmp_path / train.CHECKPOINT_DIR / "best" / "10"
+    step = tmp_path / runs.CHECKPOINT_DIR / "best" / "10"
     if damage == "truncate metadata":
         (step / "model" / "_METADATA").write_text('{"tree_metadata": {')
     for shard in (step / "model" / "d").iterdir():

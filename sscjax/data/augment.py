@@ -16,26 +16,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from sscjax.data.slices import AIR
-from sscjax.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation settings (paper defaults); shift_px is in pixels of a `reference_size` image and scales
-    with the image size."""
-
-    rotation_deg: float = 30.0
-    scale: tuple[float, float] = (0.95, 1.05)
-    shift_px: float = 10.0
-    reference_size: int = 512
-    fill: float = AIR
-    keep_lung_in_view: bool = True
-
-    def __post_init__(self):
-        if self.rotation_deg < 0 or self.shift_px < 0 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"augmentation needs rotation >= 0, shift >= 0 and 0 < scale min <= max; got "
-                              f"{self.rotation_deg} deg, {self.shift_px} px, scale {self.scale}")
+from sscjax.configs.snet import AugmentConfig
+from sscjax.domain import AIR
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sscjax.data.splits import SPLITS_FILE, Splits, load_splits_file, splits_problems
+from sscjax.data.splits import (DEFAULT_FOLDS, DEFAULT_TEST_FRACTION, SPLITS_FILE, Splits, load_splits_file,
+                                 make_splits, read_splits, splits_problems, write_splits)
+from sscjax.domain import LEVEL_NAMES, LEVELS, PATTERNS, SCORES
 from sscjax.errors import CohortError, ScanError
 from sscjax.io import SCAN_EXTENSIONS, Geometry, atomic_write, extension_of, read_geometry, read_scan, scan_id
 
@@ -27,12 +29,8 @@ SCORES_FILE = "scores.csv"
 SCANS_DIR = "scans"
 MASKS_DIR = "lung_masks"
 PATTERNS_DIR = "patterns"
-LEVELS = (1, 2, 3, 4, 5)
-LEVEL_COLUMNS = tuple(f"L{n}" for n in LEVELS)
-SCORE_NAMES = ("TOT", "GG", "RET")
-LEVELS_HEADER = ("scan_id", *LEVEL_COLUMNS)
-SCORES_HEADER = ("scan_id", "level", *SCORE_NAMES)
-PATTERN_NAMES = ("gg", "ret", "healthy")
+LEVELS_HEADER = ("scan_id", *LEVEL_NAMES)
+SCORES_HEADER = ("scan_id", "level", *SCORES)
 # Scans are volumes: a single .dcm file is one slice, so DICOM series live in folders.
 VOLUME_EXTENSIONS = tuple(ext for ext in SCAN_EXTENSIONS if ext != ".dcm")
 # Scores are % in 5 % steps; this slack only absorbs float rounding in the TOT check.
@@ -165,7 +163,7 @@ def _parse_levels(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
             problems.append(f"{path} line {line}: scan_id '{sid}' repeats line {lines[sid]}")
             continue
         lines[sid] = line
-        values = _row_numbers(row, LEVEL_COLUMNS, f"{path} line {line}", problems)
+        values = _row_numbers(row, LEVEL_NAMES, f"{path} line {line}", problems)
         if values is None:
             continue
         z = np.asarray(values, dtype=np.float64)
@@ -197,10 +195,10 @@ def _parse_scores(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
             problems.append(f"{path} line {line}: scan '{sid}' level {key[1]} repeats line {seen[key]}")
             continue
         seen[key] = line
-        values = _row_numbers(row, SCORE_NAMES, f"{path} line {line}", problems)
+        values = _row_numbers(row, SCORES, f"{path} line {line}", problems)
         if values is None:
             continue
-        outside = [f"{c} = {v:g}" for c, v in zip(SCORE_NAMES, values) if not 0 <= v <= 100]
+        outside = [f"{c} = {v:g}" for c, v in zip(SCORES, values) if not 0 <= v <= 100]
         if outside:
             problems.append(f"{path} line {line}: score(s) outside 0..100 %: {', '.join(outside)}")
             continue
@@ -208,7 +206,7 @@ def _parse_scores(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
         if tot < max(gg, ret) - SCORE_EPS or tot > gg + ret + SCORE_EPS:
             warnings.append(f"{path} line {line}: TOT = {tot:g} lies outside [max(GG, RET), GG + RET] = "
                             f"[{max(gg, ret):g}, {gg + ret:g}] (TOT is the union of GG and RET)")
-        scores.setdefault(sid, np.full((len(LEVELS), len(SCORE_NAMES)), np.nan))[key[1] - 1] = values
+        scores.setdefault(sid, np.full((len(LEVELS), len(SCORES)), np.nan))[key[1] - 1] = values
     for sid, line in first_line.items():
         lacking = [str(n) for n in LEVELS if (sid, n) not in seen]
         if lacking:
@@ -343,8 +341,8 @@ def _masks(root: Path, scan_paths: dict[str, Path], headers: dict[str, ScanHeade
 def _patterns(root: Path, require: bool, check: bool, problems: list[str]) -> dict[str, Path]:
     """{name: path} of the texture patches gg, ret, healthy (one-slice images)."""
     folder = root / PATTERNS_DIR
-    patterns = _entries(folder, PATTERN_NAMES, False, problems, SCAN_EXTENSIONS) if folder.is_dir() else {}
-    missing = [name for name in PATTERN_NAMES if name not in patterns]
+    patterns = _entries(folder, PATTERNS, False, problems, SCAN_EXTENSIONS) if folder.is_dir() else {}
+    missing = [name for name in PATTERNS if name not in patterns]
     if require and missing:
         problems.append(f"{folder}: missing pattern(s) {', '.join(missing)} (files {PATTERNS_DIR}/<name>.mha etc., "
                         "2D texture patches in HU stored as one-slice images)")
@@ -393,6 +391,22 @@ def load_cohort(root: str | Path, check_scans: bool = True, require_patterns: bo
     if problems:
         raise CohortError(problems)
     return Cohort(root, ids, scan_paths, levels, scores, masks, patterns, warnings, headers, splits)
+
+
+def ensure_splits(cohort: Cohort, n_folds: int | None = None, seed: int = 0,
+                  test_fraction: float = DEFAULT_TEST_FRACTION, n_test: int | None = None) -> Splits:
+    """The cohort's splits: read splits.json if present, else make them and write splits.json, so that every
+    training run on the cohort uses the same test set and folds. `n_folds` None means the file's (or 4)."""
+    path = Path(cohort.root) / SPLITS_FILE
+    if path.exists():
+        splits = read_splits(cohort.root, cohort.ids)
+        if n_folds is not None and n_folds != splits.n_folds:
+            raise CohortError([f"{path}: holds {splits.n_folds} folds but {n_folds} were asked for "
+                               "(make new splits with `ssc data split --force`, or ask for the file's folds)"])
+        return splits
+    splits = make_splits(cohort.ids, n_folds or DEFAULT_FOLDS, test_fraction, n_test, seed)
+    write_splits(cohort.root, splits)
+    return splits
 
 
 def _format_number(value: float) -> str:
@@ -447,9 +461,9 @@ def cohort_summary(cohort: Cohort) -> dict:
         "levels_scored": int(scores.shape[0] * scores.shape[1]),
         "healthy_share": float(np.mean(scores[..., 0] == 0)),
         "histogram_bins": list(HISTOGRAM_BINS),
-        "histograms": {name: score_histogram(scores[..., p]) for p, name in enumerate(SCORE_NAMES)},
-        "mean_per_level": dict(zip(SCORE_NAMES, scores.mean(axis=0).T.round(2).tolist())),
-        "median_per_level": dict(zip(SCORE_NAMES, np.median(scores, axis=0).T.round(2).tolist())),
+        "histograms": {name: score_histogram(scores[..., p]) for p, name in enumerate(SCORES)},
+        "mean_per_level": dict(zip(SCORES, scores.mean(axis=0).T.round(2).tolist())),
+        "median_per_level": dict(zip(SCORES, np.median(scores, axis=0).T.round(2).tolist())),
         "l1_to_l5_mm": _range(levels[:, 0] - levels[:, -1]),
         "lung_masks": len(cohort.lung_mask_paths),
         "patterns": sorted(cohort.pattern_paths),

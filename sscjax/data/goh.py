@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sscjax.data.cohort import (LEVELS, LEVELS_FILE, SCANS_DIR, SCORES_FILE, VOLUME_EXTENSIONS, Cohort, Progress,
-                                load_cohort, write_levels_csv, write_scores_csv)
+from sscjax.data.cohort import (LEVELS_FILE, SCANS_DIR, SCORES_FILE, VOLUME_EXTENSIONS, Cohort, Progress, load_cohort,
+                                write_levels_csv, write_scores_csv)
+from sscjax.domain import LEVELS
 from sscjax.errors import CohortError, SscError
 from sscjax.io import extension_of, atomic_write, is_dicom_folder, read_geometry, scan_id
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sscjax.domain import N_LEVELS
 from sscjax.errors import ConfigError
 from sscjax.io import Geometry, Scan, atomic_write, clip_hu, read_scan, resample, write_json
 
 CACHE_VERSION = 2  # 2: made from scans that passed read_scan's checks (finite HU, geometry); 1 may hold unchecked ones
-N_LEVELS = 5
 HASH_CHUNK = 1 << 22
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sscjax.domain import SCORE_STEP
 from sscjax.errors import ConfigError
 
-DEFAULT_BIN_WIDTH = 5.0
+DEFAULT_BIN_WIDTH = float(SCORE_STEP)
 
 
 def score_groups(tot: np.ndarray, bin_width: float = DEFAULT_BIN_WIDTH) -> np.ndarray:

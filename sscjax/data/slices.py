@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from sscjax.domain import HU_RANGE, N_LEVELS
 from sscjax.errors import ConfigError, ScanError
-from sscjax.io import HU_RANGE, Scan, atomic_write, read_image, read_scan
+from sscjax.io import Scan, atomic_write, read_image, read_scan
 
 if TYPE_CHECKING:
     from sscjax.data.cohort import Cohort
 
 OFFSETS = (-1, 0, 1)
-N_LEVELS = 5
-AIR_HU = -1000.0
 CACHE_VERSION = 2  # 2: made from scans that passed read_scan's checks (finite HU, geometry); 1 may hold unchecked ones
 # A lung mask's geometry may differ from its scan's by this fraction of a voxel (float storage).
 MASK_GEOMETRY_TOL = 0.1
@@ -43,9 +42,6 @@ def window(hu: np.ndarray | float) -> np.ndarray:
     """HU -> model input units: clip to [-1500, 1500] and map linearly to [0, 1] (float32)."""
     lo, hi = HU_RANGE
     return ((np.clip(np.asarray(hu, dtype=np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
-
-
-AIR = float(window(AIR_HU))
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sscjax.errors import CohortError, ConfigError
 from sscjax.io import atomic_write
-
-if TYPE_CHECKING:
-    from sscjax.data.cohort import Cohort
 
 SPLITS_FILE = "splits.json"
 SPLITS_VERSION = 1
@@ -173,19 +169,3 @@ def write_splits(root: str | Path, splits: Splits) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(splits.to_json(), indent=1) + "\n", encoding="utf-8")
     return path
-
-
-def ensure_splits(cohort: Cohort, n_folds: int | None = None, seed: int = 0,
-                  test_fraction: float = DEFAULT_TEST_FRACTION, n_test: int | None = None) -> Splits:
-    """The cohort's splits: read splits.json if present, else make them and write splits.json, so that every
-    training run on the cohort uses the same test set and folds. `n_folds` None means the file's (or 4)."""
-    path = Path(cohort.root) / SPLITS_FILE
-    if path.exists():
-        splits = read_splits(cohort.root, cohort.ids)
-        if n_folds is not None and n_folds != splits.n_folds:
-            raise CohortError([f"{path}: holds {splits.n_folds} folds but {n_folds} were asked for "
-                               "(make new splits with `ssc data split --force`, or ask for the file's folds)"])
-        return splits
-    splits = make_splits(cohort.ids, n_folds or DEFAULT_FOLDS, test_fraction, n_test, seed)
-    write_splits(cohort.root, splits)
-    return splits

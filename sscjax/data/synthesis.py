@@ -24,37 +24,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from sscjax.configs.snet import SynthesisConfig
 from sscjax.data.slices import window
+from sscjax.domain import LESION_PATTERNS
 from sscjax.errors import ConfigError, ScanError
 from sscjax.io import read_image
 
-PATTERNS = ("gg", "ret")
 GG, RET = 0, 1
 FADE_TRUNCATE = 3.0  # the Gaussian fade's kernel reaches this many sigmas
-
-
-@dataclass(frozen=True)
-class SynthesisConfig:
-    """Settings of data synthesis (paper defaults); lengths are pixels of a `reference_size` image and scale
-    with the actual image size (a 128 px image gets semi-axes of 0.25..37.5 px)."""
-
-    ellipses: tuple[int, int] = (0, 3)  # ellipses per pattern, drawn uniformly from this range (inclusive)
-    semi_axis_px: tuple[float, float] = (1.0, 150.0)
-    texture_rotation_deg: float = 180.0
-    texture_scale: tuple[float, float] = (0.95, 1.05)
-    fade_sigma_px: float = 3.0
-    reference_size: int = 512
-
-    def __post_init__(self):
-        lo, hi = self.ellipses
-        if not 0 <= lo <= hi or hi < 1:
-            raise ConfigError(f"synthesis ellipses per pattern {self.ellipses}: need 0 <= min <= max and max >= 1")
-        if not 0 < self.semi_axis_px[0] <= self.semi_axis_px[1]:
-            raise ConfigError(f"synthesis semi-axes {self.semi_axis_px} px: need 0 < min <= max")
-        if not 0 < self.texture_scale[0] <= self.texture_scale[1]:
-            raise ConfigError(f"synthesis texture scale {self.texture_scale}: need 0 < min <= max")
-        if self.fade_sigma_px < 0 or self.reference_size < 1:
-            raise ConfigError("synthesis fade sigma must be >= 0 and the reference size >= 1")
 
 
 @dataclass(frozen=True)
@@ -76,12 +53,12 @@ class Patterns:
 
 def load_patterns(paths: Mapping[str, str | Path]) -> Patterns:
     """Read the gg and ret patches (one-slice images in HU, e.g. a cohort's `pattern_paths`)."""
-    missing = [name for name in PATTERNS if name not in paths]
+    missing = [name for name in LESION_PATTERNS if name not in paths]
     if missing:
         raise ConfigError(f"data synthesis needs the texture patches {', '.join(missing)} "
                           "(patterns/<name>.mha in the cohort)")
     patches, spacings = [], []
-    for name in PATTERNS:
+    for name in LESION_PATTERNS:
         image = read_image(paths[name], dtype=np.float32)
         if image.shape[0] != 1 or min(image.shape[1:]) < 2:
             raise ScanError(f"{paths[name]}: a pattern must be one 2D slice of at least 2x2 pixels, not {image.shape}")

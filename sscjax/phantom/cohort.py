@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from sscjax.domain import HEALTHY_PATTERN, LEVEL_NAMES, LEVELS, PATTERNS, SCORES
 from sscjax.errors import SscError
 from sscjax.io import Geometry, atomic_write, write_image
 from sscjax.phantom.patient import PhantomCase, build_patient, generate_patient
@@ -20,7 +21,6 @@ from sscjax.phantom.render import SliceDrawer, noisy
 
 GENERATOR_VERSION = "1.0"
 REVERSED_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-PATTERNS = ("gg", "ret", "healthy")
 
 
 def patient_seed(cohort_seed: int, index: int) -> int:
@@ -87,7 +87,7 @@ def _write_patterns(out: Path, seed: int, preset: Preset) -> None:
             origin = (an.x_mid + fx * half_x + offsets[0], an.y0 + fy * back + offsets[0], z)
             patch_layout = replace(layout, origin=origin, n_slices=1)
             drawer = SliceDrawer(model, patch_layout.grid(size))
-            dense = float(np.mean(drawer.draw_lung(z, force="healthy") > -600))
+            dense = float(np.mean(drawer.draw_lung(z, force=HEALTHY_PATTERN) > -600))
             if best is None or dense < best[0]:
                 best = (dense, drawer, patch_layout.geometry())
     _, drawer, geometry = best
@@ -166,18 +166,16 @@ def write_cohort(out_dir: str | Path, n_patients: int, preset: str = "small", se
         case = generate_patient(patient_seed(seed, i), preset, scan_id_of(i))
         _write_case(out, case)
         level_rows.append([case.scan_id, *(f"{v:.2f}" for v in case.levels_mm)])
-        for level in range(5):
-            score_rows.append([case.scan_id, level + 1, *case.scores[level].tolist()])
-            exact_rows.append([case.scan_id, level + 1, int(case.level_slices[level]),
-                               *(f"{v:.6f}" for v in case.exact_scores[level])])
+        for k, level in enumerate(LEVELS):
+            score_rows.append([case.scan_id, level, *case.scores[k].tolist()])
+            exact_rows.append([case.scan_id, level, int(case.level_slices[k]), *(f"{v:.6f}" for v in case.exact_scores[k])])
         patients.append({"scan_id": case.scan_id, "stored_reversed": case.stored_reversed,
                          "shape_zyx": list(case.scan.shape), **case.params})
         if progress is not None:
             progress(case)
-    _write_text(out / "levels.csv", _csv(["scan_id", "L1", "L2", "L3", "L4", "L5"], level_rows))
-    _write_text(out / "scores.csv", _csv(["scan_id", "level", "TOT", "GG", "RET"], score_rows))
-    _write_text(out / "truth" / "exact_scores.csv",
-                _csv(["scan_id", "level", "slice_index", "TOT", "GG", "RET"], exact_rows))
+    _write_text(out / "levels.csv", _csv(["scan_id", *LEVEL_NAMES], level_rows))
+    _write_text(out / "scores.csv", _csv(["scan_id", "level", *SCORES], score_rows))
+    _write_text(out / "truth" / "exact_scores.csv", _csv(["scan_id", "level", "slice_index", *SCORES], exact_rows))
     write_patterns(out, patient_seed(seed, 0), settings)
     meta = {"generator": "sscjax.phantom", "version": GENERATOR_VERSION, "preset": preset,
             "preset_settings": asdict(settings), "seed": int(seed), "n_patients": n_patients,

@@ -1,0 +1,227 @@
+"""Replacement heat maps, the pure algorithm: how much each region of a slice drives a scorer's TOT, GG and RET.
+
+A patch of healthy lung texture slides over the slice (a grid of top-left corners, `stride` apart).
+At each position it replaces the image inside the lung, blended with linearly fading edges, and the
+scorer scores the result; Delta P = score(replaced) - score(original) per score, averaged over all
+positions whose patch covers a pixel. Delta P < 0 means the covered region was seen as diseased.
+Positions whose patch touches no lung leave the image unchanged, so their Delta P is exactly 0 and
+they are not computed. Thresholding the maps gives area scores, and `calibrate` picks the threshold that makes
+them agree best with the scorer. Arrays in, arrays out: no files (the orchestration is `sscjax.explain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sscjax.configs.snet import OCCLUSIONS, Occlusion
+from sscjax.domain import SCORES
+from sscjax.errors import ConfigError
+
+Predict = Callable[[jax.Array], jax.Array]  # (N, H, W, 1) images -> (N, 3) scores in %
+
+
+def default_chunk(shape: tuple[int, int]) -> int:
+    """Patch positions per forward batch when not set: 32, but 8 for slices of 256x256 pixels or more on a CPU
+    (measured fastest there: larger batches fall out of cache). It bounds the device memory, never the maps."""
+    return 8 if jax.default_backend() == "cpu" and shape[0] * shape[1] >= 256 * 256 else 32
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    """Settings of the replacement heat maps; the paper's are patch 64 and stride 16 on 512x512 slices."""
+
+    patch: int = 64
+    stride: int = 16
+    fade: int = 16  # width in pixels of the linear fade at each patch edge
+    chunk: int | None = None  # patch positions per forward batch; None: default_chunk(image shape)
+    occlusion: Occlusion = "replace"  # "replace" with healthy texture, or "constant" (classic occlusion)
+    constant: float = 0.0  # the fill value of constant occlusion, in model input units
+
+    def __post_init__(self):
+        if self.patch % self.stride:
+            raise ConfigError(f"heat-map patch {self.patch} must be a multiple of the stride {self.stride}")
+        if not 0 < self.fade <= self.patch // 2:
+            raise ConfigError(f"heat-map fade {self.fade} must lie in 1..patch/2 = {self.patch // 2}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"heat-map chunk {self.chunk} must be at least 1")
+        if self.occlusion not in OCCLUSIONS:
+            raise ConfigError(f"occlusion must be 'replace' or 'constant', not {self.occlusion!r}")
+
+
+def fade_window(cfg: HeatmapConfig) -> np.ndarray:
+    """(patch, patch) blending weights: 1 inside, falling linearly to 0 over `fade` pixels at each edge."""
+    u = np.arange(cfg.patch) + 0.5
+    ramp = np.minimum(1.0, np.minimum(u, cfg.patch - u) / cfg.fade)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def texture_patch(texture: np.ndarray, cfg: HeatmapConfig) -> np.ndarray:
+    """The (patch, patch) replacement content: the healthy texture mirror-tiled or cropped to the patch size."""
+    if cfg.occlusion == "constant":
+        return np.full((cfg.patch, cfg.patch), cfg.constant, np.float32)
+    texture = np.asarray(texture, np.float32)
+    reps = (-(-cfg.patch // texture.shape[0]), -(-cfg.patch // texture.shape[1]))
+    tiled = np.pad(texture, [(0, (r - 1) * s) for r, s in zip(reps, texture.shape)], mode="symmetric")
+    return np.ascontiguousarray(tiled[: cfg.patch, : cfg.patch])
+
+
+def grid_shape(shape: tuple[int, int], cfg: HeatmapConfig) -> tuple[int, int]:
+    """Number of patch positions along y and x: corners at 0, stride, ... below the image size."""
+    return -(-shape[0] // cfg.stride), -(-shape[1] // cfg.stride)
+
+
+def lung_positions(lung: np.ndarray, cfg: HeatmapConfig) -> np.ndarray:
+    """(P, 2) grid indices (iy, ix) of the positions whose patch touches the lung."""
+    ny, nx = grid_shape(lung.shape, cfg)
+    k = cfg.patch // cfg.stride
+    cells = _pad_to(lung.astype(np.int64), (ny * cfg.stride, nx * cfg.stride))
+    per_cell = cells.reshape(ny, cfg.stride, nx, cfg.stride).sum(axis=(1, 3))
+    touched = _box_sum(per_cell, k, forward=True) > 0
+    return np.argwhere(touched)
+
+
+def _pad_to(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.pad(a, [(0, s - n) for s, n in zip(shape, a.shape)] + [(0, 0)] * (a.ndim - 2))
+
+
+def _box_sum(grid: np.ndarray, k: int, forward: bool) -> np.ndarray:
+    """Sum over a k x k window of the first two axes: forward (cells i..i+k-1) or backward (i-k+1..i)."""
+    padded = np.pad(grid, [(k, k), (k, k)] + [(0, 0)] * (grid.ndim - 2))
+    c = padded.cumsum(0).cumsum(1)
+    c = np.pad(c, [(1, 0), (1, 0)] + [(0, 0)] * (grid.ndim - 2))
+    n0, n1 = grid.shape[:2]
+    lo = np.arange(n0) + (k if forward else 1)
+    lo1 = np.arange(n1) + (k if forward else 1)
+    hi, hi1 = lo + k, lo1 + k
+    return c[hi][:, hi1] - c[lo][:, hi1] - c[hi][:, lo1] + c[lo][:, lo1]
+
+
+def _replace(image, lung, content, window, corner):
+    """One replaced image: (Hp, Wp) padded arrays, the patch blended in at `corner` inside the lung."""
+    weight = jax.lax.dynamic_update_slice(jnp.zeros_like(image), window, corner) * lung
+    fill = jax.lax.dynamic_update_slice(jnp.zeros_like(image), content, corner)
+    return image * (1 - weight) + fill * weight
+
+
+def make_delta_fn(predict: Predict, shape: tuple[int, int], cfg: HeatmapConfig):
+    """A jitted function (image, lung, content, corners (C, 2), base (1, 3)) -> Delta P (C, 3) for a chunk."""
+    window = jnp.asarray(fade_window(cfg))
+    h, w = shape
+
+    @jax.jit
+    def delta(image, lung, content, corners, base):
+        pad = ((0, cfg.patch), (0, cfg.patch))
+        image_p, lung_p = jnp.pad(image, pad), jnp.pad(lung, pad)
+        replaced = jax.vmap(lambda c: _replace(image_p, lung_p, content, window, c)[:h, :w])(corners)
+        return predict(replaced[..., None]) - base
+
+    return delta
+
+
+def heatmaps(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.ndarray,
+             cfg: HeatmapConfig = HeatmapConfig(), delta_fn=None) -> np.ndarray:
+    """(H, W, 3) Delta P maps (TOT, GG, RET, in percentage points) of one slice in model input units.
+
+    Positions are evaluated by `jax.vmap` in chunks of `cfg.chunk` (None: `default_chunk`); pass `delta_fn` (from
+    `make_delta_fn`) to reuse one compiled function over many slices of the same size.
+    """
+    image = np.asarray(image, np.float32)
+    lung_f = np.asarray(lung, np.float32)
+    delta_fn = delta_fn or make_delta_fn(predict, image.shape, cfg)
+    content = jnp.asarray(texture_patch(texture, cfg))
+    base = jax.jit(predict)(jnp.asarray(image)[None, :, :, None])
+    cells = lung_positions(lung_f > 0, cfg)
+    deltas = np.zeros((len(cells), len(SCORES)), np.float32)
+    size = cfg.chunk or default_chunk(image.shape)
+    for start in range(0, len(cells), size):
+        chunk = cells[start : start + size]
+        corners = np.zeros((size, 2), np.int32)  # fixed chunk shape: one compilation
+        corners[: len(chunk)] = chunk * cfg.stride
+        out = delta_fn(jnp.asarray(image), jnp.asarray(lung_f), content, jnp.asarray(corners), base)
+        deltas[start : start + len(chunk)] = np.asarray(out)[: len(chunk)]
+    return spread_over_patches(deltas, cells, image.shape, cfg)
+
+
+def spread_over_patches(deltas: np.ndarray, cells: np.ndarray, shape: tuple[int, int], cfg: HeatmapConfig) -> np.ndarray:
+    """Average each position's Delta P over the pixels its patch covers (all grid positions count)."""
+    ny, nx = grid_shape(shape, cfg)
+    k = cfg.patch // cfg.stride
+    grid = np.zeros((ny, nx, deltas.shape[1]), np.float64)
+    grid[cells[:, 0], cells[:, 1]] = deltas
+    total = _box_sum(grid, k, forward=False)
+    count = _box_sum(np.ones((ny, nx)), k, forward=False)
+    cell_mean = total / count[..., None]
+    full = np.repeat(np.repeat(cell_mean, cfg.stride, axis=0), cfg.stride, axis=1)
+    return full[: shape[0], : shape[1]].astype(np.float32)
+
+
+def heatmaps_sequential(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.ndarray,
+                        cfg: HeatmapConfig = HeatmapConfig()) -> np.ndarray:
+    """The original algorithm, one batch-1 forward pass per position and plain loops: the reference for
+    tests and benchmarks of `heatmaps`."""
+    h, w = image.shape
+    window, content = fade_window(cfg), texture_patch(texture, cfg)
+    base = np.asarray(predict(jnp.asarray(image[None, :, :, None], jnp.float32)))[0]
+    total = np.zeros((h, w, len(SCORES)))
+    count = np.zeros((h, w))
+    for y0 in range(0, h, cfg.stride):
+        for x0 in range(0, w, cfg.stride):
+            ys, xs = slice(y0, min(y0 + cfg.patch, h)), slice(x0, min(x0 + cfg.patch, w))
+            count[ys, xs] += 1
+            weight = window[: ys.stop - y0, : xs.stop - x0] * lung[ys, xs]
+            if not weight.any():
+                continue
+            replaced = image.astype(np.float32).copy()
+            replaced[ys, xs] = image[ys, xs] * (1 - weight) + content[: ys.stop - y0, : xs.stop - x0] * weight
+            total[ys, xs] += np.asarray(predict(jnp.asarray(replaced[None, :, :, None])))[0] - base
+    return (total / count[..., None]).astype(np.float32)
+
+
+def derived_scores(maps: np.ndarray, lung: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """Area scores (%) derived from heat maps: the share of the lung where Delta P < threshold, per pattern.
+
+    `maps` is (..., H, W, 3), `lung` (..., H, W); `threshold` a scalar or one per pattern.
+    """
+    lung = np.asarray(lung, bool)
+    below = (maps < np.asarray(threshold)) & lung[..., None]
+    return 100.0 * below.sum(axis=(-3, -2)) / np.maximum(lung.sum(axis=(-2, -1)), 1)[..., None]
+
+
+def derived_segmentation(maps: np.ndarray, lung: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """(H, W, 3) boolean masks of the lung pixels with Delta P below the threshold."""
+    return (maps < np.asarray(threshold)) & np.asarray(lung, bool)[..., None]
+
+
+@dataclass
+class Calibration:
+    """Thresholds per pattern that make derived scores agree best with the S-Net, and how well they do."""
+
+    thresholds: np.ndarray  # (3,) percentage points
+    mae: np.ndarray  # (3,) MAE between derived score and S-Net output at the threshold
+    r2: np.ndarray  # (3,) coefficient of determination of the S-Net output by the derived score
+    derived: np.ndarray  # (N, 3) derived scores at the chosen thresholds
+    candidates: np.ndarray  # the thresholds searched
+
+
+def threshold_candidates(lo: float, hi: float, step: float) -> np.ndarray:
+    """The thresholds a calibration tries: lo, lo + step, ... up to hi (percentage points)."""
+    return np.round(np.arange(lo, hi + step / 1000, step), 6)
+
+
+def calibrate(maps: np.ndarray, lungs: np.ndarray, snet_scores: np.ndarray, candidates: np.ndarray) -> Calibration:
+    """Search the threshold among `candidates` (percentage points) minimising the MAE between derived and S-Net
+    scores, per score."""
+    snet_scores = np.asarray(snet_scores, np.float64)
+    table = np.stack([derived_scores(maps, lungs, t) for t in candidates])  # (T, N, 3)
+    mae = np.abs(table - snet_scores[None]).mean(axis=1)  # (T, 3)
+    best = mae.argmin(axis=0)
+    derived = table[best, :, np.arange(len(SCORES))].T
+    residual = ((snet_scores - derived) ** 2).sum(axis=0)
+    spread = ((snet_scores - snet_scores.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = 1.0 - residual / np.where(spread > 0, spread, np.nan)
+    return Calibration(candidates[best], mae[best, np.arange(len(SCORES))], r2, derived, candidates)
