@@ -20,10 +20,12 @@ def _done(start: float) -> None:
 
 
 def _train(net: str, data: Path, runs_dir: Path, seed: int):
-    """Train fold 0 of `net` with the tiny preset (resuming a run an earlier demo left unfinished)."""
+    """Train fold 0 of `net` with the tiny preset and training seed `seed` (resuming a run an earlier demo left
+    unfinished)."""
     from sscjax import networks, runs
 
-    config = networks.preset(net, "tiny", data_dir=str(data.resolve()), fold=0)
+    config = networks.with_changes(networks.preset(net, "tiny", data_dir=str(data.resolve()), fold=0),
+                                   overrides={"train": {"seed": seed}})
     run_dir = runs.default_run_dir(runs_dir, net, 0)
     preparing, training = LazyBar("   prepare"), LazyBar("   train")
 
@@ -42,9 +44,10 @@ def _train(net: str, data: Path, runs_dir: Path, seed: int):
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ssc-demo"), show_default=True,
               help="Folder for the cohort, runs and results (an unfinished demo there is continued).")
-@click.option("--patients", type=click.IntRange(min=12), default=24, show_default=True,
+@click.option("--patients", type=click.IntRange(min=12), default=40, show_default=True,
               help="Patients in the synthetic cohort (20 % test, the rest in 4 folds).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic cohort.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the synthetic cohort and of both trainings.")
 def demo(out: Path, patients: int, seed: int) -> None:
     """Run the whole method on a synthetic cohort: phantoms -> L-Net and S-Net training (tiny presets; the S-Net
     starts from the real ImageNet weights of EfficientNet-Lite0) -> cascade and heat maps on held-out scans ->

@@ -78,7 +78,7 @@ def test_every_setting_has_a_doc_and_every_section_a_docstring(cls):
 def test_a_file_comment_names_the_paper_value_and_an_unset_setting_is_a_comment():
     written = networks.preset_file("snet", "tiny").read_text()
     assert "# global batch, split over all devices of all hosts (paper: 10)\nbatch_size = 16\n" in written
-    assert "# checkpoint_every = (not set)\n" in written
+    assert "# early_stop = (not set)\n" in written
     assert "[explain]\n" in written and "[data.lesions]\n" in written and "[model.kwargs]\n" in written
 
 
@@ -87,15 +87,15 @@ def test_adding_a_preset_file_adds_the_preset_and_rewriting_puts_it_in_its_gener
     for net in networks.NETWORKS:
         (package / net).mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    header = '# S-Net preset "small": the tiny one at 96 px.\n'
+    header = '# S-Net preset "small": the tiny one at 128 px.\n'
     small = networks.preset_file("snet", "tiny").read_text().split("\n\n", 1)[1]
-    small = small.replace('preset = "tiny"', 'preset = "small"').replace("image_size = 64", "image_size = 96")
+    small = small.replace('preset = "tiny"', 'preset = "small"').replace("image_size = 96", "image_size = 128")
     hand_edited = header + "\n" + small.replace("learning_rate = 0.001", "learning_rate = 1e-3  # faster")
     (package / "snet" / "small.toml").write_text(hand_edited)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(networks, "PRESETS_PACKAGE", "my_presets")
     assert networks.network("snet").presets() == ("small",)
-    assert networks.preset("snet", "small").data.image_size == 96
+    assert networks.preset("snet", "small").data.image_size == 128
     command = training_options("snet")(lambda **options: None)
     (choice,) = [p for p in command.__click_params__ if p.name == "preset"]
     assert list(choice.type.choices) == ["small"]

@@ -32,8 +32,8 @@ TINY_CONVNEXT = configs.ModelConfig("convnext", {"num_outputs": 3, "in_chans": 1
 
 
 @pytest.fixture(scope="module")
-def tiny(cohort):
-    return networks.preset("snet", "tiny", data_dir=str(cohort))
+def tiny(snet_tiny):
+    return snet_tiny
 
 
 @pytest.fixture(scope="module")
