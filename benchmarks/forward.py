@@ -39,7 +39,7 @@ def set_depthwise(model: nnx.Module, impl: str) -> None:
 
 def set_conv3d(model: nnx.Module, impl: str) -> None:
     for layer in model.features:
-        layer.impl = "shifted" if impl != "xla" and layer.conv.in_features == 1 else impl
+        layer.impl = "stacked" if impl != "xla" and layer.conv.in_features == 1 else impl
 
 
 def main() -> None:

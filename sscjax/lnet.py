@@ -27,6 +27,7 @@ from sscjax.io import Scan, read_scan, write_csv, write_json
 
 NET = "lnet"
 VALID_CROPS = 4  # fixed random crops per validation volume, for the MAE within crops
+CROP_RANGE = (-2.0, 2.0)  # z-score units shown in the image of a training crop
 
 
 def to_targets(positions: np.ndarray, crop: int) -> np.ndarray:
@@ -67,6 +68,19 @@ def mean_crop_positions(levels: data.LevelSet, settings: LNetData) -> np.ndarray
     return (levels.positions - (lo + hi)[:, None] / 2).mean(axis=0)
 
 
+def make_lnet(config: LNetConfig, rngs: nnx.Rngs, mean_targets: np.ndarray) -> nnx.Module:
+    """A fresh L-Net (training mode). A network with a linear head (the VGGs) starts predicting `mean_targets`,
+    the mean training position: zero head weights, the mean as its bias. With torchvision's N(0, 0.01) head the
+    untrained outputs spread far wider than the targets, and Adam's first steps, shrinking them, silence most fc1
+    units for good (all fc1 inputs are positive, 27648 of them, so one step moves a unit by several SDs): the VGG11-3D
+    then stays at the mean-position baseline. The slice-wise heat-map net (a convolution head) is built as is."""
+    model = runs.build_model(config.model, rngs)
+    if isinstance(model.head, nnx.Linear):
+        model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
+        model.head.bias.set_value(jnp.asarray(mean_targets, model.head.bias.get_value().dtype))
+    return model
+
+
 class LNetTask:
     """The L-Net for the training engine: random level-keeping crops, MSE, sliding-window validation (MAE in mm)."""
 
@@ -81,9 +95,10 @@ class LNetTask:
         self.valid_starts = data.crop_starts(valid_set.positions[self.valid_rows], settings.crop, n_slices,
                                              settings.margin, draw)
         self.mean_crop_positions = mean_crop_positions(train_set, settings)
+        self.crop_image_pending = True
 
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return runs.build_model(self.config.model, rngs)
+        return make_lnet(self.config, rngs, to_targets(self.mean_crop_positions, self.config.data.crop))
 
     def train_batch(self, step: int, process_index: int, process_count: int) -> train.Batch:
         """This host's crops of global batch `step`: rows, crop starts and noise all drawn from (seed, step)."""
@@ -112,7 +127,8 @@ class LNetTask:
         """Sliding-window positions of every validation volume: MAE in mm (overall = "mae", and per level) and in
         resampled slices. Also the MAE (slices) within fixed random crops of the validation volumes, beside that
         of predicting the mean training position within a crop: the network's own task, without the windows.
-        The first volume's coronal overlay is the summary image."""
+        The first volume's coronal overlay is the summary image; once per run also the first crop of the first
+        training batch with its level labels, to see that targets and crops line up."""
         valid, crop = self.valid_set, self.config.data.crop
         pred = np.stack([predict_positions(predict, v.array, self.config.data) for v in valid.volumes])
         error = np.abs(pred - valid.positions)
@@ -124,8 +140,18 @@ class LNetTask:
             in_crops = predict_crops(predict, valid, self.valid_rows, self.valid_starts, crop)
             metrics["crop_mae_slices"] = float(np.abs(in_crops - truth).mean())
             metrics["crop_baseline_mae_slices"] = float(np.abs(self.mean_crop_positions - truth).mean())
-        image = plots.level_overlay(valid.volumes[0].array, valid.positions[0], pred[0])
-        return train.Validation(metrics, {f"valid/levels_{valid.ids[0]}": image})
+        images = {f"valid/levels_{valid.ids[0]}": plots.level_overlay(valid.volumes[0].array, valid.positions[0],
+                                                                       pred[0])}
+        if self.crop_image_pending:
+            images["train/crop_levels"] = self.crop_image(0)
+            self.crop_image_pending = False
+        return train.Validation(metrics, images)
+
+    def crop_image(self, step: int) -> np.ndarray:
+        """The first crop of training batch `step` (coronal, z-scored) with the level lines of its targets."""
+        batch = self.train_batch(step, 0, 1)
+        positions = to_positions(batch["targets"][0], self.config.data.crop)
+        return plots.level_overlay(batch["inputs"][0, ..., 0], positions, value_range=CROP_RANGE)
 
 
 def baseline_mae(train_set: data.LevelSet, valid_set: data.LevelSet) -> float:

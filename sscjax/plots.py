@@ -201,14 +201,16 @@ def sample_grid_image(batch: dict[str, np.ndarray]) -> np.ndarray:
     return _pixels(fig)
 
 
-def level_overlay(volume: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """A coronal reformat (head up) of a resampled volume (HU) with true (green) and predicted (red) level lines,
-    as a (z, x, 3) uint8 image."""
+def level_overlay(volume: np.ndarray, true: np.ndarray, pred: np.ndarray | None = None,
+                  value_range: tuple[float, float] = HU_RANGE) -> np.ndarray:
+    """A coronal reformat (head up) of a volume (values shown over `value_range`, HU by default) with true (green)
+    and, if given, predicted (red) level lines, as a (z, x, 3) uint8 image."""
     section = np.asarray(volume[:, volume.shape[1] // 2, :], dtype=np.float32)[::-1]
-    grey = np.clip((section - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0]) * 255, 0, 255).astype(np.uint8)
+    lo, hi = value_range
+    grey = np.clip((section - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
     image = np.repeat(grey[..., None], 3, axis=-1)
     n = volume.shape[0]
-    for positions, rgb in ((true, TRUE_RGB), (pred, PRED_RGB)):
+    for positions, rgb in ((true, TRUE_RGB), (() if pred is None else pred, PRED_RGB)):
         rows = np.clip(n - 1 - np.rint(np.asarray(positions)).astype(int), 0, n - 1)
         image[rows] = rgb
     return image

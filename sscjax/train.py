@@ -281,9 +281,20 @@ def init_training(task: Task, config: TrainConfig, mesh: Mesh
     return model_def, params, state, tx, opt_state
 
 
+def layer_norms(tree) -> dict[str, jax.Array]:
+    """The L2 norm of each layer's arrays (a layer: the arrays that share a path but for its last key, such as a
+    convolution's kernel and bias), by the layer's dotted path."""
+    squares: dict[str, jax.Array] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path[:-1])
+        squares[name] = squares.get(name, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+    return {name: jnp.sqrt(total) for name, total in squares.items()}
+
+
 def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransformation) -> Callable:
-    """(params, opt_state, state, batch, key) -> (params, opt_state, state, {"loss", "grad_norm"}), jitted; the
-    buffers of params, opt_state and state are donated to their successors (one copy of the weights in memory)."""
+    """(params, opt_state, state, batch, key) -> (params, opt_state, state, {"loss", "grad_norm", "layer_grad_norms"}),
+    jitted; the buffers of params, opt_state and state are donated to their successors (one copy of the weights in
+    memory). `layer_grad_norms` shows whether the gradient reaches every layer (logged as grad_norm/<layer>)."""
 
     def loss_fn(params, state, batch, key):
         model = merge_model(model_def, params, state, key, training=True)
@@ -294,7 +305,8 @@ def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransform
         (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                                               "layer_grad_norms": layer_norms(grads)}
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
@@ -462,15 +474,15 @@ def _selection(meta: dict, mae: float, step: int) -> tuple[dict, bool]:
     return {**meta, "bad_validations": meta["bad_validations"] + 1}, False
 
 
-def read_losses(pending: dict[int, dict], run_dir: Path) -> dict[int, tuple[float, float]]:
-    """{step: (loss, gradient norm)} of the steps run since the last read, in one transfer to the host; ModelError
-    naming the first step whose loss is not finite."""
-    values = jax.device_get(pending)
+def read_losses(pending: dict[int, dict], run_dir: Path) -> dict[int, dict]:
+    """The train step's outputs (loss, gradient norms) of the steps run since the last read, in one transfer to the
+    host, as floats by step; ModelError naming the first step whose loss is not finite."""
+    values = jax.tree.map(float, jax.device_get(pending))
     for step, out in values.items():
-        if not math.isfinite(float(out["loss"])):
-            raise ModelError(f"{run_dir}: the training loss is {float(out['loss'])} at step {step} (training diverged); "
+        if not math.isfinite(out["loss"]):
+            raise ModelError(f"{run_dir}: the training loss is {out['loss']} at step {step} (training diverged); "
                              "lower the learning rate or check the data (the run keeps its last checkpoints)")
-    return {step: (float(out["loss"]), float(out["grad_norm"])) for step, out in values.items()}
+    return values
 
 
 def prefetch_batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
@@ -536,13 +548,15 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
             if logging or validating or checkpointing:  # nothing is logged, validated or saved unchecked
                 read = read_losses(pending, run_dir)
                 pending.clear()
-                result.losses.update({s: value for s, (value, _) in read.items()})
-                (loss, grad_norm), now = read[done], time.perf_counter()
+                result.losses.update({s: out["loss"] for s, out in read.items()})
+                latest, now = read[done], time.perf_counter()
+                loss = latest["loss"]
                 speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
             if logging:
-                log.scalars(done, {"train/loss": loss, "train/grad_norm": grad_norm,
+                log.scalars(done, {"train/loss": loss, "train/grad_norm": latest["grad_norm"],
                                    "train/lr": float(learning_rate(config, total)(step)),
-                                   "train/examples_per_s": speed})
+                                   "train/examples_per_s": speed,
+                                   **{f"grad_norm/{k}": v for k, v in latest["layer_grad_norms"].items()}})
                 last_time, last_step = now, done
             if validating:
                 kept = averaged_params(opt_state, params)

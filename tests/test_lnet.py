@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from flax import nnx
 
 from conftest import N_PATIENTS, train_lnet_cli
 from sscjax import lnet, plots, runs
 from sscjax.cli.main import cli
+from sscjax.configs import ModelConfig
 from sscjax.configs.lnet import LNetData
 from sscjax.data import lnet as data
 from sscjax.errors import ConfigError, ModelError
@@ -193,6 +196,28 @@ def test_level_overlay_draws_true_and_predicted_lines_head_up():
     assert (image[0] == 127).all()
 
 
+def test_the_image_of_a_training_crop_has_its_level_lines_at_the_labelled_slices():
+    task = _task(_level_set([[30, 25, 20, 15, 10], [37, 33, 28, 24, 20]]))
+    batch, image, crop = task.train_batch(3, 0, 1), task.crop_image(3), 28
+    assert image.shape == (crop, 8, 3)
+    rows = crop - 1 - np.rint(lnet.to_positions(batch["targets"][0], crop)).astype(int)
+    assert (image[rows] == plots.TRUE_RGB).all()
+    others = np.setdiff1d(np.arange(crop), rows)
+    assert not (image[others] == plots.TRUE_RGB).all(axis=-1).all(axis=-1).any()
+
+
+def test_an_untrained_vgg_lnet_predicts_the_mean_training_position():
+    task = _task(_level_set([[30, 25, 20, 15, 10], [37, 33, 28, 24, 20]]))
+    config = task.config.__class__(**{**task.config.__dict__, "model": ModelConfig("vgg11_3d", {"base": 2})})
+    mean = lnet.to_targets(task.mean_crop_positions, 28)
+    model = lnet.make_lnet(config, nnx.Rngs(0), mean)
+    model.eval()
+    outputs = model(jnp.asarray(np.random.default_rng(0).normal(size=(2, 63, 63, 63, 1)), jnp.float32))
+    np.testing.assert_allclose(outputs, np.broadcast_to(mean, (2, 5)), atol=1e-7)
+    heat_map_net = lnet.make_lnet(task.config, nnx.Rngs(0), mean)  # the tiny preset's: its own initialisation
+    assert np.any(heat_map_net.head.kernel[...])
+
+
 # ---------------------------------------------------------------- run folders
 
 
@@ -277,8 +302,9 @@ def test_run_folder_records_config_splits_fingerprint_and_tensorboard(trained):
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert {"train/loss", "valid/mae", "valid/mae_L1", "valid/mae_L5", "train/lr", "valid/crop_mae_slices",
             "train/examples_per_s"} <= set(events.Tags()["scalars"])
-    (image,) = events.Tags()["images"]
-    assert image.startswith("valid/levels_")
+    images = events.Tags()["images"]
+    assert len(images) == 2 and "train/crop_levels" in images
+    assert any(name.startswith("valid/levels_") for name in images)
 
 
 def test_levels_command_prints_the_levels_evaluation_finds(trained):

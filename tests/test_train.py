@@ -138,7 +138,10 @@ def test_logs_scalars_and_images(tmp_path):
     assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
     assert [r["step"] for r in records if "valid/mae" in r] == [10, 20]
     events = EventAccumulator(str(tmp_path / runs.TENSORBOARD_DIR)).Reload()
-    assert {"train/loss", "train/lr", "train/examples_per_s", "valid/mae"} <= set(events.Tags()["scalars"])
+    # per-layer gradient norms, one tag per layer of the toy model, each positive: the gradient reaches every layer
+    assert {"train/loss", "train/lr", "train/examples_per_s", "valid/mae", "grad_norm/l1", "grad_norm/bn",
+            "grad_norm/l2"} <= set(events.Tags()["scalars"])
+    assert all(e.value > 0 for layer in ("l1", "bn", "l2") for e in events.Scalars(f"grad_norm/{layer}"))
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([TOY.learning_rate] * 4)
     assert events.Tags()["images"] == ["valid/toy"]
 

@@ -113,9 +113,9 @@ def test_bad_depth_and_too_small_input_are_user_errors(tiny):
         tiny(jnp.zeros((1, 62, 64, 64, 1)))
 
 
-@pytest.mark.parametrize("impl", ["xla", "slices", "shifted"])
-def test_convolution_implementations_match_nnx_conv(impl):
-    cin = 1 if impl == "shifted" else 3
+@pytest.mark.parametrize("impl", ["xla", "slices", "stacked"])
+@pytest.mark.parametrize("cin", [1, 3])
+def test_convolution_implementations_match_nnx_conv(impl, cin):
     block = ConvReluBN(cin, 4, impl=impl, rngs=nnx.Rngs(0))
     block.conv.bias.set_value(jnp.linspace(-0.5, 0.5, 4))
     block.eval()
@@ -126,7 +126,7 @@ def test_convolution_implementations_match_nnx_conv(impl):
 
 def test_cpu_default_convolutions():
     if jax.default_backend() == "cpu":
-        assert (default_conv3d_impl(1), default_conv3d_impl(8)) == ("shifted", "slices")
+        assert (default_conv3d_impl(1), default_conv3d_impl(8)) == ("stacked", "slices")
     else:
         assert default_conv3d_impl(8) == "xla"
 
@@ -135,3 +135,104 @@ def test_separable_max_pool_equals_the_3d_window():
     x = jax.random.normal(jax.random.key(4), (2, 9, 12, 7, 3))
     expected = nnx.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding="VALID")
     np.testing.assert_array_equal(max_pool3d(x, 3, 2), expected)
+
+
+# ---------------------------------------------------------------- the basics a network that learns must have
+
+
+class FixedBatchTask:
+    """One fixed batch, MSE: what the engine's train step needs to fit a batch again and again."""
+
+    def __init__(self, model_config, batch):
+        self.model_config, self.batch, self.examples_per_epoch = model_config, batch, len(batch["inputs"])
+
+    def make_model(self, rngs):
+        from sscjax import runs
+
+        return runs.build_model(self.model_config, rngs)
+
+    def loss(self, model, batch):
+        return jnp.mean((model(batch["inputs"]) - batch["targets"]) ** 2)
+
+    def predict(self, model, inputs):
+        return model(inputs)
+
+
+def fit_fixed_batch(model_config, batch, steps: int, learning_rate: float):
+    """Train on one batch for `steps` with the engine's step (Adam + L2 1e-4): (first loss, last loss in training
+    mode, MSE in evaluation mode at the end, the last step's per-layer gradient norms)."""
+    from sscjax import train
+    from sscjax.configs import TrainConfig
+
+    task = FixedBatchTask(model_config, batch)
+    config = TrainConfig(steps=steps, batch_size=len(batch["inputs"]), learning_rate=learning_rate)
+    mesh = train.data_mesh()
+    model_def, params, state, tx, opt_state = train.init_training(task, config, mesh)
+    step = train.make_train_step(task, model_def, tx)
+    sharded = train.shard_batch(batch, mesh)
+    losses = []
+    for i in range(steps):
+        params, opt_state, state, out = step(params, opt_state, state, sharded, jax.random.key(i))
+        losses.append(float(out["loss"]))
+    predict = train.make_predict_step(task.predict, model_def, mesh)
+    eval_mse = float(jnp.mean((predict(params, state, sharded["inputs"]) - sharded["targets"]) ** 2))
+    return losses[0], losses[-1], eval_mse, jax.tree.map(float, out["layer_grad_norms"])
+
+
+def random_batch(n: int, shape: tuple[int, int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"inputs": rng.standard_normal((n, *shape, 1)).astype(np.float32),
+            "targets": rng.uniform(-0.3, 0.3, (n, 5)).astype(np.float32)}
+
+
+def test_the_gradient_reaches_every_layer():
+    from sscjax.configs import ModelConfig
+
+    config = ModelConfig("vgg11_3d", {"num_outputs": 5, "base": 2})
+    *_, norms = fit_fixed_batch(config, random_batch(2, (63, 63, 63)), steps=1, learning_rate=1e-4)
+    layers = [f"features.{i}.{part}" for i in range(8) for part in ("conv", "bn")] + ["fc1", "fc2", "head"]
+    assert sorted(norms) == sorted(layers)
+    assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms
+
+
+def test_a_narrow_vgg11_fits_one_fixed_batch_to_near_zero_loss():
+    # A network that cannot fit 8 examples has a bug (wrong gradients, a frozen layer, BatchNorm statistics
+    # that differ between modes). Dropout off: it only adds noise to the fit.
+    from sscjax.configs import ModelConfig
+
+    batch = random_batch(8, (64, 64, 64))
+    config = ModelConfig("vgg11_3d", {"num_outputs": 5, "base": 2}, dropout=0.0)
+    first, last, eval_mse, _ = fit_fixed_batch(config, batch, steps=60, learning_rate=1e-3)
+    variance = float(batch["targets"].var())
+    assert first > variance and last < 0.02 * variance and eval_mse < 0.05 * variance, (first, last, eval_mse)
+
+
+def test_batchnorm_uses_batch_statistics_in_training_and_running_averages_in_evaluation():
+    # torch's BatchNorm3d(momentum=0.1) = flax's momentum 0.9: running = 0.9 running + 0.1 batch
+    block = ConvReluBN(1, 3, impl="xla", rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(5), (2, 6, 7, 8, 1)) * 3 + 1
+    pre_bn = np.asarray(jax.nn.relu(block.conv(x))).reshape(-1, 3)
+    block.train()
+    block(x)
+    block(x)
+    np.testing.assert_allclose(block.bn.mean[...], (1 - 0.9**2) * pre_bn.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(block.bn.var[...], 0.9**2 + (1 - 0.9**2) * pre_bn.var(axis=0), rtol=1e-5)
+    block.eval()
+    expected = (pre_bn - block.bn.mean[...]) / np.sqrt(block.bn.var[...] + 1e-5)
+    np.testing.assert_allclose(np.asarray(block(x)).reshape(-1, 3), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_head_is_initialised_like_torchvision_and_dropout_acts_only_in_training():
+    model = VGG3D(num_outputs=5, base=2, rngs=nnx.Rngs(0))
+    for layer in (model.fc1, model.fc2, model.head):
+        assert abs(float(layer.kernel[...].std()) - 0.01) < 0.001 and not np.any(layer.bias[...])
+    assert model.dropout.rate == 0.5
+    h = jnp.ones((4, 1024))
+    model.train()
+    kept = np.asarray(model.dropout(h)) != 0
+    assert 0.45 < kept.mean() < 0.55 and set(np.unique(np.asarray(model.dropout(h)))) <= {0.0, 2.0}
+    model.eval()
+    np.testing.assert_array_equal(model.dropout(h), h)
+    x = jax.random.normal(jax.random.key(6), (1, 63, 63, 63, 1))
+    # N(0, 0.01) layers keep the untrained outputs near 0, the middle of the crop: no large first steps
+    assert float(jnp.abs(model(x)).max()) < 0.5
