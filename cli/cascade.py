@@ -20,19 +20,24 @@ from sscjax.cli.common import echo_failures, model_options, resolve_models, scan
 @click.option("--all-slices", is_flag=True, help="Also score every slice of the lung range (CSV and plot).")
 @click.option("--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a "
               "killed run resumes).")
-def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite):
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), help="Where the networks run (default: JAX's default "
+              "backend, a GPU if JAX has one).")
+def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite, device):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
     With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
     ensemble mean and `spread` is the SD between folds. Scores lie in 0..100 %; scores.json also keeps the networks'
-    unbounded outputs under `raw`. Writes OUT/<scan>/scores.json, scores.csv, the five slices (.mha with their
-    geometry), their lung masks and montage.png, and OUT/scores.csv for all scans. Two scans with one id (file name
-    without extension) are refused, since their results would share a folder.
+    unbounded outputs under `raw`, quality `warnings` (printed after the scores) and the `provenance` (versions,
+    device, runs with config and checkpoint hashes, the input's sha256). Writes OUT/<scan>/scores.json, scores.csv,
+    the five slices (.mha with their geometry), their lung masks and montage.png, and OUT/scores.csv for all scans.
+    Two scans with one id (file name without extension) are refused, since their results would share a folder.
     """
     from sscjax import cascade as cs
     from sscjax.errors import SscError
     from sscjax.io import check_writable, read_scan
+    from sscjax.provenance import use_platform
 
+    use_platform(device)
     paths = cs.output_ids(scans_from(scans))
     levels = cs.parse_levels(levels_text) if levels_text else None
     if levels is not None and len(paths) > 1:
@@ -69,3 +74,8 @@ def _print_scores(path: Path) -> None:
                    f"{lv['RET']:6.1f}   ({lv['TOT_5']}/{lv['GG_5']}/{lv['RET_5']})")
     mean = result["mean"]
     click.echo(f"  mean                    {mean['TOT']:6.1f} {mean['GG']:6.1f} {mean['RET']:6.1f}")
+    if "warnings" not in result:  # results of an sscjax before the quality checks
+        return
+    click.echo(f"  {len(result['warnings'])} quality warning(s){':' if result['warnings'] else ''}")
+    for warning in result["warnings"]:
+        click.echo(f"    {warning['code']}: {warning['message']}")

@@ -1,5 +1,6 @@
 """The cascade: a scan -> five levels (L-Net, or given by hand) -> nearest original slices -> lung mask -> S-Net
-scores (TOT, GG, RET in %) per level, and the outputs users read.
+scores (TOT, GG, RET in %) per level, and the outputs users read, with the scan's quality warnings
+(`sscjax.quality`) and the provenance of the result (`sscjax.provenance`).
 
 With several trained folds, every fold's L-Net and S-Net runs and the result is the ensemble mean, with the
 spread between folds (their standard deviation) as an uncertainty the paper does not give.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sscjax import lnet, metrics, plots, snet
+from sscjax import lnet, metrics, plots, provenance, quality, snet
 from sscjax.data.lnet import prepare_volume
 from sscjax.data.slices import window
 from sscjax.domain import LEVEL_NAMES, N_LEVELS, SCORES
@@ -30,13 +31,15 @@ MIN_LUNG_PIXELS = 50  # a slice belongs to the lung range when its lung mask has
 @dataclass(frozen=True)
 class Models:
     """The trained networks of a cascade: one entry per fold (no L-Nets when levels are given by hand).
-    `snet_modules` are the S-Nets themselves with their runs and configs (the heat maps need the pure functions)."""
+    `snet_modules` are the S-Nets themselves with their runs and configs (the heat maps need the pure functions);
+    `records` the provenance of each run ({"lnet": [...], "snet": [...]}), hashed once when the runs are loaded."""
 
     lnets: list[lnet.LevelModel]
     snets: list[snet.ScoreModel]
     snet_modules: list[snet.LoadedSNet] = field(default_factory=list)
     lnet_runs: list[str] = field(default_factory=list)
     snet_runs: list[str] = field(default_factory=list)
+    records: dict[str, list[dict]] = field(default_factory=lambda: {"lnet": [], "snet": []})
 
 
 def load_models(lnet_runs: list[str | Path], snet_runs: list[str | Path]) -> Models:
@@ -46,8 +49,9 @@ def load_models(lnet_runs: list[str | Path], snet_runs: list[str | Path]) -> Mod
     if len(sizes) > 1:
         raise ModelError(f"the S-Net runs {', '.join(map(str, snet_runs))} take different image sizes {sorted(sizes)}; "
                          "an ensemble needs one size")
+    records = {"lnet": list(map(provenance.run_record, lnet_runs)), "snet": list(map(provenance.run_record, snet_runs))}
     return Models([lnet.level_model(r) for r in lnet_runs], [snet.score_model(m.module, m.config) for m in modules],
-                  modules, [str(r) for r in lnet_runs], [str(r) for r in snet_runs])
+                  modules, [str(r) for r in lnet_runs], [str(r) for r in snet_runs], records)
 
 
 @dataclass
@@ -67,6 +71,8 @@ class CascadeResult:
     slice_geometries: list[Geometry]
     models: dict
     all_slices: np.ndarray | None = None  # (n, 5): slice_index, z_mm, TOT, GG, RET over the lung range
+    warnings: list[quality.QualityWarning] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)  # versions, device, runs and input checksum (sscjax.provenance)
 
     def to_json(self) -> dict:
         rounded = metrics.round_to_step(self.scores)
@@ -79,7 +85,8 @@ class CascadeResult:
                   for k in range(N_LEVELS)]
         mean = {**{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(SCORES)},
                 **{f"{p}_5": round(float(rounded[:, j].mean()), 3) for j, p in enumerate(SCORES)}}
-        return {"scan": self.scan_id, "source": self.source, "levels": levels, "mean": mean, "models": self.models}
+        return {"scan": self.scan_id, "source": self.source, "levels": levels, "mean": mean,
+                "warnings": [w.to_json() for w in self.warnings], "models": self.models, "provenance": self.provenance}
 
 
 def parse_levels(text: str) -> np.ndarray:
@@ -110,8 +117,8 @@ def output_ids(paths: list[Path]) -> dict[str, Path]:
     return {scan_id(path): path for path in paths}
 
 
-def locate_levels(models: Models, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
-    """(levels in world mm, their SD between folds): the mean of every L-Net fold's levels."""
+def locate_levels(models: Models, scan: Scan) -> np.ndarray:
+    """(folds, 5) levels in world mm that every L-Net fold finds."""
     if not models.lnets:
         raise ModelError("no L-Net to find the levels: name a run with --lnet or give --levels")
     prepared = {}
@@ -120,18 +127,16 @@ def locate_levels(models: Models, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
         size = tuple(model.settings.size)
         prepared.setdefault(size, prepare_volume(scan, size))
         levels.append(lnet.predict_prepared(model, prepared[size], scan.source).levels_mm)
-    levels = np.asarray(levels)
-    return levels.mean(axis=0), levels.std(axis=0)
+    return np.asarray(levels)
 
 
-def score_slices(models: Models, slices_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """((N, 3) mean scores in % (0..100), (N, 3) their SD between the S-Net folds, (N, 3) the mean of the unbounded
-    outputs) of (N, H, W) slices in HU."""
+def score_slices(models: Models, slices_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((folds, N, 3) every S-Net fold's scores in % (0..100), (N, 3) the mean of the unbounded outputs) of
+    (N, H, W) slices in HU."""
     if not models.snets:
         raise ModelError("no S-Net to score the slices: name a run with --snet")
     raw = np.stack([model.raw(slices_hu) for model in models.snets])
-    scores = snet.bounded_percent(raw)
-    return scores.mean(axis=0), scores.std(axis=0), raw.mean(axis=0)
+    return snet.bounded_percent(raw), raw.mean(axis=0)
 
 
 def lung_range(lung: np.ndarray) -> np.ndarray:
@@ -140,27 +145,39 @@ def lung_range(lung: np.ndarray) -> np.ndarray:
     return np.arange(rows.min(), rows.max() + 1) if rows.size else rows
 
 
+def scan_warnings(scan: Scan, lung: np.ndarray, index: np.ndarray, fold_levels_mm: np.ndarray,
+                  fold_scores: np.ndarray) -> list[quality.QualityWarning]:
+    """The quality warnings of one scan's cascade (`sscjax.quality`), from the scan, its lung mask (0/1), the
+    level slices, and every fold's levels (F, 5) and bounded scores (F, 5, 3)."""
+    lung_ml, lung_hu = quality.lung_stats(scan.array, lung.view(bool), float(np.prod(scan.geometry.spacing)))
+    z = scan.z_mm
+    facts = quality.ScanFacts(fold_levels_mm.mean(axis=0), index, (float(z[0]), float(z[-1])),
+                              abs(scan.geometry.z_step), lung_ml, lung_hu, fold_levels_mm, fold_scores)
+    return quality.check_scan(facts)
+
+
 def run_cascade(scan: Scan, models: Models, levels_mm: np.ndarray | None = None, all_slices: bool = False,
                 batch: int = 32) -> CascadeResult:
-    """Levels (found or given), slices, lung masks and scores of one canonical scan."""
+    """Levels (found or given), slices, lung masks, scores, quality warnings and provenance of one canonical scan."""
     lung = lung_mask(scan)
     given = levels_mm is not None
-    if given:
-        levels_mm, levels_spread = np.asarray(levels_mm, float), np.zeros(N_LEVELS)
-    else:
-        levels_mm, levels_spread = locate_levels(models, scan)
+    fold_levels = np.asarray(levels_mm, float)[None] if given else locate_levels(models, scan)
+    levels_mm = fold_levels.mean(axis=0)
     index = np.asarray(scan.geometry.nearest_slice(levels_mm, scan.n_slices))
-    scores, spread, raw = score_slices(models, scan.array[index])
+    fold_scores, raw = score_slices(models, scan.array[index])
     table = None
     if all_slices:
         rows = lung_range(lung)
-        per_slice = np.concatenate([score_slices(models, scan.array[rows[i:i + batch]])[0]
+        per_slice = np.concatenate([score_slices(models, scan.array[rows[i:i + batch]])[0].mean(axis=0)
                                     for i in range(0, len(rows), batch)]) if rows.size else np.zeros((0, 3))
         table = np.column_stack([rows, scan.z_mm[rows], per_slice])
     used = {"levels": "given" if given else "lnet", "lnet": [] if given else models.lnet_runs, "snet": models.snet_runs}
-    return CascadeResult(scan_id(scan.source), scan.source, levels_mm, levels_spread, index, scores, spread, raw,
-                         scan.array[index], lung[index], [scan.geometry.slice_geometry(int(k)) for k in index],
-                         used, table)
+    records = {"lnet": [] if given else models.records["lnet"], "snet": models.records["snet"]}
+    return CascadeResult(scan_id(scan.source), scan.source, levels_mm, fold_levels.std(axis=0), index,
+                         fold_scores.mean(axis=0), fold_scores.std(axis=0), raw, scan.array[index], lung[index],
+                         [scan.geometry.slice_geometry(int(k)) for k in index], used, table,
+                         scan_warnings(scan, lung, index, fold_levels, fold_scores),
+                         provenance.record(scan.source, records))
 
 
 def result_done(out_dir: str | Path, sid: str) -> bool:

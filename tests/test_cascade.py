@@ -234,3 +234,35 @@ def test_a_rerun_removes_what_killed_writes_left(overshooting):
     cascade.write_result(result, folder.parent)
     assert not stale.exists() and fresh.exists()
     fresh.unlink()
+
+
+def test_warnings_and_provenance_reach_scores_json_and_the_console(monkeypatch, capsys, runs, phantoms, tmp_path):
+    import hashlib
+
+    import jax
+
+    from sscjax import provenance
+
+    _, snet_run = runs
+    cohort, _, _ = phantoms
+    sid = cohort.ids[0]
+    scan = read_scan(cohort.scan_paths[sid])
+    levels = np.array(cohort.levels_mm[sid], float)
+    levels[0] = scan.z_mm[-1] - 2.0  # L1 two mm below the top slice: the scan seems to stop inside the lungs
+    platform = jax.devices()[0].platform
+    code, out, err = ssc(monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], "--snet", snet_run,
+                         "--levels", ",".join(f"{z:.2f}" for z in levels), "--out", tmp_path,
+                         "--device", "cpu" if platform == "cpu" else "gpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / sid / "scores.json").read_text())
+    edge = [w for w in result["warnings"] if w["code"] == "level_at_scan_edge"]
+    assert edge == [{"code": "level_at_scan_edge", "level": 1, "message": "L1 lies 2.0 mm from the top slice of the "
+                     "scan (limit 10 mm): the scan may not cover the lungs from apex to base"}]
+    assert f"{len(result['warnings'])} quality warning(s):" in out
+    assert f"level_at_scan_edge: {edge[0]['message']}" in out
+    assert out.index("level_at_scan_edge") > out.index("  mean ")
+    record = result["provenance"]
+    assert record["input"]["sha256"] == hashlib.sha256(open(cohort.scan_paths[sid], "rb").read()).hexdigest()
+    assert record["models"] == {"lnet": [], "snet": [provenance.run_record(snet_run)]}
+    assert record["models"]["snet"][0]["checkpoint_step"] > 0
+    assert record["device"]["platform"] == platform and record["jax"] == jax.__version__
