@@ -36,6 +36,7 @@ def timing(module, names: list[str], seconds: dict[str, float]):
                 return function(*args, **kwargs)
             finally:
                 seconds[name] += time.perf_counter() - start
+
         return wrapper
 
     for name, function in originals.items():
@@ -51,8 +52,9 @@ def preset_models(preset: str) -> cascade.Models:
     """One L-Net and one S-Net of a preset's architecture and input size, randomly initialised."""
     lnet_config, snet_config = networks.preset("lnet", preset), networks.preset("snet", preset)
     level = lnet.level_model(runs.build_model(lnet_config.model, nnx.Rngs(0)), lnet_config)
-    scorer = snet.score_model(snet.make_snet(dataclasses.replace(snet_config, pretrained="none"), nnx.Rngs(0)),
-                              snet_config)
+    scorer = snet.score_model(
+        snet.make_snet(dataclasses.replace(snet_config, pretrained="none"), nnx.Rngs(0)), snet_config
+    )
     return cascade.Models([level], [scorer])
 
 
@@ -69,13 +71,21 @@ def one_scan(path: Path, models: cascade.Models, out_dir: Path) -> dict[str, flo
         cascade.write_result(result, out_dir)
         seconds["write"] = time.perf_counter() - t
     total = time.perf_counter() - start
-    return {"read_s": seconds["read"], "lung_mask_s": seconds["lung_mask"], "lnet_s": seconds["locate_levels"],
-            "snet_s": seconds["score_slices"], "write_s": seconds["write"], "total_s": total}
+    return {
+        "read_s": seconds["read"],
+        "lung_mask_s": seconds["lung_mask"],
+        "lnet_s": seconds["locate_levels"],
+        "snet_s": seconds["score_slices"],
+        "write_s": seconds["write"],
+        "total_s": total,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=networks.shared_presets(), default="paper", help="network architectures and sizes")
+    parser.add_argument(
+        "--preset", choices=networks.shared_presets(), default="paper", help="network architectures and sizes"
+    )
     parser.add_argument("--phantom", choices=["full", "small"], default="full", help="phantom size")
     parser.add_argument("--scans", type=int, default=2, help="scans timed (the first also compiles)")
     parser.add_argument("--quick", action="store_true", help="CPU-sized: small phantoms, tiny presets")
@@ -90,8 +100,11 @@ def main() -> None:
         models = preset_models(args.preset)
         runs_s = [one_scan(path, models, Path(tmp) / "out") for path in paths]
     steady = runs_s[1:] or runs_s
-    figures = {"scan_shape_zyx": list(shape), "first_scan": runs_s[0],
-               "steady": {key: sum(r[key] for r in steady) / len(steady) for key in runs_s[0]}}
+    figures = {
+        "scan_shape_zyx": list(shape),
+        "first_scan": runs_s[0],
+        "steady": {key: sum(r[key] for r in steady) / len(steady) for key in runs_s[0]},
+    }
     figures["seconds_per_scan"] = figures["steady"]["total_s"]
     print_report("cascade", vars(args), figures)
 

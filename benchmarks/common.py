@@ -9,7 +9,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,12 +30,18 @@ def chest_slices(n: int, size: int, seed: int) -> SliceSet:
     body = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.48) ** 2 <= 1
     hu = np.where(lung, -850.0, np.where(body, 40.0, -1000.0)) + rng.normal(0, 30, (n, size, size))
     tot = np.where(np.arange(n) % 2 == 0, 0.0, rng.choice(np.arange(5, 101, 5), n))
-    return SliceSet(images=window(hu), lung=lung, scores=np.stack([tot, tot / 2, tot / 2], 1).astype(np.float32),
-                    scan_id=np.array([f"s{i // 15}" for i in range(n)]),
-                    level=(np.arange(n) // 3 % 5 + 1).astype(np.int8),
-                    offset=(np.arange(n) % 3 - 1).astype(np.int8), slice_index=np.arange(n, dtype=np.int32),
-                    z_mm=np.zeros(n), spacing_yx=np.full((n, 2), 0.7 * 512 / size),
-                    native_shape=np.full((n, 2), 512, np.int32))
+    return SliceSet(
+        images=window(hu),
+        lung=lung,
+        scores=np.stack([tot, tot / 2, tot / 2], 1).astype(np.float32),
+        scan_id=np.array([f"s{i // 15}" for i in range(n)]),
+        level=(np.arange(n) // 3 % 5 + 1).astype(np.int8),
+        offset=(np.arange(n) % 3 - 1).astype(np.int8),
+        slice_index=np.arange(n, dtype=np.int32),
+        z_mm=np.zeros(n),
+        spacing_yx=np.full((n, 2), 0.7 * 512 / size),
+        native_shape=np.full((n, 2), 512, np.int32),
+    )
 
 
 def texture_patterns(seed: int) -> Patterns:
@@ -49,8 +56,9 @@ def level_volumes(n: int, size: tuple[int, int, int], seed: int) -> LevelSet:
     """n resampled int16 volumes of `size` with five level positions spread over their middle half."""
     rng = np.random.default_rng(seed)
     geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    volumes = [PreparedVolume(rng.integers(-1000, 400, size, dtype=np.int16), geometry, geometry, size)
-               for _ in range(n)]
+    volumes = [
+        PreparedVolume(rng.integers(-1000, 400, size, dtype=np.int16), geometry, geometry, size) for _ in range(n)
+    ]
     positions = np.sort(rng.uniform(0.3, 0.7, (n, 5)) * size[0], axis=1)[:, ::-1].astype(np.float32)
     return LevelSet([f"v{i}" for i in range(n)], volumes, positions)
 
@@ -59,8 +67,9 @@ def random_crops(levels: LevelSet, crop: int, batch: int, seed: int, step: int) 
     """Batch `step` of level-keeping L-Net training crops (z-scored inputs, positions in the crop)."""
     rng = np.random.default_rng([seed, step])
     rows = rng.integers(0, len(levels), batch)
-    starts = crop_starts(levels.positions[rows], crop, levels.volumes[0].array.shape[0], LNetData.margin,
-                         rng.random(batch))
+    starts = crop_starts(
+        levels.positions[rows], crop, levels.volumes[0].array.shape[0], LNetData.margin, rng.random(batch)
+    )
     return training_crops(levels, rows, starts, crop)
 
 
@@ -71,11 +80,18 @@ def environment() -> dict[str, Any]:
     import numpy as np
 
     device = jax.devices()[0]
-    return {"device_kind": str(device.device_kind), "backend": jax.default_backend(), "devices": jax.device_count(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "numpy": np.__version__}
+    return {
+        "device_kind": str(device.device_kind),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def block(result: Any) -> Any:
@@ -95,8 +111,7 @@ def time_call(function: Callable[[], Any], repeats: int = 5, warmup: int = 1) ->
         start = time.perf_counter()
         block(function())
         seconds.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "repeats": repeats}
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "repeats": repeats}
 
 
 def peak_memory_bytes() -> int | None:
@@ -120,5 +135,4 @@ def rounded(value: Any, digits: int = 5) -> Any:
 
 def print_report(benchmark: str, inputs: dict[str, Any], figures: dict[str, Any]) -> None:
     """Print the script's single JSON object: its name, inputs, environment and figures."""
-    print(json.dumps({"benchmark": benchmark, "inputs": inputs, "environment": environment(),
-                      **rounded(figures)}))
+    print(json.dumps({"benchmark": benchmark, "inputs": inputs, "environment": environment(), **rounded(figures)}))

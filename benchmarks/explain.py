@@ -51,14 +51,21 @@ def main() -> None:
     delta_fn = make_delta_fn(predict, image.shape, cfg)
     compile_s, _ = seconds(lambda: heatmaps(predict, image, lung, texture, cfg, delta_fn))
     vmapped_s, vmapped = seconds(lambda: heatmaps(predict, image, lung, texture, cfg, delta_fn))
-    figures = {"chunk": cfg.chunk or default_chunk(image.shape), "positions": positions,
-               "first_call_s": compile_s, "vmapped_s": vmapped_s,
-               "vmapped_per_position_s": vmapped_s / positions}
+    figures = {
+        "chunk": cfg.chunk or default_chunk(image.shape),
+        "positions": positions,
+        "first_call_s": compile_s,
+        "vmapped_s": vmapped_s,
+        "vmapped_per_position_s": vmapped_s / positions,
+    }
     if not args.skip_sequential:
         sequential_s, sequential = seconds(lambda: heatmaps_sequential(predict, image, lung, texture, cfg))
-        figures |= {"sequential_s": sequential_s, "sequential_per_position_s": sequential_s / positions,
-                    "speedup": sequential_s / vmapped_s,
-                    "max_abs_difference_pp": float(np.abs(vmapped - sequential).max())}
+        figures |= {
+            "sequential_s": sequential_s,
+            "sequential_per_position_s": sequential_s / positions,
+            "speedup": sequential_s / vmapped_s,
+            "max_abs_difference_pp": float(np.abs(vmapped - sequential).max()),
+        }
     print_report("explain", vars(args), figures)
 
 

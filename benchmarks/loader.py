@@ -32,8 +32,11 @@ def one_at_a_time(loader: SNetLoader, step: int) -> dict:
 
 
 def rate(seconds_per_batch: float, batch: int) -> dict:
-    return {"seconds_per_batch": seconds_per_batch, "batches_per_s": 1 / seconds_per_batch,
-            "images_per_s": batch / seconds_per_batch}
+    return {
+        "seconds_per_batch": seconds_per_batch,
+        "batches_per_s": 1 / seconds_per_batch,
+        "images_per_s": batch / seconds_per_batch,
+    }
 
 
 def snet_figures(args) -> dict:
@@ -49,9 +52,13 @@ def snet_figures(args) -> dict:
         for _ in batches:
             pass
     prefetch_s = (time.perf_counter() - start) / len(steps)
-    return {"batch": rate(fast_s, args.batch), "one_at_a_time": rate(naive_s, args.batch),
-            "speedup": naive_s / fast_s, "identical_batches": identical,
-            "prefetch": rate(prefetch_s, args.batch)}
+    return {
+        "batch": rate(fast_s, args.batch),
+        "one_at_a_time": rate(naive_s, args.batch),
+        "speedup": naive_s / fast_s,
+        "identical_batches": identical,
+        "prefetch": rate(prefetch_s, args.batch),
+    }
 
 
 def lnet_figures(args) -> dict:
@@ -72,8 +79,9 @@ def main() -> None:
     parser.add_argument("--lnet-size", type=int, nargs=3, default=(256, 256, 256), help="L-Net resampled matrix")
     parser.add_argument("--lnet-crop", type=int, default=192, help="L-Net crop slices")
     parser.add_argument("--lnet-batch", type=int, default=4, help="L-Net batch size")
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU-sized case: 128 px batch 32, L-Net 80x64x64 crops of 64, 10 steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="CPU-sized case: 128 px batch 32, L-Net 80x64x64 crops of 64, 10 steps"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and batches")
     args = parser.parse_args()
     if args.quick:

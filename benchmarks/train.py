@@ -57,8 +57,15 @@ def lnet_task(preset: str, size: tuple[int, int, int] | None, crop: int | None, 
 def snet_task(preset: str, image_size: int | None, batch: int, seed: int):
     config = networks.preset("snet", preset)
     size = image_size or config.data.image_size
-    loader = SNetLoader(chest_slices(60, size, seed), batch, seed, patterns=texture_patterns(seed),
-                        synthesis=True, augment=True, balanced=True)
+    loader = SNetLoader(
+        chest_slices(60, size, seed),
+        batch,
+        seed,
+        patterns=texture_patterns(seed),
+        synthesis=True,
+        augment=True,
+        balanced=True,
+    )
 
     def make_batch(step: int) -> train.Batch:
         rendered = loader.batch(step)
@@ -87,17 +94,25 @@ def measure(config, task: BenchTask, batch: int, steps: int, compute_dtype: str)
     compile_s = run([fixed])
     fixed_s = run([fixed] * steps) / steps
     fed_s = run(train.shard_batch(b, mesh) for b in train.prefetch_batches(task, 1, 1 + steps)) / steps
-    return {"model": config.model.name, "parameters": sum(x.size for x in jax.tree.leaves(params)),
-            "batch": batch, "compute_dtype": compute_dtype, "compile_s": compile_s,
-            "fixed_batch": {"step_s": fixed_s, "steps_per_s": 1 / fixed_s, "images_per_s": batch / fixed_s},
-            "with_loader": {"step_s": fed_s, "steps_per_s": 1 / fed_s, "images_per_s": batch / fed_s},
-            "loader_stall": fed_s / fixed_s - 1, "peak_memory_bytes": peak_memory_bytes()}
+    return {
+        "model": config.model.name,
+        "parameters": sum(x.size for x in jax.tree.leaves(params)),
+        "batch": batch,
+        "compute_dtype": compute_dtype,
+        "compile_s": compile_s,
+        "fixed_batch": {"step_s": fixed_s, "steps_per_s": 1 / fixed_s, "images_per_s": batch / fixed_s},
+        "with_loader": {"step_s": fed_s, "steps_per_s": 1 / fed_s, "images_per_s": batch / fed_s},
+        "loader_stall": fed_s / fixed_s - 1,
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=["lnet", "snet", "both"], default="both")
-    parser.add_argument("--preset", choices=networks.shared_presets(), default="paper", help="model and sizes of a preset")
+    parser.add_argument(
+        "--preset", choices=networks.shared_presets(), default="paper", help="model and sizes of a preset"
+    )
     parser.add_argument("--lnet-size", type=int, nargs=3, help="L-Net resampled matrix (default: the preset's)")
     parser.add_argument("--lnet-crop", type=int, help="L-Net crop slices (default: the preset's)")
     parser.add_argument("--lnet-batch", type=int, default=2, help="L-Net batch size")

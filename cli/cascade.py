@@ -6,22 +6,40 @@ from pathlib import Path
 
 import click
 
-from sscjax.cli.common import echo_failures, model_options, resolve_models, scans_from
+from .common import echo_failures, model_options, resolve_models, scans_from
 
 
 @click.command()
-@click.option("--scan", "scans", multiple=True, required=True,
-              help="A scan file, a DICOM folder, or a folder of scans; repeat for more.")
+@click.option(
+    "--scan",
+    "scans",
+    multiple=True,
+    required=True,
+    help="A scan file, a DICOM folder, or a folder of scans; repeat for more.",
+)
 @model_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
-              help="Output folder: one sub-folder per scan.")
-@click.option("--levels", "levels_text", metavar="z1,z2,z3,z4,z5",
-              help="Skip the L-Net: the five levels in world mm (L1 highest), for a single scan.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Output folder: one sub-folder per scan.",
+)
+@click.option(
+    "--levels",
+    "levels_text",
+    metavar="z1,z2,z3,z4,z5",
+    help="Skip the L-Net: the five levels in world mm (L1 highest), for a single scan.",
+)
 @click.option("--all-slices", is_flag=True, help="Also score every slice of the lung range (CSV and plot).")
-@click.option("--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a "
-              "killed run resumes).")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), help="Where the networks run (default: JAX's default "
-              "backend, a GPU if JAX has one).")
+@click.option(
+    "--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a killed run resumes)."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu"]),
+    help="Where the networks run (default: JAX's default backend, a GPU if JAX has one).",
+)
 def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite, device):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
@@ -48,7 +66,7 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
     if len(todo) < len(paths):
         click.echo(f"{len(paths) - len(todo)} scan(s) already done in {out} (skipped; --overwrite redoes them)")
     failures = {}
-    with click.progressbar(todo, label="Scoring", show_pos=True, item_show_func=lambda p: p and p.name) as bar:
+    with click.progressbar(todo, label="Scoring", show_pos=True, item_show_func=lambda p: p.name if p else None) as bar:
         for path in bar:
             try:
                 result = cs.run_cascade(read_scan(path), models, levels, all_slices)
@@ -70,8 +88,10 @@ def _print_scores(path: Path) -> None:
     click.echo(f"\n{result['scan']}  ({path.parent})")
     click.echo("  level  z (mm)   slice    TOT     GG    RET   (rounded to 5 %)")
     for lv in result["levels"]:
-        click.echo(f"  L{lv['level']}   {lv['z_mm']:8.1f} {lv['slice_index']:6d}  {lv['TOT']:6.1f} {lv['GG']:6.1f} "
-                   f"{lv['RET']:6.1f}   ({lv['TOT_5']}/{lv['GG_5']}/{lv['RET_5']})")
+        click.echo(
+            f"  L{lv['level']}   {lv['z_mm']:8.1f} {lv['slice_index']:6d}  {lv['TOT']:6.1f} {lv['GG']:6.1f} "
+            f"{lv['RET']:6.1f}   ({lv['TOT_5']}/{lv['GG_5']}/{lv['RET_5']})"
+        )
     mean = result["mean"]
     click.echo(f"  mean                    {mean['TOT']:6.1f} {mean['GG']:6.1f} {mean['RET']:6.1f}")
     if "warnings" not in result:  # results of an sscjax before the quality checks

@@ -4,26 +4,50 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 
 def set_option(example: str):
     """--set KEY.PATH=VALUE, repeatable: one setting changed on the command line."""
-    return click.option("--set", "assignments", multiple=True, metavar="KEY.PATH=VALUE",
-                        help=f"Change one setting, e.g. --set {example}; repeatable. The value is read as TOML (3e-4, "
-                             "true, \"text\", [1, 2]); other text counts as a string.")
+    return click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="KEY.PATH=VALUE",
+        help=f"Change one setting, e.g. --set {example}; repeatable. The value is read as TOML (3e-4, "
+        'true, "text", [1, 2]); other text counts as a string.',
+    )
 
 
 def model_options(command):
     """--lnet, --snet (repeatable run folders) and --workdir (where runs are found by default)."""
-    command = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-                           show_default=True, help="Where trained runs are found when --lnet/--snet are not given: "
-                           "every fold under WORKDIR/lnet and WORKDIR/snet.")(command)
-    command = click.option("--snet", "snet_runs", multiple=True, type=click.Path(path_type=Path),
-                           help="An S-Net run folder; repeat for an ensemble.")(command)
-    return click.option("--lnet", "lnet_runs", multiple=True, type=click.Path(path_type=Path),
-                        help="An L-Net run folder; repeat for an ensemble.")(command)
+    command = click.option(
+        "--workdir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("runs"),
+        show_default=True,
+        help="Where trained runs are found when --lnet/--snet are not given: "
+        "every fold under WORKDIR/lnet and WORKDIR/snet.",
+    )(command)
+    command = click.option(
+        "--snet",
+        "snet_runs",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="An S-Net run folder; repeat for an ensemble.",
+    )(command)
+    return click.option(
+        "--lnet",
+        "lnet_runs",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="An L-Net run folder; repeat for an ensemble.",
+    )(command)
 
 
 def resolve_models(lnet_runs, snet_runs, workdir: Path, need_lnet: bool = True):
@@ -61,13 +85,19 @@ class LazyBar:
     """A click progress bar that appears on the first report, when the amount of work is known."""
 
     def __init__(self, label: str):
-        self.label, self.bar, self.first, self.text = label, None, 0, ""
+        self.label, self.first, self.text = label, 0, ""
+        self.bar: ProgressBar[int] | None = None
 
     def __call__(self, done: int, total: int, text: str = "") -> None:
         if self.bar is None:  # counts from the first report, so a resumed run's ETA reflects this session
             self.first = done - 1
-            self.bar = click.progressbar(length=total - self.first, label=self.label, show_eta=True, show_pos=True,
-                                         item_show_func=lambda _: self.text)
+            self.bar = click.progressbar(
+                length=total - self.first,
+                label=self.label,
+                show_eta=True,
+                show_pos=True,
+                item_show_func=lambda _: self.text,
+            )
         self.text = text
         self.bar.update(done - self.first - self.bar.pos)
         if done >= total:
@@ -81,14 +111,27 @@ class LazyBar:
 
 def run_evaluation_options(net: str):
     """--model RUN, --split valid|test and --data of `ssc evaluate lnet|snet`."""
+
     def decorate(command):
-        command = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                               help="Cohort folder, if it moved since training (default: the run's).")(command)
-        command = click.option("--split", default="valid", show_default=True, type=click.Choice(["valid", "test"]),
-                               help="Which of the run's patients to evaluate: its validation fold or the test set."
-                               )(command)
-        return click.option("--model", "run", required=True,
-                            type=click.Path(exists=True, file_okay=False, path_type=Path),
-                            help=f"An {net} run folder (e.g. runs/{net.lower().replace('-', '')}/fold0); its best "
-                                 "checkpoint is used.")(command)
+        command = click.option(
+            "--data",
+            "data_dir",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Cohort folder, if it moved since training (default: the run's).",
+        )(command)
+        command = click.option(
+            "--split",
+            default="valid",
+            show_default=True,
+            type=click.Choice(["valid", "test"]),
+            help="Which of the run's patients to evaluate: its validation fold or the test set.",
+        )(command)
+        return click.option(
+            "--model",
+            "run",
+            required=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help=f"An {net} run folder (e.g. runs/{net.lower().replace('-', '')}/fold0); its best checkpoint is used.",
+        )(command)
+
     return decorate

@@ -41,10 +41,12 @@ def _row(name: str, cells: list[str], width: int) -> str:
 
 def format_summary(summary: dict) -> str:
     """The cohort summary as compact text."""
-    lines = [f"cohort {summary['root']}: {summary['patients']} patients, {summary['levels_scored']} scored levels, "
-             f"{100 * summary['healthy_share']:.0f} % of levels healthy (TOT = 0)",
-             "score histogram (levels per bin; '0' = exactly 0, 'a-b' = above a up to b %):",
-             _row("", summary["histogram_bins"], 7)]
+    lines = [
+        f"cohort {summary['root']}: {summary['patients']} patients, {summary['levels_scored']} scored levels, "
+        f"{100 * summary['healthy_share']:.0f} % of levels healthy (TOT = 0)",
+        "score histogram (levels per bin; '0' = exactly 0, 'a-b' = above a up to b %):",
+        _row("", summary["histogram_bins"], 7),
+    ]
     lines += [_row(name, [str(c) for c in counts], 7) for name, counts in summary["histograms"].items()]
     lines.append("mean / median score per level (%):")
     lines.append(_row("", list(LEVEL_NAMES), 13))
@@ -59,15 +61,19 @@ def format_summary(summary: dict) -> str:
     else:
         (zmin, ymin, xmin), (zmax, ymax, xmax) = scans["shape_zyx"]["min"], scans["shape_zyx"]["max"]
         (sxmin, symin, szmin), (sxmax, symax, szmax) = scans["spacing_xyz_mm"]["min"], scans["spacing_xyz_mm"]["max"]
-        lines.append(f"scans: {zmin}..{zmax} slices of {ymin}..{ymax} x {xmin}..{xmax} pixels; spacing "
-                     f"{min(sxmin, symin):.3g}..{max(sxmax, symax):.3g} mm in-plane, "
-                     f"{szmin:.3g}..{szmax:.3g} mm between slices")
+        lines.append(
+            f"scans: {zmin}..{zmax} slices of {ymin}..{ymax} x {xmin}..{xmax} pixels; spacing "
+            f"{min(sxmin, symin):.3g}..{max(sxmax, symax):.3g} mm in-plane, "
+            f"{szmin:.3g}..{szmax:.3g} mm between slices"
+        )
     patterns = ", ".join(summary["patterns"]) or "none"
     lines.append(f"lung masks: {summary['lung_masks']}; texture patterns: {patterns}")
     splits = summary["splits"]
-    lines.append("splits: none yet (ssc data split)" if splits is None else
-                 f"splits: {splits['test']} test, folds of {'/'.join(map(str, splits['folds']))} "
-                 f"(seed {splits['seed']})")
+    lines.append(
+        "splits: none yet (ssc data split)"
+        if splits is None
+        else f"splits: {splits['test']} test, folds of {'/'.join(map(str, splits['folds']))} (seed {splits['seed']})"
+    )
     lines.append(f"fingerprint: {summary['fingerprint']}")
     warnings = summary["warnings"]
     if warnings:
@@ -81,8 +87,11 @@ def format_summary(summary: dict) -> str:
 @data.command()
 @click.argument("cohort_dir", type=COHORT_DIR)
 @click.option("--no-scans", is_flag=True, help="Check only the CSVs and file names; do not read the scans (fast).")
-@click.option("--require-patterns", is_flag=True,
-              help="Also require patterns/gg, ret and healthy (needed for S-Net data synthesis).")
+@click.option(
+    "--require-patterns",
+    is_flag=True,
+    help="Also require patterns/gg, ret and healthy (needed for S-Net data synthesis).",
+)
 def check(cohort_dir: Path, no_scans: bool, require_patterns: bool) -> None:
     """Validate a cohort and summarise it; list every problem and exit with code 2 if there are any.
 
@@ -94,17 +103,22 @@ def check(cohort_dir: Path, no_scans: bool, require_patterns: bool) -> None:
     from sscjax.data.cohort import cohort_summary, load_cohort
 
     with _progress("reading scans") as progress:
-        cohort = load_cohort(cohort_dir, check_scans=not no_scans, require_patterns=require_patterns,
-                             progress=progress)
+        cohort = load_cohort(cohort_dir, check_scans=not no_scans, require_patterns=require_patterns, progress=progress)
     click.echo(format_summary(cohort_summary(cohort)))
 
 
 @data.command()
 @click.argument("cohort_dir", type=COHORT_DIR)
-@click.option("--folds", default=4, show_default=True, type=click.IntRange(min=2),
-              help="Number of cross-validation folds.")
-@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of patients held out as the fixed test set (the paper: 50 of 230).")
+@click.option(
+    "--folds", default=4, show_default=True, type=click.IntRange(min=2), help="Number of cross-validation folds."
+)
+@click.option(
+    "--test-fraction",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of patients held out as the fixed test set (the paper: 50 of 230).",
+)
 @click.option("--n-test", type=click.IntRange(min=0), help="Exact number of test patients (overrides --test-fraction).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the patient shuffle.")
 @click.option("--force", is_flag=True, help="Overwrite an existing, different splits.json.")
@@ -122,27 +136,47 @@ def split(cohort_dir: Path, folds: int, test_fraction: float, n_test: int | None
             click.echo(f"{path}: unchanged")
             return
         if not force:
-            raise SscError(f"{path}: exists and differs from these splits; runs trained on it would no longer "
-                           "match (use --force to overwrite it)")
+            raise SscError(
+                f"{path}: exists and differs from these splits; runs trained on it would no longer "
+                "match (use --force to overwrite it)"
+            )
     write_splits(cohort_dir, splits)
-    click.echo(f"{path}: {len(splits.test)} test patients, {splits.n_folds} folds of "
-               f"{'/'.join(str(len(f)) for f in splits.folds)} (seed {seed})")
+    click.echo(
+        f"{path}: {len(splits.test)} test patients, {splits.n_folds} folds of "
+        f"{'/'.join(str(len(f)) for f in splits.folds)} (seed {seed})"
+    )
 
 
 @data.command("import-goh")
 @click.argument("xlsx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--scans", "scans_dir", required=True, type=COHORT_DIR,
-              help="Folder of the scans: <id>.mha/.nii.gz/..., DICOM folders <id>/, or <id>/CTimage.mha.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New cohort folder to write (must not exist or be empty).")
-@click.option("--positions", type=click.Choice(["mm", "index"]), default="mm", show_default=True,
-              help="What L1_pos..L5_pos hold: world z in mm (the original study), or slice indices "
-                   "(0 = lowest slice) converted through each scan's geometry.")
+@click.option(
+    "--scans",
+    "scans_dir",
+    required=True,
+    type=COHORT_DIR,
+    help="Folder of the scans: <id>.mha/.nii.gz/..., DICOM folders <id>/, or <id>/CTimage.mha.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New cohort folder to write (must not exist or be empty).",
+)
+@click.option(
+    "--positions",
+    type=click.Choice(["mm", "index"]),
+    default="mm",
+    show_default=True,
+    help="What L1_pos..L5_pos hold: world z in mm (the original study), or slice indices "
+    "(0 = lowest slice) converted through each scan's geometry.",
+)
 @click.option("--copy", is_flag=True, help="Copy the scans into the cohort instead of linking to them.")
 @click.option("--skip-missing", is_flag=True, help="Leave out patients without a scan instead of stopping.")
 @click.option("--sheet", help="Sheet name (default: the first sheet).")
-def import_goh(xlsx: Path, scans_dir: Path, out_dir: Path, positions: str, copy: bool, skip_missing: bool,
-               sheet: str | None) -> None:
+def import_goh(
+    xlsx: Path, scans_dir: Path, out_dir: Path, positions: str, copy: bool, skip_missing: bool, sheet: str | None
+) -> None:
     """Make a cohort from the original study's Goh-score spreadsheet (PatID, L{n}_pos, L{n}_disext, L{n}_gg,
     L{n}_retp) and a folder of scans; then validate it. The scans themselves are never modified."""
     from sscjax.data.goh import import_goh as run_import

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sscjax.cli.common import LazyBar
+from .common import LazyBar
 
 
 def _stage(title: str) -> float:
@@ -24,8 +24,9 @@ def _train(net: str, data: Path, runs_dir: Path, seed: int):
     unfinished)."""
     from sscjax import networks, runs
 
-    config = networks.with_changes(networks.preset(net, "tiny", data_dir=str(data.resolve()), fold=0),
-                                   overrides={"train": {"seed": seed}})
+    config = networks.with_changes(
+        networks.preset(net, "tiny", data_dir=str(data.resolve()), fold=0), overrides={"train": {"seed": seed}}
+    )
     run_dir = runs.default_run_dir(runs_dir, net, 0)
     preparing, training = LazyBar("   prepare"), LazyBar("   train")
 
@@ -33,8 +34,9 @@ def _train(net: str, data: Path, runs_dir: Path, seed: int):
         training(info.step, info.total, "" if info.loss is None else f"loss {info.loss:.3g}")
 
     try:
-        networks.network(net).train(config, runs_dir, run_dir, resume=True, progress=progress,
-                                    prepare_progress=preparing)
+        networks.network(net).train(
+            config, runs_dir, run_dir, resume=True, progress=progress, prepare_progress=preparing
+        )
     finally:
         preparing.close()
         training.close()
@@ -42,12 +44,23 @@ def _train(net: str, data: Path, runs_dir: Path, seed: int):
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ssc-demo"), show_default=True,
-              help="Folder for the cohort, runs and results (an unfinished demo there is continued).")
-@click.option("--patients", type=click.IntRange(min=12), default=40, show_default=True,
-              help="Patients in the synthetic cohort (20 % test, the rest in 4 folds).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the synthetic cohort and of both trainings.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("ssc-demo"),
+    show_default=True,
+    help="Folder for the cohort, runs and results (an unfinished demo there is continued).",
+)
+@click.option(
+    "--patients",
+    type=click.IntRange(min=12),
+    default=40,
+    show_default=True,
+    help="Patients in the synthetic cohort (20 % test, the rest in 4 folds).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the synthetic cohort and of both trainings."
+)
 def demo(out: Path, patients: int, seed: int) -> None:
     """Run the whole method on a synthetic cohort: phantoms -> L-Net and S-Net training (tiny presets; the S-Net
     starts from the real ImageNet weights of EfficientNet-Lite0) -> cascade and heat maps on held-out scans ->
@@ -79,24 +92,25 @@ def demo(out: Path, patients: int, seed: int) -> None:
 
     t = _stage(f"4/6 Cascade on the {len(splits.test)} test scans -> {results}")
     models = cascade.load_models([lnet_run], [snet_run])
-    with click.progressbar(list(splits.test), label="   scans", show_pos=True) as bar:
-        for sid in bar:
+    with click.progressbar(list(splits.test), label="   scans", show_pos=True) as scans:
+        for sid in scans:
             cascade.write_result(cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models), results)
     pred_csv = cascade.collect_scores(results)
     _done(t)
 
     t = _stage("5/6 Heat maps: thresholds calibrated on the validation slices, then one test scan explained")
-    bar = LazyBar("   calibrate")
-    calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=bar)
-    bar.close()
+    calibrating = LazyBar("   calibrate")
+    _calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=calibrating)
+    calibrating.close()
     first = splits.test[0]
     found = explain.explain_scan(read_scan(cohort.scan_paths[first]), models)
     explained = explain.write_scan_explanation(found, results)
     _done(t)
 
     t = _stage(f"6/6 Agreement on the test split -> {stats}")
-    from sscjax.cli.evaluate import echo_report
     from sscjax.report import evaluate_csv
+
+    from .evaluate import echo_report
 
     baseline_csv = _baseline_scores(cohort, train_ids, splits.test, stats / "baseline_predict_the_mean.csv")
     echo_report(*evaluate_csv(pred_csv, data / "scores.csv", baseline_csv, stats, only_predicted=True), stats)
@@ -104,8 +118,18 @@ def demo(out: Path, patients: int, seed: int) -> None:
     level_baseline = lnet.mean_position_baseline(cohort, train_ids, splits.test)
     _done(t)
 
-    _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats, levels, level_baseline,
-             time.perf_counter() - begin)
+    _summary(
+        out,
+        lnet_run,
+        snet_run,
+        results,
+        explained,
+        calibration_dir,
+        stats,
+        levels,
+        level_baseline,
+        time.perf_counter() - begin,
+    )
 
 
 def _baseline_scores(cohort, train_ids, test_ids, path: Path) -> Path:
@@ -131,10 +155,20 @@ def _headline(metrics: dict, levels: dict, level_baseline: float, seconds: float
     from sscjax.domain import SCORES
 
     compare = metrics.get("compare", {})
-    snet = {p: {"mae": metrics[p]["mae"], "kappa": metrics[p]["kappa"], "icc": metrics[p]["icc"],
-                "baseline_mae": compare.get(p, {}).get("mean_b")} for p in SCORES}
-    return {"seconds": seconds, "snet": snet,
-            "lnet": {"mae_mm": levels["all"]["mae_mm"], "baseline_mae_mm": level_baseline}}
+    snet = {
+        p: {
+            "mae": metrics[p]["mae"],
+            "kappa": metrics[p]["kappa"],
+            "icc": metrics[p]["icc"],
+            "baseline_mae": compare.get(p, {}).get("mean_b"),
+        }
+        for p in SCORES
+    }
+    return {
+        "seconds": seconds,
+        "snet": snet,
+        "lnet": {"mae_mm": levels["all"]["mae_mm"], "baseline_mae_mm": level_baseline},
+    }
 
 
 def _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats, levels, level_baseline, seconds):
@@ -145,8 +179,10 @@ def _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats
     headline = _headline(json.loads((stats / "metrics.json").read_text()), levels, level_baseline, seconds)
     summary = write_json(out / SUMMARY_FILE, headline)
     click.secho(f"\n== Done in {seconds / 60:.1f} min. Headline figures on the test split", bold=True)
-    click.echo(f"   L-Net level error: {headline['lnet']['mae_mm']:.1f} mm MAE "
-               f"(predict-the-mean-position baseline: {level_baseline:.1f} mm)")
+    click.echo(
+        f"   L-Net level error: {headline['lnet']['mae_mm']:.1f} mm MAE "
+        f"(predict-the-mean-position baseline: {level_baseline:.1f} mm)"
+    )
     click.echo("   S-Net via the cascade   MAE %   kappa    ICC   (baseline MAE %)")
     for p, m in headline["snet"].items():
         base = f"({m['baseline_mae']:.1f})" if m["baseline_mae"] is not None else ""
@@ -154,7 +190,9 @@ def _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats
     click.echo("\nWhere everything is:")
     click.echo(f"   TensorBoard:    tensorboard --logdir {out / 'runs'}")
     click.echo(f"   runs:           {lnet_run}  {snet_run}")
-    click.echo(f"   cascade:        {results}/<scan>/scores.json, montage.png, L1..L5.mha; all scans: {results / 'scores.csv'}")
+    click.echo(
+        f"   cascade:        {results}/<scan>/scores.json, montage.png, L1..L5.mha; all scans: {results / 'scores.csv'}"
+    )
     click.echo(f"   heat maps:      {explained} (PNG overlays, Delta P maps); calibration: {calibration_dir}")
     click.echo(f"   statistics:     {stats / 'metrics.md'} (+ .json, .csv, Bland-Altman and correlation PNGs)")
     click.echo(f"   headline:       {summary}")

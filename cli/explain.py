@@ -6,37 +6,79 @@ from pathlib import Path
 
 import click
 
-from sscjax.cli.common import LazyBar, model_options, resolve_models, set_option
 from sscjax.configs.snet import OCCLUSIONS
 from sscjax.domain import SCORES
 
+from .common import LazyBar, model_options, resolve_models, set_option
+
 PATTERN_CHOICES = (*SCORES, "all")
-CHUNK_HELP = "Patch positions per forward batch (explain.chunk) [default: the run's, else 32; 8 on a CPU for slices " \
-             "of 256 px or more]."
+CHUNK_HELP = (
+    "Patch positions per forward batch (explain.chunk) [default: the run's, else 32; 8 on a CPU for slices "
+    "of 256 px or more]."
+)
 
 
 @click.group(invoke_without_command=True)
 @click.option("--scan", type=click.Path(path_type=Path), help="The scan (file or DICOM folder) to explain.")
-@click.option("--pattern", type=click.Choice(PATTERN_CHOICES, case_sensitive=False), default="all", show_default=True,
-              help="Which score's heat maps to write (all three are computed in one pass).")
+@click.option(
+    "--pattern",
+    type=click.Choice(PATTERN_CHOICES, case_sensitive=False),
+    default="all",
+    show_default=True,
+    help="Which score's heat maps to write (all three are computed in one pass).",
+)
 @model_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
-              help="Output folder: the maps go to OUT/<scan>/explain/.")
-@click.option("--slice-index", "slice_index", multiple=True, type=int,
-              help="Explain this slice (canonical index, 0 = lowest) instead of the five levels; repeatable.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Output folder: the maps go to OUT/<scan>/explain/.",
+)
+@click.option(
+    "--slice-index",
+    "slice_index",
+    multiple=True,
+    type=int,
+    help="Explain this slice (canonical index, 0 = lowest) instead of the five levels; repeatable.",
+)
 @click.option("--levels", "levels_text", metavar="z1,z2,z3,z4,z5", help="The five levels in world mm (skip the L-Net).")
-@click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Healthy-lung texture patch (default: the S-Net cohort's patterns/healthy).")
-@click.option("--occlusion", type=click.Choice(OCCLUSIONS),
-              help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison "
-                   "(explain.occlusion) [default: the run's, replace].")
-@click.option("--threshold", type=float, help="Delta P threshold (percentage points) of the derived segmentation "
-              "(default: the S-Net run's calibration, else its explain.threshold, -1).")
+@click.option(
+    "--healthy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Healthy-lung texture patch (default: the S-Net cohort's patterns/healthy).",
+)
+@click.option(
+    "--occlusion",
+    type=click.Choice(OCCLUSIONS),
+    help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison "
+    "(explain.occlusion) [default: the run's, replace].",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    help="Delta P threshold (percentage points) of the derived segmentation "
+    "(default: the S-Net run's calibration, else its explain.threshold, -1).",
+)
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
 @set_option("explain.stride_px=8")
 @click.pass_context
-def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index, levels_text, healthy, occlusion,
-            threshold, chunk, assignments):
+def explain(
+    ctx,
+    scan,
+    pattern,
+    lnet_runs,
+    snet_runs,
+    workdir,
+    out,
+    slice_index,
+    levels_text,
+    healthy,
+    occlusion,
+    threshold,
+    chunk,
+    assignments,
+):
     """Replacement heat maps (the paper's Fig. 6) for a scan's five level slices.
 
     A healthy-lung patch slides over each slice (the paper's 64 px patch and 16 px stride at 512 px, scaled to the
@@ -60,8 +102,15 @@ def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index,
     settings = ex.explain_settings(models.snet_modules[0].config, assignments, chunk=chunk, occlusion=occlusion)
     scores = SCORES if pattern.lower() == "all" else (pattern.upper(),)
     click.echo(f"Explaining {scan} ...", err=True)
-    found = ex.explain_scan(image, models, slice_index=list(slice_index) or None, levels_mm=levels, healthy=healthy,
-                            threshold=threshold, settings=settings)
+    found = ex.explain_scan(
+        image,
+        models,
+        slice_index=list(slice_index) or None,
+        levels_mm=levels,
+        healthy=healthy,
+        threshold=threshold,
+        settings=settings,
+    )
     folder = ex.write_scan_explanation(found, out, scores)
     click.echo(f"{'slice':8s}{'pattern':>8s}{'S-Net %':>10s}{'derived %':>11s}{'threshold':>11s}")
     for name, exp in zip(found.names, found.explanations):
@@ -72,12 +121,25 @@ def explain(ctx, scan, pattern, lnet_runs, snet_runs, workdir, out, slice_index,
 
 
 @explain.command()
-@click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="An S-Net run folder.")
-@click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
-              help="The run's patients to calibrate on.")
-@click.option("--healthy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Healthy-lung texture patch (default: the cohort's patterns/healthy).")
+@click.option(
+    "--model",
+    "run",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An S-Net run folder.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test"]),
+    default="valid",
+    show_default=True,
+    help="The run's patients to calibrate on.",
+)
+@click.option(
+    "--healthy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Healthy-lung texture patch (default: the cohort's patterns/healthy).",
+)
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
 @set_option("explain.search_step=0.05")
 def calibrate(run, split, healthy, chunk, assignments):

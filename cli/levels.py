@@ -10,8 +10,13 @@ import click
 
 @click.command()
 @click.argument("scan", type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="An L-Net run folder (e.g. runs/lnet/fold0); its best checkpoint is used.")
+@click.option(
+    "--model",
+    "run",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An L-Net run folder (e.g. runs/lnet/fold0); its best checkpoint is used.",
+)
 @click.option("--series", help="DICOM series instance UID, when a DICOM folder holds several series.")
 def levels(scan: Path, run: Path, series: str | None) -> None:
     """Find the five Goh levels in SCAN (a scan file or DICOM folder) with a trained L-Net.

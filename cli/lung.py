@@ -17,11 +17,21 @@ def _overwrites_input(out: Path, scan: Path) -> bool:
 
 @click.command()
 @click.argument("scan", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", "mask_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Mask file to write (.nii.gz, .mha, .nrrd or .nii): uint8, 1 = lung, with SCAN's geometry and "
-                   "storage order (its voxel array overlays SCAN's).")
-@click.option("--series", default=None, metavar="UID",
-              help="DICOM series instance UID, when SCAN is a folder holding several series (default: the longest).")
+@click.option(
+    "-o",
+    "--out",
+    "mask_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mask file to write (.nii.gz, .mha, .nrrd or .nii): uint8, 1 = lung, with SCAN's geometry and "
+    "storage order (its voxel array overlays SCAN's).",
+)
+@click.option(
+    "--series",
+    default=None,
+    metavar="UID",
+    help="DICOM series instance UID, when SCAN is a folder holding several series (default: the longest).",
+)
 def lung(scan: Path, mask_path: Path, series: str | None) -> None:
     """Compute the lung mask of SCAN (a scan file or DICOM folder; single slices allowed).
 

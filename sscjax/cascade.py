@@ -9,13 +9,14 @@ spread between folds (their standard deviation) as an uncertainty the paper does
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sscjax import lnet, metrics, plots, provenance, quality, snet
-from sscjax.data.lnet import prepare_volume
+from sscjax.data.lnet import PreparedVolume, prepare_volume
 from sscjax.data.slices import window
 from sscjax.domain import LEVEL_NAMES, N_LEVELS, SCORES
 from sscjax.errors import ModelError, ScanError
@@ -42,16 +43,24 @@ class Models:
     records: dict[str, list[dict]] = field(default_factory=lambda: {"lnet": [], "snet": []})
 
 
-def load_models(lnet_runs: list[str | Path], snet_runs: list[str | Path]) -> Models:
+def load_models(lnet_runs: Sequence[str | Path], snet_runs: Sequence[str | Path]) -> Models:
     """Load every named run (best checkpoints) once, ready to score many scans."""
     modules = [snet.LoadedSNet.read(r) for r in snet_runs]
     sizes = {m.config.data.image_size for m in modules}
     if len(sizes) > 1:
-        raise ModelError(f"the S-Net runs {', '.join(map(str, snet_runs))} take different image sizes {sorted(sizes)}; "
-                         "an ensemble needs one size")
+        raise ModelError(
+            f"the S-Net runs {', '.join(map(str, snet_runs))} take different image sizes {sorted(sizes)}; "
+            "an ensemble needs one size"
+        )
     records = {"lnet": list(map(provenance.run_record, lnet_runs)), "snet": list(map(provenance.run_record, snet_runs))}
-    return Models([lnet.level_model(r) for r in lnet_runs], [snet.score_model(m.module, m.config) for m in modules],
-                  modules, [str(r) for r in lnet_runs], [str(r) for r in snet_runs], records)
+    return Models(
+        [lnet.level_model(r) for r in lnet_runs],
+        [snet.score_model(m.module, m.config) for m in modules],
+        modules,
+        [str(r) for r in lnet_runs],
+        [str(r) for r in snet_runs],
+        records,
+    )
 
 
 @dataclass
@@ -76,17 +85,32 @@ class CascadeResult:
 
     def to_json(self) -> dict:
         rounded = metrics.round_to_step(self.scores)
-        levels = [{"level": k + 1, "z_mm": round(float(self.levels_mm[k]), 3), "slice_index": int(self.slice_index[k]),
-                   **{p: round(float(self.scores[k, j]), 3) for j, p in enumerate(SCORES)},
-                   **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(SCORES)},
-                   "spread": {p: round(float(self.spread[k, j]), 3) for j, p in enumerate(SCORES)},
-                   "raw": {p: round(float(self.raw[k, j]), 3) for j, p in enumerate(SCORES)},
-                   "z_spread_mm": round(float(self.levels_spread_mm[k]), 3)}
-                  for k in range(N_LEVELS)]
-        mean = {**{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(SCORES)},
-                **{f"{p}_5": round(float(rounded[:, j].mean()), 3) for j, p in enumerate(SCORES)}}
-        return {"scan": self.scan_id, "source": self.source, "levels": levels, "mean": mean,
-                "warnings": [w.to_json() for w in self.warnings], "models": self.models, "provenance": self.provenance}
+        levels = [
+            {
+                "level": k + 1,
+                "z_mm": round(float(self.levels_mm[k]), 3),
+                "slice_index": int(self.slice_index[k]),
+                **{p: round(float(self.scores[k, j]), 3) for j, p in enumerate(SCORES)},
+                **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(SCORES)},
+                "spread": {p: round(float(self.spread[k, j]), 3) for j, p in enumerate(SCORES)},
+                "raw": {p: round(float(self.raw[k, j]), 3) for j, p in enumerate(SCORES)},
+                "z_spread_mm": round(float(self.levels_spread_mm[k]), 3),
+            }
+            for k in range(N_LEVELS)
+        ]
+        mean = {
+            **{p: round(float(self.scores[:, j].mean()), 3) for j, p in enumerate(SCORES)},
+            **{f"{p}_5": round(float(rounded[:, j].mean()), 3) for j, p in enumerate(SCORES)},
+        }
+        return {
+            "scan": self.scan_id,
+            "source": self.source,
+            "levels": levels,
+            "mean": mean,
+            "warnings": [w.to_json() for w in self.warnings],
+            "models": self.models,
+            "provenance": self.provenance,
+        }
 
 
 def parse_levels(text: str) -> np.ndarray:
@@ -112,8 +136,10 @@ def output_ids(paths: list[Path]) -> dict[str, Path]:
     for path in paths:
         first = seen.setdefault(scan_id(path).casefold(), path)
         if first != path:
-            raise ScanError(f"{first} and {path}: both have the scan id {scan_id(path)!r}, so their results would go "
-                            "to the same output folder; rename one or score them in separate calls")
+            raise ScanError(
+                f"{first} and {path}: both have the scan id {scan_id(path)!r}, so their results would go "
+                "to the same output folder; rename one or score them in separate calls"
+            )
     return {scan_id(path): path for path in paths}
 
 
@@ -121,10 +147,11 @@ def locate_levels(models: Models, scan: Scan) -> np.ndarray:
     """(folds, 5) levels in world mm that every L-Net fold finds."""
     if not models.lnets:
         raise ModelError("no L-Net to find the levels: name a run with --lnet or give --levels")
-    prepared = {}
+    prepared: dict[tuple[int, int, int], PreparedVolume] = {}
     levels = []
     for model in models.lnets:
-        size = tuple(model.settings.size)
+        z, y, x = model.settings.size
+        size = (z, y, x)
         prepared.setdefault(size, prepare_volume(scan, size))
         levels.append(lnet.predict_prepared(model, prepared[size], scan.source).levels_mm)
     return np.asarray(levels)
@@ -145,19 +172,29 @@ def lung_range(lung: np.ndarray) -> np.ndarray:
     return np.arange(rows.min(), rows.max() + 1) if rows.size else rows
 
 
-def scan_warnings(scan: Scan, lung: np.ndarray, index: np.ndarray, fold_levels_mm: np.ndarray,
-                  fold_scores: np.ndarray) -> list[quality.QualityWarning]:
+def scan_warnings(
+    scan: Scan, lung: np.ndarray, index: np.ndarray, fold_levels_mm: np.ndarray, fold_scores: np.ndarray
+) -> list[quality.QualityWarning]:
     """The quality warnings of one scan's cascade (`sscjax.quality`), from the scan, its lung mask (0/1), the
     level slices, and every fold's levels (F, 5) and bounded scores (F, 5, 3)."""
     lung_ml, lung_hu = quality.lung_stats(scan.array, lung.view(bool), float(np.prod(scan.geometry.spacing)))
     z = scan.z_mm
-    facts = quality.ScanFacts(fold_levels_mm.mean(axis=0), index, (float(z[0]), float(z[-1])),
-                              abs(scan.geometry.z_step), lung_ml, lung_hu, fold_levels_mm, fold_scores)
+    facts = quality.ScanFacts(
+        fold_levels_mm.mean(axis=0),
+        index,
+        (float(z[0]), float(z[-1])),
+        abs(scan.geometry.z_step),
+        lung_ml,
+        lung_hu,
+        fold_levels_mm,
+        fold_scores,
+    )
     return quality.check_scan(facts)
 
 
-def run_cascade(scan: Scan, models: Models, levels_mm: np.ndarray | None = None, all_slices: bool = False,
-                batch: int = 32) -> CascadeResult:
+def run_cascade(
+    scan: Scan, models: Models, levels_mm: np.ndarray | None = None, all_slices: bool = False, batch: int = 32
+) -> CascadeResult:
     """Levels (found or given), slices, lung masks, scores, quality warnings and provenance of one canonical scan."""
     lung = lung_mask(scan)
     given = levels_mm is not None
@@ -168,16 +205,36 @@ def run_cascade(scan: Scan, models: Models, levels_mm: np.ndarray | None = None,
     table = None
     if all_slices:
         rows = lung_range(lung)
-        per_slice = np.concatenate([score_slices(models, scan.array[rows[i:i + batch]])[0].mean(axis=0)
-                                    for i in range(0, len(rows), batch)]) if rows.size else np.zeros((0, 3))
+        per_slice = (
+            np.concatenate(
+                [
+                    score_slices(models, scan.array[rows[i : i + batch]])[0].mean(axis=0)
+                    for i in range(0, len(rows), batch)
+                ]
+            )
+            if rows.size
+            else np.zeros((0, 3))
+        )
         table = np.column_stack([rows, scan.z_mm[rows], per_slice])
     used = {"levels": "given" if given else "lnet", "lnet": [] if given else models.lnet_runs, "snet": models.snet_runs}
     records = {"lnet": [] if given else models.records["lnet"], "snet": models.records["snet"]}
-    return CascadeResult(scan_id(scan.source), scan.source, levels_mm, fold_levels.std(axis=0), index,
-                         fold_scores.mean(axis=0), fold_scores.std(axis=0), raw, scan.array[index], lung[index],
-                         [scan.geometry.slice_geometry(int(k)) for k in index], used, table,
-                         scan_warnings(scan, lung, index, fold_levels, fold_scores),
-                         provenance.record(scan.source, records))
+    return CascadeResult(
+        scan_id(scan.source),
+        scan.source,
+        levels_mm,
+        fold_levels.std(axis=0),
+        index,
+        fold_scores.mean(axis=0),
+        fold_scores.std(axis=0),
+        raw,
+        scan.array[index],
+        lung[index],
+        [scan.geometry.slice_geometry(int(k)) for k in index],
+        used,
+        table,
+        scan_warnings(scan, lung, index, fold_levels, fold_scores),
+        provenance.record(scan.source, records),
+    )
 
 
 def result_done(out_dir: str | Path, sid: str) -> bool:
@@ -195,20 +252,43 @@ def write_result(result: CascadeResult, out_dir: str | Path) -> Path:
     for k in range(N_LEVELS):
         write_image(folder / f"{LEVEL_NAMES[k]}.mha", result.slices[k].astype(np.int16), result.slice_geometries[k])
         write_image(folder / f"{LEVEL_NAMES[k]}_lung.mha", result.lungs[k].astype(np.uint8), result.slice_geometries[k])
-    write_csv(folder / LEVEL_CSV, [
-        {"scan_id": result.scan_id, "level": k + 1, "z_mm": f"{result.levels_mm[k]:.3f}",
-         "slice_index": int(result.slice_index[k]), **{p: f"{result.scores[k, j]:.3f}" for j, p in enumerate(SCORES)},
-         **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(SCORES)}} for k in range(N_LEVELS)])
-    spacing = [tuple(g.spacing[1::-1]) for g in result.slice_geometries]
-    captions = [f"{LEVEL_NAMES[k]}  z = {result.levels_mm[k]:.1f} mm (slice {result.slice_index[k]})\n"
-                + "  ".join(f"{p} {result.scores[k, j]:.1f}" for j, p in enumerate(SCORES)) for k in range(N_LEVELS)]
+    write_csv(
+        folder / LEVEL_CSV,
+        [
+            {
+                "scan_id": result.scan_id,
+                "level": k + 1,
+                "z_mm": f"{result.levels_mm[k]:.3f}",
+                "slice_index": int(result.slice_index[k]),
+                **{p: f"{result.scores[k, j]:.3f}" for j, p in enumerate(SCORES)},
+                **{f"{p}_5": int(rounded[k, j]) for j, p in enumerate(SCORES)},
+            }
+            for k in range(N_LEVELS)
+        ],
+    )
+    spacing = [(g.spacing[1], g.spacing[0]) for g in result.slice_geometries]
+    captions = [
+        f"{LEVEL_NAMES[k]}  z = {result.levels_mm[k]:.1f} mm (slice {result.slice_index[k]})\n"
+        + "  ".join(f"{p} {result.scores[k, j]:.1f}" for j, p in enumerate(SCORES))
+        for k in range(N_LEVELS)
+    ]
     plots.level_montage(list(window(result.slices)), spacing, captions, folder / "montage.png", result.scan_id)
     if result.all_slices is not None:
-        write_csv(folder / ALL_SLICES_CSV, [{"slice_index": int(r[0]), "z_mm": f"{r[1]:.3f}",
-                                             **{p: f"{v:.3f}" for p, v in zip(SCORES, r[2:])}}
-                                            for r in result.all_slices], ["slice_index", "z_mm", *SCORES])
-        plots.scores_along_z(result.all_slices[:, 1], result.all_slices[:, 2:], result.levels_mm,
-                             folder / "all_slices.png", f"{result.scan_id}: scores along z")
+        write_csv(
+            folder / ALL_SLICES_CSV,
+            [
+                {"slice_index": int(r[0]), "z_mm": f"{r[1]:.3f}", **{p: f"{v:.3f}" for p, v in zip(SCORES, r[2:])}}
+                for r in result.all_slices
+            ],
+            ["slice_index", "z_mm", *SCORES],
+        )
+        plots.scores_along_z(
+            result.all_slices[:, 1],
+            result.all_slices[:, 2:],
+            result.levels_mm,
+            folder / "all_slices.png",
+            f"{result.scan_id}: scores along z",
+        )
     write_json(folder / RESULT_FILE, result.to_json())
     return folder
 
@@ -217,7 +297,7 @@ def collect_scores(out_dir: str | Path) -> Path:
     """Gather every scan's per-level CSV under OUT into OUT/scores.csv (input for `ssc evaluate --pred`)."""
     out_dir = Path(out_dir)
     remove_partial_writes(out_dir)
-    rows = []
+    rows: list[dict[str, str]] = []
     for path in sorted(out_dir.glob(f"*/{LEVEL_CSV}")):
         with open(path, newline="") as f:
             rows.extend(csv.DictReader(f))

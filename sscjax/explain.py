@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +18,18 @@ from sscjax import runs
 from sscjax.configs.snet import ExplainConfig, SNetConfig
 from sscjax.domain import HEALTHY_PATTERN, LEVEL_NAMES, SCORES
 from sscjax.errors import ConfigError
-from sscjax.heatmaps import (Calibration, HeatmapConfig, Predict, calibrate, derived_scores, derived_segmentation,
-                             heatmaps, make_delta_fn, threshold_candidates)
+from sscjax.heatmaps import (
+    Calibration,
+    HeatmapConfig,
+    Predict,
+    calibrate,
+    derived_scores,
+    derived_segmentation,
+    heatmaps,
+    make_delta_fn,
+    threshold_candidates,
+)
 from sscjax.io import atomic_write, remove_partial_writes, write_json
-
 
 EXPLAIN = "explain"  # the S-Net config's section of heat-map settings
 
@@ -47,7 +56,9 @@ def explain_settings(config: SNetConfig, assignments: Sequence[str] = (), **opti
 
     others = [a for a in assignments if not a.startswith(f"{EXPLAIN}.")]
     if others:
-        raise ConfigError(f"--set {others[0]}: heat maps take {EXPLAIN}.* settings only (the rest is the trained run's)")
+        raise ConfigError(
+            f"--set {others[0]}: heat maps take {EXPLAIN}.* settings only (the rest is the trained run's)"
+        )
     given = {key: value for key, value in options.items() if value is not None}
     return with_changes(config, assignments, {EXPLAIN: given}).explain
 
@@ -66,7 +77,7 @@ def ensemble_predict(predicts: list[Predict]) -> Predict:
     """The mean of several S-Nets' outputs, itself a jittable predict function."""
     if len(predicts) == 1:
         return predicts[0]
-    return lambda x: sum(p(x) for p in predicts) / len(predicts)
+    return lambda x: cast(jax.Array, sum(p(x) for p in predicts)) / len(predicts)
 
 
 @dataclass
@@ -81,17 +92,31 @@ class SliceExplanation:
     threshold: np.ndarray  # (3,)
 
 
-def explain_slices(predict: Predict, images: np.ndarray, lungs: np.ndarray, texture: np.ndarray,
-                   cfg: HeatmapConfig, threshold: float | np.ndarray) -> list[SliceExplanation]:
+def explain_slices(
+    predict: Predict,
+    images: np.ndarray,
+    lungs: np.ndarray,
+    texture: np.ndarray,
+    cfg: HeatmapConfig,
+    threshold: float | np.ndarray,
+) -> list[SliceExplanation]:
     """Heat maps, S-Net scores and derived scores of (N, S, S) model-input slices (window units)."""
-    threshold = np.broadcast_to(np.asarray(threshold, np.float64), (len(SCORES),)).copy()
+    thresholds = np.broadcast_to(np.asarray(threshold, np.float64), (len(SCORES),)).copy()
     delta_fn = make_delta_fn(predict, images.shape[1:], cfg)
     scores = np.asarray(jax.jit(predict)(jnp.asarray(images, jnp.float32)[..., None]))
     out = []
     for image, lung, score in zip(images, lungs, scores):
         maps = heatmaps(predict, image, lung, texture, cfg, delta_fn)
-        out.append(SliceExplanation(maps, lung.astype(bool), score, derived_scores(maps, lung, threshold),
-                                    derived_segmentation(maps, lung, threshold), threshold))
+        out.append(
+            SliceExplanation(
+                maps,
+                lung.astype(bool),
+                score,
+                derived_scores(maps, lung, thresholds),
+                derived_segmentation(maps, lung, thresholds),
+                thresholds,
+            )
+        )
     return out
 
 
@@ -105,8 +130,15 @@ def to_native(maps: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.nd
     return ndimage.zoom(maps, factors, order=order, mode="nearest", grid_mode=True)
 
 
-def write_explanation(folder: str | Path, name: str, exp: SliceExplanation, image_hu: np.ndarray,
-                      lung: np.ndarray, geometry, scores: tuple[str, ...] = SCORES) -> dict:
+def write_explanation(
+    folder: str | Path,
+    name: str,
+    exp: SliceExplanation,
+    image_hu: np.ndarray,
+    lung: np.ndarray,
+    geometry,
+    scores: tuple[str, ...] = SCORES,
+) -> dict:
     """Write one slice's explanation per score into `folder`: the Delta P map (`.mha` with the slice's
     geometry, and `.npy`), the derived segmentation (`.mha`), and a PNG overlay; returns the scores."""
     from sscjax import plots
@@ -125,12 +157,17 @@ def write_explanation(folder: str | Path, name: str, exp: SliceExplanation, imag
         with atomic_write(f"{stem}_delta.npy") as tmp:
             np.save(tmp, maps[..., j])
         write_image(f"{stem}_derived.mha", segmentation[..., j], geometry)
-        title = (f"{name} {p}: S-Net {exp.scores[j]:.1f} %, derived {exp.derived[j]:.1f} % "
-                 f"(ΔP < {exp.threshold[j]:.1f} pp)")
-        plots.heatmap_overlay(window(image_hu), maps[..., j], lung, spacing_yx, f"{stem}_overlay.png", title,
-                              segmentation[..., j] > 0)
-        summary[p] = {"snet": round(float(exp.scores[j]), 3), "derived": round(float(exp.derived[j]), 3),
-                      "threshold": float(exp.threshold[j])}
+        title = (
+            f"{name} {p}: S-Net {exp.scores[j]:.1f} %, derived {exp.derived[j]:.1f} % (ΔP < {exp.threshold[j]:.1f} pp)"
+        )
+        plots.heatmap_overlay(
+            window(image_hu), maps[..., j], lung, spacing_yx, f"{stem}_overlay.png", title, segmentation[..., j] > 0
+        )
+        summary[p] = {
+            "snet": round(float(exp.scores[j]), 3),
+            "derived": round(float(exp.derived[j]), 3),
+            "threshold": float(exp.threshold[j]),
+        }
     return summary
 
 
@@ -165,8 +202,9 @@ def cohort_healthy_pattern(models) -> Path:
     config = models.snet_modules[0].config
     cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
     if HEALTHY_PATTERN not in cohort.pattern_paths:
-        raise ConfigError(f"{config.data_dir}: has no patterns/{HEALTHY_PATTERN} texture for the heat maps; give one "
-                          "with --healthy")
+        raise ConfigError(
+            f"{config.data_dir}: has no patterns/{HEALTHY_PATTERN} texture for the heat maps; give one with --healthy"
+        )
     return cohort.pattern_paths[HEALTHY_PATTERN]
 
 
@@ -190,8 +228,16 @@ def saved_threshold(models, settings: ExplainConfig) -> np.ndarray:
     return np.full(len(SCORES), settings.threshold)
 
 
-def explain_scan(scan, models, *, slice_index=None, levels_mm=None, healthy: str | Path | None = None,
-                 threshold=None, settings: ExplainConfig | None = None) -> ScanExplanation:
+def explain_scan(
+    scan,
+    models,
+    *,
+    slice_index=None,
+    levels_mm=None,
+    healthy: str | Path | None = None,
+    threshold=None,
+    settings: ExplainConfig | None = None,
+) -> ScanExplanation:
     """Heat maps of a scan's five cascade slices (or of `slice_index`), for the S-Net (ensemble) of `models`, with
     `settings` (default: the S-Net run's) and `threshold` (default: the run's calibration, else the settings')."""
     from sscjax import cascade
@@ -219,8 +265,16 @@ def explain_scan(scan, models, *, slice_index=None, levels_mm=None, healthy: str
     lungs_model = resize_slices(lungs.astype(np.float32), size, order=0) > 0.5
     threshold = saved_threshold(models, settings) if threshold is None else threshold
     explanations = explain_slices(predict, images, lungs_model, texture, cfg, threshold)
-    return ScanExplanation(scan_id(scan.source), names, index, slices_hu, lungs,
-                           [scan.geometry.slice_geometry(int(k)) for k in index], explanations, cfg)
+    return ScanExplanation(
+        scan_id(scan.source),
+        names,
+        index,
+        slices_hu,
+        lungs,
+        [scan.geometry.slice_geometry(int(k)) for k in index],
+        explanations,
+        cfg,
+    )
 
 
 def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, scores: tuple[str, ...] = SCORES) -> Path:
@@ -228,11 +282,13 @@ def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, scores: 
     folder = Path(out_dir) / found.scan_id / "explain"
     folder.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(folder)
-    summary = {"scan": found.scan_id, "heatmap": vars(found.config), "slices": []}
-    for name, k, exp, image, lung, geometry in zip(found.names, found.slice_index, found.explanations,
-                                                   found.slices_hu, found.lungs, found.geometries):
+    slices: list[dict] = []
+    summary = {"scan": found.scan_id, "heatmap": vars(found.config), "slices": slices}
+    for name, k, exp, image, lung, geometry in zip(
+        found.names, found.slice_index, found.explanations, found.slices_hu, found.lungs, found.geometries
+    ):
         written = write_explanation(folder, name, exp, image, lung, geometry, scores)
-        summary["slices"].append({"name": name, "slice_index": int(k), "patterns": written})
+        slices.append({"name": name, "slice_index": int(k), "patterns": written})
     write_json(folder / "explain.json", summary)
     return folder
 
@@ -240,9 +296,13 @@ def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, scores: 
 # ---------------------------------------------------------------- calibration on validation data
 
 
-def calibrate_run(run_dir: str | Path, split: str = "valid", healthy: str | Path | None = None,
-                  progress: Callable[[int, int], None] | None = None,
-                  settings: ExplainConfig | None = None) -> tuple[Calibration, Path]:
+def calibrate_run(
+    run_dir: str | Path,
+    split: str = "valid",
+    healthy: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    settings: ExplainConfig | None = None,
+) -> tuple[Calibration, Path]:
     """Choose an S-Net run's heat-map thresholds on its validation (or test) level slices, with `settings` (default:
     the run's); writes RUN/explain/calibration.json and the scatter plot of derived against S-Net scores (the
     paper's Fig. 7)."""
@@ -259,8 +319,9 @@ def calibrate_run(run_dir: str | Path, split: str = "valid", healthy: str | Path
     if not ids:
         raise ConfigError(f"{run_dir}: its splits have no {split!r} patients")
     cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
-    slices = load_slices(cohort, snet.slices_cache(runs.run_workdir(run_dir)), image_size=size, neighbours=False,
-                         ids=ids)
+    slices = load_slices(
+        cohort, snet.slices_cache(runs.run_workdir(run_dir)), image_size=size, neighbours=False, ids=ids
+    )
     pixel_mm = float(np.mean(slices.spacing_yx[:, 1]))
     texture = read_texture(healthy or cohort_healthy_pattern(models), pixel_mm)
     cfg = scaled_config(size, settings)
@@ -274,8 +335,14 @@ def calibrate_run(run_dir: str | Path, split: str = "valid", healthy: str | Path
     result = calibrate(np.stack(maps), slices.lung, scores, search_thresholds(settings))
     folder = runs.calibration_dir(run_dir)
     plots.calibration_scatter(result.derived, scores, result.thresholds, result.r2, folder / "calibration.png")
-    record = {"split": split, "n_slices": len(slices), "thresholds": result.thresholds.tolist(),
-              "mae": result.mae, "r2": result.r2,
-              "patterns": list(SCORES), "heatmap": vars(cfg)}
+    record = {
+        "split": split,
+        "n_slices": len(slices),
+        "thresholds": result.thresholds.tolist(),
+        "mae": result.mae,
+        "r2": result.r2,
+        "patterns": list(SCORES),
+        "heatmap": vars(cfg),
+    }
     write_json(folder / runs.CALIBRATION_FILE, record)
     return result, folder

@@ -123,8 +123,14 @@ def make_delta_fn(predict: Predict, shape: tuple[int, int], cfg: HeatmapConfig):
     return delta
 
 
-def heatmaps(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.ndarray,
-             cfg: HeatmapConfig = HeatmapConfig(), delta_fn=None) -> np.ndarray:
+def heatmaps(
+    predict: Predict,
+    image: np.ndarray,
+    lung: np.ndarray,
+    texture: np.ndarray,
+    cfg: HeatmapConfig = HeatmapConfig(),
+    delta_fn=None,
+) -> np.ndarray:
     """(H, W, 3) Delta P maps (TOT, GG, RET, in percentage points) of one slice in model input units.
 
     Positions are evaluated by `jax.vmap` in chunks of `cfg.chunk` (None: `default_chunk`); pass `delta_fn` (from
@@ -147,7 +153,9 @@ def heatmaps(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.
     return spread_over_patches(deltas, cells, image.shape, cfg)
 
 
-def spread_over_patches(deltas: np.ndarray, cells: np.ndarray, shape: tuple[int, int], cfg: HeatmapConfig) -> np.ndarray:
+def spread_over_patches(
+    deltas: np.ndarray, cells: np.ndarray, shape: tuple[int, int], cfg: HeatmapConfig
+) -> np.ndarray:
     """Average each position's Delta P over the pixels its patch covers (all grid positions count)."""
     ny, nx = grid_shape(shape, cfg)
     k = cfg.patch // cfg.stride
@@ -160,8 +168,9 @@ def spread_over_patches(deltas: np.ndarray, cells: np.ndarray, shape: tuple[int,
     return full[: shape[0], : shape[1]].astype(np.float32)
 
 
-def heatmaps_sequential(predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.ndarray,
-                        cfg: HeatmapConfig = HeatmapConfig()) -> np.ndarray:
+def heatmaps_sequential(
+    predict: Predict, image: np.ndarray, lung: np.ndarray, texture: np.ndarray, cfg: HeatmapConfig = HeatmapConfig()
+) -> np.ndarray:
     """The original algorithm, one batch-1 forward pass per position and plain loops: the reference for
     tests and benchmarks of `heatmaps`."""
     h, w = image.shape

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,6 +63,12 @@ _STDERR_LOCK = threading.Lock()  # one reader at a time may divert the stderr de
 sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
+def _xyz(values: Iterable[float]) -> tuple[float, float, float]:
+    """Three (x, y, z) values as plain floats."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a (z, y, x) voxel array lies in the world: spacing and origin (x, y, z) in mm, direction 3x3."""
@@ -94,14 +100,16 @@ class Geometry:
         k = self.index_of_z(z)
         if np.any(k < -0.5) or np.any(k > n_slices - 0.5):
             lo, hi = sorted((float(self.z_of_index(0)), float(self.z_of_index(n_slices - 1))))
-            raise ScanError(f"z = {np.round(z, 2).tolist()} mm lies outside the scan (slices span {lo:.2f} .. {hi:.2f} mm)")
+            raise ScanError(
+                f"z = {np.round(z, 2).tolist()} mm lies outside the scan (slices span {lo:.2f} .. {hi:.2f} mm)"
+            )
         nearest = np.clip(np.floor(k + 0.5), 0, n_slices - 1).astype(int)
         return int(nearest) if nearest.ndim == 0 else nearest
 
     def slice_geometry(self, k: int) -> Geometry:
         """The geometry of slice `k` alone, as a one-slice volume."""
         origin = np.asarray(self.origin) + self.matrix[:, 2] * self.spacing[2] * k
-        return replace(self, origin=tuple(float(v) for v in origin))
+        return replace(self, origin=_xyz(origin))
 
 
 @dataclass
@@ -125,7 +133,7 @@ class Scan:
     @property
     def z_mm(self) -> np.ndarray:
         """World z (mm) of every slice, increasing with the index."""
-        return self.geometry.z_of_index(np.arange(self.n_slices))
+        return np.asarray(self.geometry.z_of_index(np.arange(self.n_slices)))
 
 
 def scan_id(path: str | Path) -> str:
@@ -162,9 +170,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ext = extension_of(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ext}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ext}", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give outputs the usual mode
@@ -238,8 +246,11 @@ def _stored_header(image: sitk.Image | sitk.ImageFileReader) -> tuple[Geometry, 
     size = list(image.GetSize()) + [1] * (3 - dim)
     direction = np.eye(3)
     direction[:dim, :dim] = np.reshape(image.GetDirection(), (dim, dim))
-    geometry = Geometry(tuple(image.GetSpacing()) + (1.0,) * (3 - dim), tuple(image.GetOrigin()) + (0.0,) * (3 - dim),
-                        tuple(float(v) for v in direction.ravel()))
+    geometry = Geometry(
+        tuple(image.GetSpacing()) + (1.0,) * (3 - dim),
+        tuple(image.GetOrigin()) + (0.0,) * (3 - dim),
+        tuple(float(v) for v in direction.ravel()),
+    )
     return geometry, (size[2], size[1], size[0])
 
 
@@ -252,15 +263,19 @@ def _check_geometry(geometry: Geometry, n_slices: int, source: str) -> None:
     limits = [("pixel", spacing[:2], PIXEL_MM)] + ([("slice", spacing[2:], SLICE_MM)] if n_slices > 1 else [])
     for what, values, (lo, hi) in limits:
         if np.any((values < lo) | (values > hi)):
-            raise ScanError(f"{source}: {what} spacing {np.round(values, 4).tolist()} mm lies outside the "
-                            f"{lo:g}..{hi:g} mm of a chest CT")
+            raise ScanError(
+                f"{source}: {what} spacing {np.round(values, 4).tolist()} mm lies outside the "
+                f"{lo:g}..{hi:g} mm of a chest CT"
+            )
     if not np.all(np.isfinite(geometry.origin)):
         raise ScanError(f"{source}: origin {geometry.origin} is not a finite position")
     matrix = geometry.matrix
     departure = float(np.abs(matrix.T @ matrix - np.eye(3)).max()) if np.all(np.isfinite(matrix)) else math.inf
     if not departure <= ORTHONORMAL_TOLERANCE:
-        raise ScanError(f"{source}: direction matrix is not orthonormal (sheared or scaled axes: D^T D departs "
-                        f"{departure:.3g} from the identity, at most {ORTHONORMAL_TOLERANCE:g} allowed)")
+        raise ScanError(
+            f"{source}: direction matrix is not orthonormal (sheared or scaled axes: D^T D departs "
+            f"{departure:.3g} from the identity, at most {ORTHONORMAL_TOLERANCE:g} allowed)"
+        )
     cos_tol = math.cos(math.radians(MAX_OBLIQUE_DEG))
     diagonal = np.abs(np.diag(geometry.matrix))
     if np.any(diagonal < cos_tol):
@@ -283,7 +298,7 @@ def canonical_geometry(geometry: Geometry, shape_zyx: tuple[int, int, int]) -> G
     for axis in _backward_axes(geometry):
         origin = origin + matrix[:, axis] * geometry.spacing[axis] * (shape_zyx[2 - axis] - 1)
         matrix[:, axis] *= -1
-    return Geometry(geometry.spacing, tuple(float(v) for v in origin), tuple(float(v) for v in matrix.ravel()))
+    return Geometry(geometry.spacing, _xyz(origin), tuple(float(v) for v in matrix.ravel()))
 
 
 def canonical(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
@@ -304,7 +319,8 @@ def _dicom_series(folder: Path, series: str | None) -> list[str]:
             raise ScanError(f"{folder}: series {series} not found (series here: {', '.join(ids)})")
         ids = (series,)
     files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in ids}
-    return list(max(files.values(), key=len))
+    chosen = max(files.values(), key=len)
+    return list(chosen)
 
 
 def _check_dicom_positions(folder: Path, files: list[str]) -> None:
@@ -313,14 +329,15 @@ def _check_dicom_positions(folder: Path, files: list[str]) -> None:
     if len(files) < 2:
         return
     reader = sitk.ImageFileReader()
-    origins, normal = [], None
+    stored, normal = [], None
     for f in files:
         reader.SetFileName(f)
         reader.ReadImageInformation()
         if normal is None:
             normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2]
-        origins.append(reader.GetOrigin())
-    origins = np.asarray(origins, dtype=np.float64)
+        stored.append(reader.GetOrigin())
+    assert normal is not None  # at least two files were read
+    origins = np.asarray(stored, dtype=np.float64)
     positions = origins @ normal
     order = np.argsort(positions)
     gaps = np.diff(positions[order])
@@ -339,9 +356,11 @@ def _check_dicom_positions(folder: Path, files: list[str]) -> None:
     drift = float(np.linalg.norm(travel - along * normal))
     tilt = math.degrees(math.atan2(drift, along))
     if tilt > MAX_OBLIQUE_DEG:
-        raise ScanError(f"{folder}: DICOM series is gantry-tilted: slice origins drift {drift:.1f} mm in-plane over "
-                        f"{along:.1f} mm along the slices ({tilt:.1f} deg; at most {MAX_OBLIQUE_DEG:g} deg); tilted series "
-                        "are not supported")
+        raise ScanError(
+            f"{folder}: DICOM series is gantry-tilted: slice origins drift {drift:.1f} mm in-plane over "
+            f"{along:.1f} mm along the slices ({tilt:.1f} deg; at most {MAX_OBLIQUE_DEG:g} deg); tilted series "
+            "are not supported"
+        )
 
 
 @contextlib.contextmanager
@@ -369,11 +388,16 @@ def _read_failure(path: Path, error: RuntimeError, printed: str) -> ScanError:
     return ScanError(f"{path}: cannot read the image: the file is truncated or corrupt ({detail[:160]})")
 
 
-def _check_header(image: sitk.Image | sitk.ImageFileReader, source: str, volume: bool
-                  ) -> tuple[Geometry, tuple[int, int, int]]:
+def _check_header(
+    image: sitk.Image | sitk.ImageFileReader, source: str, volume: bool
+) -> tuple[Geometry, tuple[int, int, int]]:
     """The stored geometry and (z, y, x) shape of an image header that passes every check, before voxels are read;
     `volume`: it must be a CT volume that can hold the five Goh levels."""
-    components = image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader) else image.GetNumberOfComponentsPerPixel()
+    components = (
+        image.GetNumberOfComponents()
+        if isinstance(image, sitk.ImageFileReader)
+        else image.GetNumberOfComponentsPerPixel()
+    )
     if components != 1:
         raise ScanError(f"{source}: has {components} values per pixel; a CT has one")
     if image.GetDimension() not in (2, 3):
@@ -384,13 +408,16 @@ def _check_header(image: sitk.Image | sitk.ImageFileReader, source: str, volume:
     _check_geometry(geometry, shape[0], source)
     extent = shape[0] * geometry.spacing[2]
     if volume and (shape[0] < MIN_LEVEL_SLICES or extent < MIN_LEVEL_EXTENT_MM):
-        raise ScanError(f"{source}: {shape[0]} slices spanning {extent:.1f} mm; the five Goh levels need a chest CT "
-                        f"of at least {MIN_LEVEL_SLICES} slices and {MIN_LEVEL_EXTENT_MM:g} mm")
+        raise ScanError(
+            f"{source}: {shape[0]} slices spanning {extent:.1f} mm; the five Goh levels need a chest CT "
+            f"of at least {MIN_LEVEL_SLICES} slices and {MIN_LEVEL_EXTENT_MM:g} mm"
+        )
     return geometry, shape
 
 
-def _read_sitk(path: Path, series: str | None, volume: bool, header_only: bool
-               ) -> tuple[sitk.Image | None, Geometry, tuple[int, int, int]]:
+def _read_sitk(
+    path: Path, series: str | None, volume: bool, header_only: bool
+) -> tuple[sitk.Image | None, Geometry, tuple[int, int, int]]:
     """(image, stored geometry, (z, y, x) shape) of a file or DICOM folder whose header passed `_check_header`;
     no image with `header_only` (a DICOM folder is always read whole)."""
     if not path.exists():
@@ -404,9 +431,9 @@ def _read_sitk(path: Path, series: str | None, volume: bool, header_only: bool
             if path.is_dir():
                 files = _dicom_series(path, series)
                 _check_dicom_positions(path, files)
-                reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(files)
-                image = reader.Execute()
+                series_reader = sitk.ImageSeriesReader()
+                series_reader.SetFileNames(files)
+                image = series_reader.Execute()
                 return image, *_check_header(image, str(path), volume)
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
@@ -427,13 +454,16 @@ def _check_values(array: np.ndarray, source: str) -> None:
     if array.dtype.kind == "u":
         raise ScanError(f"{source}: unsigned values {lo:g}..{hi:g} with no air (about -1000 HU): {RAW_VALUES_HINT}")
     if lo < PLAUSIBLE_HU[0] or hi > PLAUSIBLE_HU[1]:
-        raise ScanError(f"{source}: values {lo:g}..{hi:g} lie outside {PLAUSIBLE_HU[0]:g}..{PLAUSIBLE_HU[1]:g}; "
-                        "not a CT in Hounsfield units")
+        raise ScanError(
+            f"{source}: values {lo:g}..{hi:g} lie outside {PLAUSIBLE_HU[0]:g}..{PLAUSIBLE_HU[1]:g}; "
+            "not a CT in Hounsfield units"
+        )
 
 
 def _read(path: Path, series: str | None, volume: bool, dtype, hu: bool) -> Scan:
     """A checked image as a canonical Scan (values checked as HU if `hu`), converted to `dtype` if given."""
     image, stored, shape = _read_sitk(path, series, volume, header_only=False)
+    assert image is not None  # only a header-only read has no image
     array = sitk.GetArrayFromImage(image).reshape(shape)
     if hu:
         _check_values(array, str(path))
@@ -492,13 +522,15 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry) -> Path
     return path
 
 
-def resampled_geometry(geometry: Geometry, shape_zyx: tuple[int, int, int], new_shape_zyx: tuple[int, int, int]) -> Geometry:
+def resampled_geometry(
+    geometry: Geometry, shape_zyx: tuple[int, int, int], new_shape_zyx: tuple[int, int, int]
+) -> Geometry:
     """Geometry of the same field of view (voxel edges aligned) sampled on a `new_shape_zyx` matrix."""
     old = np.asarray(shape_zyx[::-1], dtype=np.float64)
     new = np.asarray(new_shape_zyx[::-1], dtype=np.float64)
     spacing = np.asarray(geometry.spacing) * old / new
     origin = np.asarray(geometry.origin) + geometry.matrix @ ((spacing - np.asarray(geometry.spacing)) / 2)
-    return Geometry(tuple(float(v) for v in spacing), tuple(float(v) for v in origin), geometry.direction)
+    return Geometry(_xyz(spacing), _xyz(origin), geometry.direction)
 
 
 def resample(scan: Scan, shape_zyx: tuple[int, int, int], order: int = 1, fill: float | None = None) -> Scan:
@@ -534,8 +566,12 @@ def find_scans(path: str | Path) -> list[Path]:
         raise _unsupported(path)
     if path.is_file() or is_dicom_folder(path):
         return [path]
-    found = sorted(p for p in path.iterdir() if not p.name.startswith(".") and
-                   ((p.is_file() and extension_of(p) in SCAN_EXTENSIONS and extension_of(p) != ".dcm") or is_dicom_folder(p)))
+    found = sorted(
+        p
+        for p in path.iterdir()
+        if not p.name.startswith(".")
+        and ((p.is_file() and extension_of(p) in SCAN_EXTENSIONS and extension_of(p) != ".dcm") or is_dicom_folder(p))
+    )
     if not found:
         raise ScanError(f"{path}: no scans found (files {', '.join(SCAN_EXTENSIONS)} or DICOM folders)")
     return found

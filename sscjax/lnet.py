@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,11 +55,13 @@ def predict_positions(predict: train.Predictor, volume: np.ndarray, settings: LN
     return data.median_positions(to_positions(outputs, settings.crop), starts)
 
 
-def predict_crops(predict: train.Predictor, levels: data.LevelSet, rows: np.ndarray, starts: np.ndarray,
-                  crop: int) -> np.ndarray:
+def predict_crops(
+    predict: train.Predictor, levels: data.LevelSet, rows: np.ndarray, starts: np.ndarray, crop: int
+) -> np.ndarray:
     """(n, 5) positions predicted within the crops (row, start), relative to each crop's start."""
-    outputs = _predict_in_chunks(predict, len(rows),
-                                 lambda part: data.training_crops(levels, rows[part], starts[part], crop)[0])
+    outputs = _predict_in_chunks(
+        predict, len(rows), lambda part: data.training_crops(levels, rows[part], starts[part], crop)[0]
+    )
     return to_positions(outputs, crop)
 
 
@@ -74,8 +77,9 @@ def make_lnet(config: LNetConfig, rngs: nnx.Rngs, mean_targets: np.ndarray) -> n
     untrained outputs spread far wider than the targets, and Adam's first steps, shrinking them, silence most fc1
     units for good (all fc1 inputs are positive, 27648 of them, so one step moves a unit by several SDs): the VGG11-3D
     then stays at the mean-position baseline. The slice-wise heat-map net (a convolution head) is built as is."""
-    model = runs.build_model(config.model, rngs)
+    model: Any = runs.build_model(config.model, rngs)  # any network; its head is looked up by name
     if isinstance(model.head, nnx.Linear):
+        assert model.head.bias is not None  # a linear head with a bias (as every VGG's)
         model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
         model.head.bias.set_value(jnp.asarray(mean_targets, model.head.bias.get_value().dtype))
     return model
@@ -92,8 +96,9 @@ class LNetTask:
         lo, hi = data.crop_bounds(valid_set.positions, settings.crop, n_slices, settings.margin)
         self.valid_rows = np.repeat(np.flatnonzero(lo <= hi), VALID_CROPS)
         draw = np.random.default_rng([config.train.seed, len(valid_set), 7]).random(len(self.valid_rows))
-        self.valid_starts = data.crop_starts(valid_set.positions[self.valid_rows], settings.crop, n_slices,
-                                             settings.margin, draw)
+        self.valid_starts = data.crop_starts(
+            valid_set.positions[self.valid_rows], settings.crop, n_slices, settings.margin, draw
+        )
         self.mean_crop_positions = mean_crop_positions(train_set, settings)
         self.crop_image_pending = True
 
@@ -105,15 +110,25 @@ class LNetTask:
         settings, schedule = self.config.data, self.config.train
         rows = train.epoch_rows(schedule.seed, step, len(self.train_set), schedule.batch_size)
         draw = np.random.default_rng([schedule.seed, step, 1]).random(len(rows))
-        starts = data.crop_starts(self.train_set.positions[rows], settings.crop,
-                                  self.train_set.volumes[0].array.shape[0], settings.margin, draw)
+        starts = data.crop_starts(
+            self.train_set.positions[rows],
+            settings.crop,
+            self.train_set.volumes[0].array.shape[0],
+            settings.margin,
+            draw,
+        )
         mine = np.arange(len(rows))[train.host_rows(len(rows), process_index, process_count)]
         inputs, positions = data.training_crops(self.train_set, rows[mine], starts[mine], settings.crop)
         if settings.noise > 0:
             # one generator per global row: the same noise whichever host renders the row
-            inputs += settings.noise * np.stack([
-                np.random.default_rng([schedule.seed, step, 2, int(i)]).standard_normal(inputs.shape[1:], np.float32)
-                for i in mine])
+            inputs += settings.noise * np.stack(
+                [
+                    np.random.default_rng([schedule.seed, step, 2, int(i)]).standard_normal(
+                        inputs.shape[1:], np.float32
+                    )
+                    for i in mine
+                ]
+            )
         return {"inputs": inputs, "targets": to_targets(positions, settings.crop)}
 
     def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array:
@@ -133,15 +148,19 @@ class LNetTask:
         pred = np.stack([predict_positions(predict, v.array, self.config.data) for v in valid.volumes])
         error = np.abs(pred - valid.positions)
         error_mm = error * valid.slice_mm[:, None]
-        metrics = {"mae": float(error_mm.mean()), "mae_slices": float(error.mean()),
-                   **{f"mae_{name}": float(e) for name, e in zip(LEVEL_NAMES, error_mm.mean(axis=0))}}
+        metrics = {
+            "mae": float(error_mm.mean()),
+            "mae_slices": float(error.mean()),
+            **{f"mae_{name}": float(e) for name, e in zip(LEVEL_NAMES, error_mm.mean(axis=0))},
+        }
         if len(self.valid_rows):
             truth = valid.positions[self.valid_rows] - self.valid_starts[:, None]
             in_crops = predict_crops(predict, valid, self.valid_rows, self.valid_starts, crop)
             metrics["crop_mae_slices"] = float(np.abs(in_crops - truth).mean())
             metrics["crop_baseline_mae_slices"] = float(np.abs(self.mean_crop_positions - truth).mean())
-        images = {f"valid/levels_{valid.ids[0]}": plots.level_overlay(valid.volumes[0].array, valid.positions[0],
-                                                                       pred[0])}
+        images = {
+            f"valid/levels_{valid.ids[0]}": plots.level_overlay(valid.volumes[0].array, valid.positions[0], pred[0])
+        }
         if self.crop_image_pending:
             images["train/crop_levels"] = self.crop_image(0)
             self.crop_image_pending = False
@@ -167,7 +186,9 @@ def mean_position_baseline(cohort, train_ids: list[str], test_ids: list[str]) ->
 
     def fractions(ids):
         headers = [read_geometry(cohort.scan_paths[i]) for i in ids]
-        return np.array([(g.index_of_z(cohort.levels_mm[i]) + 0.5) / shape[0] for i, (g, shape) in zip(ids, headers)]), headers
+        return np.array(
+            [(g.index_of_z(cohort.levels_mm[i]) + 0.5) / shape[0] for i, (g, shape) in zip(ids, headers)]
+        ), headers
 
     train_fraction, _ = fractions(train_ids)
     test_fraction, headers = fractions(test_ids)
@@ -209,18 +230,22 @@ class LevelPrediction:
     positions: np.ndarray
 
     def to_json(self) -> dict:
-        return {"scan": self.scan, "levels_mm": [round(float(z), 3) for z in self.levels_mm],
-                "slice_index": [int(k) for k in self.slice_index]}
+        return {
+            "scan": self.scan,
+            "levels_mm": [round(float(z), 3) for z in self.levels_mm],
+            "slice_index": [int(k) for k in self.slice_index],
+        }
 
 
 def predict_prepared(model: LevelModel, prepared: data.PreparedVolume, source: str = "") -> LevelPrediction:
     """Levels of a prepared volume, mapped to world z (clamped into the scan) and the original scan's slices."""
     positions = predict_positions(model.predict, prepared.array, model.settings)
     if not np.all(np.isfinite(positions)):
-        raise ModelError(f"{source or 'scan'}: the L-Net gave non-finite level positions {positions.tolist()} "
-                         "(a diverged model?)")
+        raise ModelError(
+            f"{source or 'scan'}: the L-Net gave non-finite level positions {positions.tolist()} (a diverged model?)"
+        )
     n = prepared.source_shape[0]
-    ends = prepared.source_geometry.z_of_index(np.asarray([0, n - 1]))
+    ends = np.asarray(prepared.source_geometry.z_of_index(np.asarray([0, n - 1])))
     z = np.clip(prepared.geometry.z_of_index(positions), ends.min(), ends.max())
     return LevelPrediction(source, z, np.asarray(prepared.source_geometry.nearest_slice(z, n)), positions)
 
@@ -237,22 +262,31 @@ def predict_levels(model: LevelModel | str | Path, scan: Scan | str | Path) -> L
 # ---------------------------------------------------------------- training and evaluation
 
 
-def prepare(config: LNetConfig, workdir: str | Path,
-            progress: Callable[[int, int], None] | None = None) -> tuple[data.LevelSet, data.LevelSet, dict, str]:
+def prepare(
+    config: LNetConfig, workdir: str | Path, progress: Callable[[int, int], None] | None = None
+) -> tuple[data.LevelSet, data.LevelSet, dict, str]:
     """(train set, validation set, splits record, cohort fingerprint) of the config's fold, volumes cached
     under `workdir`."""
     cohort, train_ids, valid_ids, record = runs.fold_split(config.data_dir, config.fold)
     cache = data.cache_dir(workdir, config.data.size)
     both = data.level_set(cohort.scan_paths, cohort.levels_mm, train_ids + valid_ids, cache, config.data.size, progress)
     n = len(train_ids)
-    subset = lambda rows: data.LevelSet([both.ids[r] for r in rows], [both.volumes[r] for r in rows],  # noqa: E731
-                                        both.positions[rows])
+
+    def subset(rows: np.ndarray) -> data.LevelSet:
+        return data.LevelSet([both.ids[r] for r in rows], [both.volumes[r] for r in rows], both.positions[rows])
+
     return subset(np.arange(n)), subset(np.arange(n, len(both))), record, cohort.fingerprint()
 
 
-def train_lnet(config: LNetConfig, workdir: str | Path, run_dir: str | Path | None = None, *, resume: bool = False,
-               progress: Callable[[train.StepInfo], None] | None = None,
-               prepare_progress: Callable[[int, int], None] | None = None) -> train.TrainResult:
+def train_lnet(
+    config: LNetConfig,
+    workdir: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: Callable[[train.StepInfo], None] | None = None,
+    prepare_progress: Callable[[int, int], None] | None = None,
+) -> train.TrainResult:
     """Train one fold of the L-Net: prepare the volumes, record the run, run the engine."""
     train_set, valid_set, record, fingerprint = prepare(config, workdir, prepare_progress)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
@@ -266,8 +300,15 @@ def _summary(pred: np.ndarray, true: np.ndarray, pred_mm: np.ndarray, true_mm: n
     mae, sd = metrics.mae_sd(pred, true)
     mae_mm, sd_mm = metrics.mae_sd(pred_mm, true_mm)
     icc, (lo, hi) = metrics.icc_a1(pred, true)
-    return {"n": int(np.size(pred)), "mae_slices": mae, "sd_slices": sd, "mae_mm": mae_mm, "sd_mm": sd_mm,
-            "icc": icc, "icc_ci": [lo, hi]}
+    return {
+        "n": int(np.size(pred)),
+        "mae_slices": mae,
+        "sd_slices": sd,
+        "mae_mm": mae_mm,
+        "sd_mm": sd_mm,
+        "icc": icc,
+        "icc_ci": [lo, hi],
+    }
 
 
 def _column(rows: list[dict], key: str, level: str | None = None) -> np.ndarray:
@@ -281,17 +322,29 @@ def _prediction_rows(model: LevelModel, cohort, ids: list[str], progress) -> lis
         scan = read_scan(cohort.scan_paths[i])
         found = predict_levels(model, scan)
         true_mm = np.asarray(cohort.levels_mm[i], dtype=np.float64)
-        true_slice = scan.geometry.nearest_slice(true_mm, scan.n_slices)
-        rows += [{"scan_id": i, "level": name, "true_slice": int(ts), "pred_slice": int(ps),
-                  "true_mm": round(float(tz), 3), "pred_mm": round(float(pz), 3)}
-                 for name, ts, ps, tz, pz in zip(LEVEL_NAMES, true_slice, found.slice_index, true_mm, found.levels_mm)]
+        true_slice = np.asarray(scan.geometry.nearest_slice(true_mm, scan.n_slices))
+        rows += [
+            {
+                "scan_id": i,
+                "level": name,
+                "true_slice": int(ts),
+                "pred_slice": int(ps),
+                "true_mm": round(float(tz), 3),
+                "pred_mm": round(float(pz), 3),
+            }
+            for name, ts, ps, tz, pz in zip(LEVEL_NAMES, true_slice, found.slice_index, true_mm, found.levels_mm)
+        ]
         if progress is not None:
             progress(done, len(ids))
     return rows
 
 
-def evaluate_lnet(run_dir: str | Path, split: str = "valid", data_dir: str | Path | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_lnet(
+    run_dir: str | Path,
+    split: str = "valid",
+    data_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Predict the levels of a split's scans with a run's best model; write RUN/eval/<split>/: metrics.json
     (MAE and SD in original slices and mm, ICC(A,1) on slice indices, per level and over all), predictions.csv,
     Bland-Altman and correlation plots (slices). Returns the metrics with the written files."""
@@ -301,13 +354,16 @@ def evaluate_lnet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     rows = _prediction_rows(level_model(network, config), cohort, ids, progress)
     keys = ("pred_slice", "true_slice", "pred_mm", "true_mm")
     summary = {level: _summary(*(_column(rows, k, level) for k in keys)) for level in (*LEVEL_NAMES, None)}
-    result = {"run": str(run_dir), "split": split, "n_scans": len(ids),
-              "levels": {k: v for k, v in summary.items() if k is not None}, "all": summary[None]}
+    result = {
+        "run": str(run_dir),
+        "split": split,
+        "n_scans": len(ids),
+        "levels": {k: v for k, v in summary.items() if k is not None},
+        "all": summary[None],
+    }
     out = runs.eval_dir(run_dir, split)
     written = [write_json(out / "metrics.json", result), write_csv(out / "predictions.csv", rows)]
     pred, true = _column(rows, "pred_slice"), _column(rows, "true_slice")
     written.append(plots.bland_altman_plot(pred, true, out / "bland_altman.png", f"L-Net levels ({split})", "slices"))
     written.append(plots.correlation_plot(pred, true, out / "correlation.png", f"L-Net levels ({split})", "slices"))
     return {**result, "files": [str(p) for p in written]}
-
-

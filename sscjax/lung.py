@@ -54,8 +54,9 @@ def lung_mask(scan: Scan, settings: LungSettings = LungSettings()) -> np.ndarray
     return _segment(np.asarray(scan.array, dtype=np.float32), spacing, scan.source or "scan", settings)
 
 
-def lung_mask_slice(hu: np.ndarray, spacing_yx: tuple[float, float], source: str = "slice",
-                    settings: LungSettings = LungSettings()) -> np.ndarray:
+def lung_mask_slice(
+    hu: np.ndarray, spacing_yx: tuple[float, float], source: str = "slice", settings: LungSettings = LungSettings()
+) -> np.ndarray:
     """Lung mask (uint8 0/1, (y, x)) of one axial slice in HU with pixel spacing (y, x) in mm."""
     spacing = np.asarray([1.0, *spacing_yx], dtype=np.float64)
     return _segment(np.asarray(hu, dtype=np.float32)[None], spacing, source, settings)[0]
@@ -69,7 +70,7 @@ def lung_sizes(mask: np.ndarray, geometry: Geometry) -> dict[str, float]:
     if xs.size == 0:
         return {"right": 0.0, "left": 0.0}
     lo, hi = xs[0] + (xs[-1] - xs[0]) // 3, xs[-1] - (xs[-1] - xs[0]) // 3
-    split = lo + int(np.argmin(columns[lo:hi + 1]))
+    split = lo + int(np.argmin(columns[lo : hi + 1]))
     sx, sy, sz = geometry.spacing
     unit = sx * sy / 100.0 if mask.shape[0] == 1 else sx * sy * sz / 1000.0
     # canonical x points toward the patient's left: the right lung has the smaller x
@@ -115,7 +116,7 @@ def _block_mean(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
         blocks = -(-front.shape[0] // f)
         parts = [front[i::f] for i in range(f)]  # strided sums: much faster than a mean over a 6D reshape
         total = sum(p if len(p) == blocks else np.concatenate([p, front[-1:]]) for p in parts)
-        out = np.moveaxis(total, 0, axis)
+        out = np.moveaxis(np.asarray(total), 0, axis)
     return (out / np.prod(factors)).astype(np.float32, copy=False)
 
 
@@ -165,8 +166,7 @@ def _body(dense: np.ndarray, s: LungSettings) -> np.ndarray:
     return _fill_slices(body) | cropped[:, None, None]
 
 
-def _airway(inside: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing: np.ndarray,
-            s: LungSettings) -> np.ndarray:
+def _airway(inside: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing: np.ndarray, s: LungSettings) -> np.ndarray:
     """Trachea and main bronchi: the very dark tube through the middle of the body, grown in 3D from it."""
     blobs = _airway_blobs(inside & (hu < s.airway_hu), body, spacing, s)
     if not blobs.any():
@@ -186,10 +186,10 @@ def _airway_blobs(dark: np.ndarray, body: np.ndarray, spacing: np.ndarray, s: Lu
     if n == 0:
         return dark
     blob = labels[dark]
-    z, _, x = np.nonzero(dark)
+    z, _, x_voxel = np.nonzero(dark)
     pixels = np.bincount(blob, minlength=n + 1)[1:]
     area_cm2 = pixels * spacing[1] * spacing[2] / 100.0
-    x = np.bincount(blob, weights=x, minlength=n + 1)[1:] / pixels
+    x = np.bincount(blob, weights=x_voxel, minlength=n + 1)[1:] / pixels
     k = np.zeros(n + 1, dtype=int)
     k[blob] = z  # the slice of each blob
     tubes, _ = ndi.label(dark, SPACE)
@@ -213,13 +213,17 @@ def _airway_blobs(dark: np.ndarray, body: np.ndarray, spacing: np.ndarray, s: Lu
     return chosen[labels]
 
 
-def _select_lungs(candidates: np.ndarray, hu: np.ndarray, spacing: np.ndarray, source: str,
-                  s: LungSettings) -> np.ndarray:
+def _select_lungs(
+    candidates: np.ndarray, hu: np.ndarray, spacing: np.ndarray, source: str, s: LungSettings
+) -> np.ndarray:
     """The one or two largest air components that look like lung; ScanError if there are none."""
     labels, n = ndi.label(candidates, SPACE)
     single = candidates.shape[0] == 1
-    unit, minimum, what = ((spacing[1] * spacing[2] / 100.0, s.min_lung_cm2, "cm^2") if single
-                           else (np.prod(spacing) / 1000.0, s.min_lung_ml, "mL"))
+    unit, minimum, what = (
+        (spacing[1] * spacing[2] / 100.0, s.min_lung_cm2, "cm^2")
+        if single
+        else (np.prod(spacing) / 1000.0, s.min_lung_ml, "mL")
+    )
     voxels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     means = np.bincount(labels.ravel(), weights=hu.ravel(), minlength=n + 1)[1:] / np.maximum(voxels, 1)
     sizes = np.where(means >= s.gas_hu, voxels * unit, 0.0)  # pure gas (bowel, stomach) is no lung
@@ -228,8 +232,10 @@ def _select_lungs(candidates: np.ndarray, hu: np.ndarray, spacing: np.ndarray, s
     if not keep:
         largest = float(sizes.max()) if n else 0.0
         raw = f"; no value below 0 HU, so no air: the scan {RAW_VALUES_HINT}" if hu.min() >= 0 else ""
-        raise ScanError(f"{source}: no lungs found (largest lung-like air region inside the body: "
-                        f"{largest:.1f} {what}, at least {minimum:g} {what} expected){raw}")
+        raise ScanError(
+            f"{source}: no lungs found (largest lung-like air region inside the body: "
+            f"{largest:.1f} {what}, at least {minimum:g} {what} expected){raw}"
+        )
     return np.isin(labels, np.asarray(keep) + 1)
 
 
@@ -256,8 +262,9 @@ def _close_each(lungs: np.ndarray, radius_mm: float, spacing: np.ndarray, max_ho
     return out
 
 
-def _refine(closed: np.ndarray, filled: np.ndarray, allowed: np.ndarray, hu: np.ndarray, air_hu: float,
-            factors: np.ndarray) -> np.ndarray:
+def _refine(
+    closed: np.ndarray, filled: np.ndarray, allowed: np.ndarray, hu: np.ndarray, air_hu: float, factors: np.ndarray
+) -> np.ndarray:
     """Full-resolution mask: the coarse mask's interior and the dense voxels it filled in (lesions, vessels),
     plus the air voxels of a one-voxel band around its edge; specks cut off from the lungs are dropped."""
     step = ndi.generate_binary_structure(3, 1)

@@ -64,8 +64,7 @@ def weighted_kappa(pred, true) -> float:
         return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the undefined case: scikit-learn warns and gives nan
-        kappa = cohen_kappa_score(round_to_step(pred), round_to_step(true), labels=list(SCORE_LABELS),
-                                  weights="linear")
+        kappa = cohen_kappa_score(round_to_step(pred), round_to_step(true), labels=list(SCORE_LABELS), weights="linear")
     return float(kappa)
 
 
@@ -128,8 +127,11 @@ def paired_tests(abs_err_a, abs_err_b) -> dict:
     pairs, or all differences zero).
     """
     a, b = _pair(abs_err_a, abs_err_b)
-    result = {"n": int(a.size), "mean_a": float(a.mean()) if a.size else math.nan,
-              "mean_b": float(b.mean()) if b.size else math.nan}
+    result = {
+        "n": int(a.size),
+        "mean_a": float(a.mean()) if a.size else math.nan,
+        "mean_b": float(b.mean()) if b.size else math.nan,
+    }
     if a.size < 2:
         return result | dict.fromkeys(("wilcoxon_statistic", "wilcoxon_p", "ttest_statistic", "ttest_p"), math.nan)
     with warnings.catch_warnings():
@@ -137,8 +139,10 @@ def paired_tests(abs_err_a, abs_err_b) -> dict:
         wilcoxon = stats.wilcoxon(a, b)
         ttest = stats.ttest_rel(a, b)
     return result | {
-        "wilcoxon_statistic": float(wilcoxon.statistic), "wilcoxon_p": float(wilcoxon.pvalue),
-        "ttest_statistic": float(ttest.statistic), "ttest_p": float(ttest.pvalue),
+        "wilcoxon_statistic": float(wilcoxon.statistic),
+        "wilcoxon_p": float(wilcoxon.pvalue),
+        "ttest_statistic": float(ttest.statistic),
+        "ttest_p": float(ttest.pvalue),
     }
 
 
@@ -148,8 +152,13 @@ def bland_altman_stats(pred, true) -> dict:
     diff = pred - true
     mean = float(diff.mean()) if diff.size else math.nan
     sd = _sd(diff)
-    return {"n": int(diff.size), "mean_diff": mean, "sd_diff": sd,
-            "loa_low": mean - LOA_Z * sd, "loa_high": mean + LOA_Z * sd}
+    return {
+        "n": int(diff.size),
+        "mean_diff": mean,
+        "sd_diff": sd,
+        "loa_low": mean - LOA_Z * sd,
+        "loa_high": mean + LOA_Z * sd,
+    }
 
 
 def pattern_metrics(pred, true) -> dict:
@@ -157,8 +166,14 @@ def pattern_metrics(pred, true) -> dict:
     pred, true = _pair(pred, true)
     mae, sd = mae_sd(pred, true)
     icc, (lo, hi) = icc_a1(pred, true)
-    return {"mae": mae, "sd": sd, "kappa": weighted_kappa(pred, true), "icc": icc,
-            "icc_ci95": [lo, hi], "n": int(pred.size)}
+    return {
+        "mae": mae,
+        "sd": sd,
+        "kappa": weighted_kappa(pred, true),
+        "icc": icc,
+        "icc_ci95": [lo, hi],
+        "n": int(pred.size),
+    }
 
 
 def _keys(table: pd.DataFrame) -> list[tuple]:
@@ -179,8 +194,10 @@ def validate_scores(table: pd.DataFrame, source: str, reference: bool = False) -
     """
     missing = [c for c in (*KEYS, *SCORES) if c not in table.columns]
     if missing:
-        raise SscError(f"{source}: missing column(s) {', '.join(missing)} "
-                       f"(expected scan_id,level,{','.join(SCORES)}; found {','.join(map(str, table.columns))})")
+        raise SscError(
+            f"{source}: missing column(s) {', '.join(missing)} "
+            f"(expected scan_id,level,{','.join(SCORES)}; found {','.join(map(str, table.columns))})"
+        )
     if table.empty:
         raise SscError(f"{source}: no rows")
     out = pd.DataFrame({"scan_id": table["scan_id"].astype(str).str.strip()})
@@ -213,8 +230,14 @@ def merge_folds(pred: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return merged, int((counts > 1).sum())
 
 
-def join_truth(pred: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool = False,
-               pred_name: str = "predictions", truth_name: str = "truth") -> tuple[pd.DataFrame, int]:
+def join_truth(
+    pred: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    only_predicted: bool = False,
+    pred_name: str = "predictions",
+    truth_name: str = "truth",
+) -> tuple[pd.DataFrame, int]:
     """Join predictions to the reference on (scan_id, level), after `validate_scores` and `merge_folds`.
 
     Returns the joined table (columns scan_id, level, TOT, GG, RET predicted and TOT_true, ... reference;
@@ -230,13 +253,16 @@ def join_truth(pred: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool 
     joined = pred.merge(truth, on=list(KEYS), how="outer", suffixes=("", "_true"), indicator=True)
     no_truth = joined[joined["_merge"] == "left_only"]
     if len(no_truth):
-        raise SscError(f"{pred_name}: {len(no_truth)} prediction(s) have no row in {truth_name}: "
-                       f"{_listed(_keys(no_truth))}")
+        raise SscError(
+            f"{pred_name}: {len(no_truth)} prediction(s) have no row in {truth_name}: {_listed(_keys(no_truth))}"
+        )
     no_pred = joined[joined["_merge"] == "right_only"]
     if len(no_pred) and not only_predicted:
-        raise SscError(f"{truth_name}: {len(no_pred)} row(s) have no prediction in {pred_name}: "
-                       f"{_listed(_keys(no_pred))} "
-                       "(evaluate a subset with only_predicted / --only-predicted)")
+        raise SscError(
+            f"{truth_name}: {len(no_pred)} row(s) have no prediction in {pred_name}: "
+            f"{_listed(_keys(no_pred))} "
+            "(evaluate a subset with only_predicted / --only-predicted)"
+        )
     joined = joined[joined["_merge"] == "both"].drop(columns="_merge")
     return joined.sort_values(list(KEYS)).reset_index(drop=True), merged
 
@@ -245,16 +271,23 @@ def _patterns(joined: pd.DataFrame) -> dict:
     return {p: pattern_metrics(joined[p], joined[f"{p}_true"]) for p in SCORES}
 
 
-def agreement(pred: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool = False,
-              pred_name: str = "predictions", truth_name: str = "truth") -> dict:
+def agreement(
+    pred: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    only_predicted: bool = False,
+    pred_name: str = "predictions",
+    truth_name: str = "truth",
+) -> dict:
     """The paper's agreement tables between predicted and reference Goh scores.
 
     Returns {"TOT": pattern_metrics, "GG": ..., "RET": ..., "per_level": {"1": {"TOT": ..., ...}, ...},
     "merged_duplicates": number of (scan_id, level) keys whose several prediction rows were averaged}.
     See `join_truth` for matching and errors.
     """
-    return joined_agreement(*join_truth(pred, truth, only_predicted=only_predicted, pred_name=pred_name,
-                                        truth_name=truth_name))
+    return joined_agreement(
+        *join_truth(pred, truth, only_predicted=only_predicted, pred_name=pred_name, truth_name=truth_name)
+    )
 
 
 def joined_agreement(joined: pd.DataFrame, merged_duplicates: int = 0) -> dict:
@@ -263,8 +296,15 @@ def joined_agreement(joined: pd.DataFrame, merged_duplicates: int = 0) -> dict:
     return _patterns(joined) | {"per_level": per_level, "merged_duplicates": merged_duplicates}
 
 
-def compare_methods(pred_a: pd.DataFrame, pred_b: pd.DataFrame, truth: pd.DataFrame, *, only_predicted: bool = False,
-                    names: tuple[str, str] = ("predictions", "comparison"), truth_name: str = "truth") -> dict:
+def compare_methods(
+    pred_a: pd.DataFrame,
+    pred_b: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    only_predicted: bool = False,
+    names: tuple[str, str] = ("predictions", "comparison"),
+    truth_name: str = "truth",
+) -> dict:
     """Paired tests (`paired_tests`) of two methods' absolute errors per pattern, on the same reference rows.
 
     Both are joined to the truth as in `join_truth`; raises SscError when they cover different rows.
@@ -273,18 +313,33 @@ def compare_methods(pred_a: pd.DataFrame, pred_b: pd.DataFrame, truth: pd.DataFr
     b, _ = join_truth(pred_b, truth, only_predicted=only_predicted, pred_name=names[1], truth_name=truth_name)
     keys_a, keys_b = set(_keys(a)), set(_keys(b))
     if keys_a != keys_b:
-        raise SscError(f"{names[0]} and {names[1]} cover different rows: "
-                       f"only in {names[0]}: {_listed(sorted(keys_a - keys_b)) or 'none'}; "
-                       f"only in {names[1]}: {_listed(sorted(keys_b - keys_a)) or 'none'}")
+        raise SscError(
+            f"{names[0]} and {names[1]} cover different rows: "
+            f"only in {names[0]}: {_listed(sorted(keys_a - keys_b)) or 'none'}; "
+            f"only in {names[1]}: {_listed(sorted(keys_b - keys_a)) or 'none'}"
+        )
     return {p: paired_tests((a[p] - a[f"{p}_true"]).abs(), (b[p] - b[f"{p}_true"]).abs()) for p in SCORES}
 
 
 def agreement_rows(result: dict) -> list[dict]:
     """`agreement`'s result as flat rows (level "all" first, then each level; one row per pattern) for a CSV."""
     scopes = [("all", result), *result["per_level"].items()]
-    return [{"level": level, "pattern": p, "n": m["n"], "mae": m["mae"], "sd": m["sd"], "kappa": m["kappa"],
-             "icc": m["icc"], "icc_ci95_lo": m["icc_ci95"][0], "icc_ci95_hi": m["icc_ci95"][1]}
-            for level, table in scopes for p in SCORES for m in [table[p]]]
+    return [
+        {
+            "level": level,
+            "pattern": p,
+            "n": m["n"],
+            "mae": m["mae"],
+            "sd": m["sd"],
+            "kappa": m["kappa"],
+            "icc": m["icc"],
+            "icc_ci95_lo": m["icc_ci95"][0],
+            "icc_ci95_hi": m["icc_ci95"][1],
+        }
+        for level, table in scopes
+        for p in SCORES
+        for m in [table[p]]
+    ]
 
 
 def compare_rows(compare: dict) -> list[dict]:
@@ -306,24 +361,61 @@ def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[s
     paired comparison of two methods (`names`: the evaluated and the compared method)."""
     overall = _table(
         ["Pattern", "n", "MAE (SD) %", "Kappa", "ICC (95 % CI)"],
-        [[p, str(m["n"]), f"{_num(m['mae'])} ({_num(m['sd'])})", _num(m["kappa"]),
-          f"{_num(m['icc'])} ({_num(m['icc_ci95'][0])} to {_num(m['icc_ci95'][1])})"]
-         for p in SCORES for m in [result[p]]])
+        [
+            [
+                p,
+                str(m["n"]),
+                f"{_num(m['mae'])} ({_num(m['sd'])})",
+                _num(m["kappa"]),
+                f"{_num(m['icc'])} ({_num(m['icc_ci95'][0])} to {_num(m['icc_ci95'][1])})",
+            ]
+            for p in SCORES
+            for m in [result[p]]
+        ],
+    )
     per_level = _table(
         ["Level", "n", *(f"{p} {s}" for p in SCORES for s in ("MAE (SD) %", "Kappa", "ICC"))],
-        [[level, str(table[SCORES[0]]["n"]),
-          *(c for p in SCORES for m in [table[p]]
-            for c in (f"{_num(m['mae'])} ({_num(m['sd'])})", _num(m["kappa"]), _num(m["icc"])))]
-         for level, table in result["per_level"].items()])
+        [
+            [
+                level,
+                str(table[SCORES[0]]["n"]),
+                *(
+                    c
+                    for p in SCORES
+                    for m in [table[p]]
+                    for c in (f"{_num(m['mae'])} ({_num(m['sd'])})", _num(m["kappa"]), _num(m["icc"]))
+                ),
+            ]
+            for level, table in result["per_level"].items()
+        ],
+    )
     parts = ["## Agreement", overall, "## Per level", per_level]
     if result.get("merged_duplicates"):
-        parts.insert(2, f"{result['merged_duplicates']} (scan_id, level) key(s) had several predictions "
-                        "(e.g. cross-validation folds); they were averaged so each counts once.")
+        parts.insert(
+            2,
+            f"{result['merged_duplicates']} (scan_id, level) key(s) had several predictions "
+            "(e.g. cross-validation folds); they were averaged so each counts once.",
+        )
     if compare is not None:
         a, b = names
-        parts += [f"## {a} vs {b}: paired tests on absolute errors", _table(
-            ["Pattern", "n", f"MAE {a}", f"MAE {b}", "Wilcoxon W", "p", "t", "p"],
-            [[p, str(c["n"]), _num(c["mean_a"]), _num(c["mean_b"]), _num(c["wilcoxon_statistic"], 1),
-              _num(c["wilcoxon_p"], 4), _num(c["ttest_statistic"]), _num(c["ttest_p"], 4)]
-             for p in SCORES for c in [compare[p]]])]
+        parts += [
+            f"## {a} vs {b}: paired tests on absolute errors",
+            _table(
+                ["Pattern", "n", f"MAE {a}", f"MAE {b}", "Wilcoxon W", "p", "t", "p"],
+                [
+                    [
+                        p,
+                        str(c["n"]),
+                        _num(c["mean_a"]),
+                        _num(c["mean_b"]),
+                        _num(c["wilcoxon_statistic"], 1),
+                        _num(c["wilcoxon_p"], 4),
+                        _num(c["ttest_statistic"]),
+                        _num(c["ttest_p"], 4),
+                    ]
+                    for p in SCORES
+                    for c in [compare[p]]
+                ],
+            ),
+        ]
     return "\n\n".join(parts) + "\n"

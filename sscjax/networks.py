@@ -62,10 +62,13 @@ def _entry_point(name: str) -> Callable:
     return getattr(importlib.import_module(module), function)
 
 
-NETWORKS = {n.name: n for n in (
-    Network("lnet", "L-Net", LNetConfig, "sscjax.lnet:train_lnet", "sscjax.lnet:evaluate_lnet"),
-    Network("snet", "S-Net", SNetConfig, "sscjax.snet:train_snet", "sscjax.snet:evaluate_snet"),
-)}
+NETWORKS = {
+    n.name: n
+    for n in (
+        Network("lnet", "L-Net", LNetConfig, "sscjax.lnet:train_lnet", "sscjax.lnet:evaluate_lnet"),
+        Network("snet", "S-Net", SNetConfig, "sscjax.snet:train_snet", "sscjax.snet:evaluate_snet"),
+    )
+}
 
 
 def network(name: str) -> Network:
@@ -101,8 +104,13 @@ def config_from_dict(data: dict, source: str = "settings"):
     return _from_data(network(data.get("net", "?")), data, source)
 
 
-def resolve(net: str, preset_name: str = "paper", config_file: str | Path | None = None,
-            assignments: Sequence[str] = (), overrides: dict | None = None):
+def resolve(
+    net: str,
+    preset_name: str = "paper",
+    config_file: str | Path | None = None,
+    assignments: Sequence[str] = (),
+    overrides: dict | None = None,
+):
     """A run's settings: the preset, changed by the TOML file `config_file` (settings it leaves out keep the
     preset's), then by `key.path=value` assignments, then by `overrides` (plain data, e.g. from command-line
     flags); every step checked, its errors naming the file or --set."""
@@ -140,7 +148,8 @@ def rewrite_presets() -> list[Path]:
     for net in NETWORKS:
         for name in network(net).presets():
             path = preset_file(net, name)
-            path.write_text(render(preset(net, name), text.header_of(path.read_text(encoding="utf-8"))),
-                            encoding="utf-8")
+            path.write_text(
+                render(preset(net, name), text.header_of(path.read_text(encoding="utf-8"))), encoding="utf-8"
+            )
             written.append(path)
     return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -20,10 +21,11 @@ from sscjax.domain import HU_RANGE, LEVEL_NAMES, SCORES
 from sscjax.io import atomic_write
 
 DPI = 150
-SCATTER_STYLE = {"s": 14, "alpha": 0.5, "color": "tab:blue", "edgecolors": "none"}
+SCATTER_STYLE: dict[str, Any] = {"s": 14, "alpha": 0.5, "color": "tab:blue", "edgecolors": "none"}
 
 
 # --- shared -------------------------------------------------------------------------------------------
+
 
 def new_figure(size: tuple[float, float] = (5.0, 4.5)) -> tuple[Figure, Axes]:
     """A figure on an Agg canvas with one axes."""
@@ -45,6 +47,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
 
 # --- agreement ----------------------------------------------------------------------------------------
 
+
 def bland_altman_plot(pred, true, path: str | Path, title: str, unit: str = "%") -> Path:
     """Bland-Altman plot: difference (pred - true) against the mean of the two, with bias and 95 % limits."""
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
@@ -53,11 +56,13 @@ def bland_altman_plot(pred, true, path: str | Path, title: str, unit: str = "%")
     ax.scatter((pred + true) / 2, pred - true, **SCATTER_STYLE)
     lines = [("mean_diff", "-", "bias"), ("loa_high", "--", "+1.96 SD"), ("loa_low", "--", "-1.96 SD")]
     for key, style, name in lines:
-        ax.axhline(ba[key], color="tab:red", linestyle=style, linewidth=1,
-                   label=f"{name}: {ba[key]:.2f} {unit}")
+        ax.axhline(ba[key], color="tab:red", linestyle=style, linewidth=1, label=f"{name}: {ba[key]:.2f} {unit}")
     ax.axhline(0, color="0.6", linewidth=0.8)
-    ax.set(title=f"{title} (n = {ba['n']})", xlabel=f"mean of prediction and reference ({unit})",
-           ylabel=f"prediction - reference ({unit})")
+    ax.set(
+        title=f"{title} (n = {ba['n']})",
+        xlabel=f"mean of prediction and reference ({unit})",
+        ylabel=f"prediction - reference ({unit})",
+    )
     ax.legend(fontsize="small", loc="best")
     return save_figure(fig, path)
 
@@ -74,8 +79,14 @@ def correlation_plot(pred, true, path: str | Path, title: str, unit: str = "%") 
     margin = 0.05 * (hi - lo) or 1.0
     lo, hi = lo - margin, hi + margin
     ax.plot([lo, hi], [lo, hi], color="0.4", linestyle="--", linewidth=1, label="identity")
-    ax.set(title=title, xlabel=f"reference ({unit})", ylabel=f"prediction ({unit})", xlim=(lo, hi), ylim=(lo, hi),
-           aspect="equal")
+    ax.set(
+        title=title,
+        xlabel=f"reference ({unit})",
+        ylabel=f"prediction ({unit})",
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        aspect="equal",
+    )
     ax.legend(fontsize="small", loc="upper left")
     return save_figure(fig, path)
 
@@ -87,14 +98,27 @@ LUNG_WINDOW = (0.05, 0.55)  # HU -1350..150 (level -600, width 1500) in the S-Ne
 
 def _show_slice(ax: Axes, image: np.ndarray, spacing_yx: tuple[float, float]) -> None:
     """An axial slice (window [0, 1] = HU -1500..1500) in a lung window, with its true aspect ratio, no ticks."""
-    ax.imshow(image, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=spacing_yx[0] / spacing_yx[1],
-              interpolation="bilinear")
+    ax.imshow(
+        image,
+        cmap="gray",
+        vmin=LUNG_WINDOW[0],
+        vmax=LUNG_WINDOW[1],
+        aspect=spacing_yx[0] / spacing_yx[1],
+        interpolation="bilinear",
+    )
     ax.set_axis_off()
 
 
-def heatmap_overlay(image: np.ndarray, delta: np.ndarray, lung: np.ndarray, spacing_yx: tuple[float, float],
-                    path: str | Path, title: str, segmentation: np.ndarray | None = None,
-                    limit: float | None = None) -> Path:
+def heatmap_overlay(
+    image: np.ndarray,
+    delta: np.ndarray,
+    lung: np.ndarray,
+    spacing_yx: tuple[float, float],
+    path: str | Path,
+    title: str,
+    segmentation: np.ndarray | None = None,
+    limit: float | None = None,
+) -> Path:
     """The slice with its Delta P map (percentage points) on a diverging colour scale and a legend.
 
     Blue = negative Delta P (replacing that region lowered the score: seen as diseased), red = positive.
@@ -104,8 +128,15 @@ def heatmap_overlay(image: np.ndarray, delta: np.ndarray, lung: np.ndarray, spac
     fig, ax = new_figure((5.6, 5.0))
     _show_slice(ax, image, spacing_yx)
     shown = np.ma.masked_where(lung == 0, delta)
-    art = ax.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6,
-                    aspect=spacing_yx[0] / spacing_yx[1], interpolation="nearest")
+    art = ax.imshow(
+        shown,
+        cmap="RdBu_r",
+        vmin=-limit,
+        vmax=limit,
+        alpha=0.6,
+        aspect=spacing_yx[0] / spacing_yx[1],
+        interpolation="nearest",
+    )
     if segmentation is not None and segmentation.any():
         ax.contour(segmentation.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
     fig.colorbar(art, ax=ax, shrink=0.8, label="ΔP (percentage points)")
@@ -113,8 +144,9 @@ def heatmap_overlay(image: np.ndarray, delta: np.ndarray, lung: np.ndarray, spac
     return save_figure(fig, path)
 
 
-def level_montage(images: list[np.ndarray], spacing_yx: list[tuple[float, float]], captions: list[str],
-                  path: str | Path, title: str) -> Path:
+def level_montage(
+    images: list[np.ndarray], spacing_yx: list[tuple[float, float]], captions: list[str], path: str | Path, title: str
+) -> Path:
     """The five level slices side by side, each with its caption (level, z, scores)."""
     fig = Figure(figsize=(3.2 * len(images), 3.9), layout="constrained")
     FigureCanvasAgg(fig)
@@ -139,8 +171,9 @@ def scores_along_z(z_mm: np.ndarray, scores: np.ndarray, levels_mm: np.ndarray, 
     return save_figure(fig, path)
 
 
-def calibration_scatter(derived: np.ndarray, snet: np.ndarray, thresholds: np.ndarray, r2: np.ndarray,
-                        path: str | Path) -> Path:
+def calibration_scatter(
+    derived: np.ndarray, snet: np.ndarray, thresholds: np.ndarray, r2: np.ndarray, path: str | Path
+) -> Path:
     """Derived (heat-map) scores against S-Net scores per pattern, as the paper's Fig. 7."""
     fig = Figure(figsize=(12.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -149,8 +182,14 @@ def calibration_scatter(derived: np.ndarray, snet: np.ndarray, thresholds: np.nd
         ax.scatter(snet[:, j], derived[:, j], **SCATTER_STYLE)
         hi = max(float(np.max(snet[:, j], initial=0)), float(np.max(derived[:, j], initial=0)), 1.0) * 1.05
         ax.plot([0, hi], [0, hi], color="0.4", linestyle="--", linewidth=1)
-        ax.set(xlim=(0, hi), ylim=(0, hi), aspect="equal", xlabel=f"S-Net {name} (%)", ylabel=f"derived {name} (%)",
-               title=f"{name}: threshold {thresholds[j]:.1f} pp, R² = {r2[j]:.2f}")
+        ax.set(
+            xlim=(0, hi),
+            ylim=(0, hi),
+            aspect="equal",
+            xlabel=f"S-Net {name} (%)",
+            ylabel=f"derived {name} (%)",
+            title=f"{name}: threshold {thresholds[j]:.1f} pp, R² = {r2[j]:.2f}",
+        )
     return save_figure(fig, path)
 
 
@@ -163,8 +202,10 @@ TRUE_RGB, PRED_RGB = (0, 255, 0), (255, 0, 0)
 
 def _pixels(fig: Figure) -> np.ndarray:
     """A figure on its Agg canvas as an HxWx3 uint8 image."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _image_figure(size: tuple[float, float]) -> Figure:
@@ -181,8 +222,13 @@ def score_scatter_image(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
         hi = max(float(np.max(pred[:, j], initial=0)), float(np.max(true[:, j], initial=0)), 5.0) * 1.05
         ax.plot([0, hi], [0, hi], color="0.5", linestyle="--", linewidth=1)
         ax.scatter(true[:, j], pred[:, j], s=12, alpha=0.6)
-        ax.set(title=p, xlabel="true (%)", ylabel="predicted (%)", xlim=(min(0, pred[:, j].min()), hi),
-               ylim=(min(0, pred[:, j].min()), hi))
+        ax.set(
+            title=p,
+            xlabel="true (%)",
+            ylabel="predicted (%)",
+            xlim=(min(0, pred[:, j].min()), hi),
+            ylim=(min(0, pred[:, j].min()), hi),
+        )
     return _pixels(fig)
 
 
@@ -201,8 +247,9 @@ def sample_grid_image(batch: dict[str, np.ndarray]) -> np.ndarray:
     return _pixels(fig)
 
 
-def level_overlay(volume: np.ndarray, true: np.ndarray, pred: np.ndarray | None = None,
-                  value_range: tuple[float, float] = HU_RANGE) -> np.ndarray:
+def level_overlay(
+    volume: np.ndarray, true: np.ndarray, pred: np.ndarray | None = None, value_range: tuple[float, float] = HU_RANGE
+) -> np.ndarray:
     """A coronal reformat (head up) of a volume (values shown over `value_range`, HU by default) with true (green)
     and, if given, predicted (red) level lines, as a (z, x, 3) uint8 image."""
     section = np.asarray(volume[:, volume.shape[1] // 2, :], dtype=np.float32)[::-1]

@@ -82,9 +82,13 @@ def run_record(run_dir: str | Path, kind: str = "best") -> dict:
     run_dir = Path(run_dir)
     step = checkpoint_step(run_dir, kind)
     folder = run_dir / CHECKPOINT_DIR / kind / str(step)
-    return {"run": str(run_dir.resolve()), "config_sha256": file_sha256(run_dir / CONFIG_FILE), "checkpoint": kind,
-            "checkpoint_step": step, "checkpoint_sha256": files_sha256(folder, [p for p in folder.rglob("*")
-                                                                                 if p.is_file()])}
+    return {
+        "run": str(run_dir.resolve()),
+        "config_sha256": file_sha256(run_dir / CONFIG_FILE),
+        "checkpoint": kind,
+        "checkpoint_step": step,
+        "checkpoint_sha256": files_sha256(folder, [p for p in folder.rglob("*") if p.is_file()]),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -105,8 +109,12 @@ def device_record() -> dict:
 def record(source: str, runs: dict[str, list[dict]]) -> dict:
     """The provenance of one scan's result: versions, device, the runs used ({"lnet": [...], "snet": [...]} of
     `run_record`s) and the input (None for a scan made in memory)."""
-    return {**versions(), "device": device_record(), "models": runs,
-            "input": input_record(source) if source and Path(source).exists() else None}
+    return {
+        **versions(),
+        "device": device_record(),
+        "models": runs,
+        "input": input_record(source) if source and Path(source).exists() else None,
+    }
 
 
 def use_platform(name: str | None) -> None:
@@ -116,15 +124,19 @@ def use_platform(name: str | None) -> None:
         return
     if name not in PLATFORMS:
         raise ConfigError(f"device {name!r} is not one of {', '.join(PLATFORMS)}")
-    previous = jax.config.jax_platforms
+    previous = jax.config.jax_platforms  # type: ignore[attr-defined]  # a flag, set as an attribute at runtime
     jax.config.update("jax_platforms", name)  # takes effect only if JAX has not started a backend yet
     try:
         wanted, running = jax.devices(name)[0].platform, jax.devices()[0].platform
     except RuntimeError:
         jax.config.update("jax_platforms", previous)
-        raise ConfigError(f"--device {name}: JAX finds no {name.upper()} on this machine (no such device, or a jaxlib "
-                          f"without {name.upper()} support)") from None
+        raise ConfigError(
+            f"--device {name}: JAX finds no {name.upper()} on this machine (no such device, or a jaxlib "
+            f"without {name.upper()} support)"
+        ) from None
     if wanted != running:
         jax.config.update("jax_platforms", previous)
-        raise ConfigError(f"--device {name}: JAX already computes on {running} in this process; choose the device "
-                          "before anything else starts JAX")
+        raise ConfigError(
+            f"--device {name}: JAX already computes on {running} in this process; choose the device "
+            "before anything else starts JAX"
+        )

@@ -78,47 +78,71 @@ def lung_stats(hu: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> tuple[floa
     return count * voxel_mm3 / 1000.0, mean
 
 
-def levels_at_edge(levels_mm: np.ndarray, z_range_mm: tuple[float, float],
-                   limit_mm: float = EDGE_MM) -> list[QualityWarning]:
+def levels_at_edge(
+    levels_mm: np.ndarray, z_range_mm: tuple[float, float], limit_mm: float = EDGE_MM
+) -> list[QualityWarning]:
     """Levels within `limit_mm` of the scan's lowest or highest slice: the scan may not cover apex to base."""
     bottom, top = z_range_mm
     found = []
     for k, z in enumerate(np.asarray(levels_mm, float)):
         end, distance = min((("top", top - z), ("bottom", z - bottom)), key=lambda e: e[1])
         if distance < limit_mm:
-            found.append(QualityWarning("level_at_scan_edge", f"{LEVEL_NAMES[k]} lies {distance:.1f} mm from the "
-                                        f"{end} slice of the scan (limit {limit_mm:g} mm): the scan may not cover the "
-                                        "lungs from apex to base", k + 1))
+            found.append(
+                QualityWarning(
+                    "level_at_scan_edge",
+                    f"{LEVEL_NAMES[k]} lies {distance:.1f} mm from the "
+                    f"{end} slice of the scan (limit {limit_mm:g} mm): the scan may not cover the "
+                    "lungs from apex to base",
+                    k + 1,
+                )
+            )
     return found
 
 
-def level_fold_disagreement(fold_levels_mm: np.ndarray, slice_mm: float,
-                            limit_mm: float = LEVEL_FOLD_MM) -> list[QualityWarning]:
+def level_fold_disagreement(
+    fold_levels_mm: np.ndarray, slice_mm: float, limit_mm: float = LEVEL_FOLD_MM
+) -> list[QualityWarning]:
     """Levels that the L-Net folds place more than `limit_mm` apart (max - min); needs two folds or more."""
     folds = np.asarray(fold_levels_mm, float)
     if len(folds) < 2:
         return []
     apart = folds.max(axis=0) - folds.min(axis=0)
-    return [QualityWarning("level_folds_disagree", f"the {len(folds)} L-Net folds put {LEVEL_NAMES[k]} "
-                           f"{apart[k]:.1f} mm ({apart[k] / slice_mm:.1f} slices) apart (limit {limit_mm:g} mm)",
-                           int(k) + 1)
-            for k in np.flatnonzero(apart > limit_mm)]
+    return [
+        QualityWarning(
+            "level_folds_disagree",
+            f"the {len(folds)} L-Net folds put {LEVEL_NAMES[k]} "
+            f"{apart[k]:.1f} mm ({apart[k] / slice_mm:.1f} slices) apart (limit {limit_mm:g} mm)",
+            int(k) + 1,
+        )
+        for k in np.flatnonzero(apart > limit_mm)
+    ]
 
 
-def level_order(levels_mm: np.ndarray, slice_index: np.ndarray,
-                min_gap_mm: float = MIN_LEVEL_GAP_MM) -> list[QualityWarning]:
+def level_order(
+    levels_mm: np.ndarray, slice_index: np.ndarray, min_gap_mm: float = MIN_LEVEL_GAP_MM
+) -> list[QualityWarning]:
     """Adjacent levels out of anatomical order (L1 highest), or closer than `min_gap_mm` or on one slice."""
     z, index = np.asarray(levels_mm, float), np.asarray(slice_index)
     found = []
     for k in range(len(z) - 1):
         upper, lower, gap = LEVEL_NAMES[k], LEVEL_NAMES[k + 1], z[k] - z[k + 1]
         if gap <= 0:
-            found.append(QualityWarning("levels_out_of_order", f"{lower} lies {-gap:.1f} mm above {upper}; the levels "
-                                        "must go down the body from L1 to L5", k + 2))
+            found.append(
+                QualityWarning(
+                    "levels_out_of_order",
+                    f"{lower} lies {-gap:.1f} mm above {upper}; the levels must go down the body from L1 to L5",
+                    k + 2,
+                )
+            )
         elif gap < min_gap_mm or index[k] == index[k + 1]:
             same = f", both on slice {index[k]}" if index[k] == index[k + 1] else ""
-            found.append(QualityWarning("levels_too_close", f"{upper} and {lower} are {gap:.1f} mm apart{same} "
-                                        f"(limit {min_gap_mm:g} mm)", k + 2))
+            found.append(
+                QualityWarning(
+                    "levels_too_close",
+                    f"{upper} and {lower} are {gap:.1f} mm apart{same} (limit {min_gap_mm:g} mm)",
+                    k + 2,
+                )
+            )
     return found
 
 
@@ -127,8 +151,13 @@ def lung_volume(lung_ml: float, limits_ml: tuple[float, float] = LUNG_ML) -> lis
     lo, hi = limits_ml
     if lo <= lung_ml <= hi:
         return []
-    return [QualityWarning("lung_volume_implausible", f"lung volume {lung_ml:.0f} mL lies outside {lo:.0f}..{hi:.0f} "
-                           "mL: an expiration, a partial scan, a wrong spacing or a failed lung mask?")]
+    return [
+        QualityWarning(
+            "lung_volume_implausible",
+            f"lung volume {lung_ml:.0f} mL lies outside {lo:.0f}..{hi:.0f} "
+            "mL: an expiration, a partial scan, a wrong spacing or a failed lung mask?",
+        )
+    ]
 
 
 def lung_density(lung_hu: float, limits_hu: tuple[float, float] = LUNG_HU) -> list[QualityWarning]:
@@ -137,16 +166,25 @@ def lung_density(lung_hu: float, limits_hu: tuple[float, float] = LUNG_HU) -> li
     lo, hi = limits_hu
     if np.isnan(lung_hu) or lo <= lung_hu <= hi:
         return []
-    return [QualityWarning("lung_hu_implausible", f"mean lung value {lung_hu:.0f} HU lies outside {lo:g}..{hi:g} HU: "
-                           "an expiration or contrast scan, not a chest CT, or values not in HU?")]
+    return [
+        QualityWarning(
+            "lung_hu_implausible",
+            f"mean lung value {lung_hu:.0f} HU lies outside {lo:g}..{hi:g} HU: "
+            "an expiration or contrast scan, not a chest CT, or values not in HU?",
+        )
+    ]
 
 
 def slice_thickness(slice_mm: float, limit_mm: float = MAX_SLICE_MM) -> list[QualityWarning]:
     """Slices spaced wider than `limit_mm`: thicker than the thin-section CT that Goh scoring reads."""
     if slice_mm <= limit_mm:
         return []
-    return [QualityWarning("thick_slices", f"slice spacing {slice_mm:.2f} mm exceeds {limit_mm:g} mm: the scores are "
-                           "meant for thin-section CT")]
+    return [
+        QualityWarning(
+            "thick_slices",
+            f"slice spacing {slice_mm:.2f} mm exceeds {limit_mm:g} mm: the scores are meant for thin-section CT",
+        )
+    ]
 
 
 def tot_consistency(scores: np.ndarray, step: float = SCORE_STEP) -> list[QualityWarning]:
@@ -154,11 +192,22 @@ def tot_consistency(scores: np.ndarray, step: float = SCORE_STEP) -> list[Qualit
     found = []
     for k, (tot, gg, ret) in enumerate(np.asarray(scores, float)):
         if tot < max(gg, ret) - step:
-            found.append(QualityWarning("tot_below_max_pattern", f"{LEVEL_NAMES[k]}: TOT {tot:.1f} % is more than "
-                                        f"{step:g} % below max(GG, RET) = {max(gg, ret):.1f} %", k + 1))
+            found.append(
+                QualityWarning(
+                    "tot_below_max_pattern",
+                    f"{LEVEL_NAMES[k]}: TOT {tot:.1f} % is more than "
+                    f"{step:g} % below max(GG, RET) = {max(gg, ret):.1f} %",
+                    k + 1,
+                )
+            )
         elif tot > gg + ret + step:
-            found.append(QualityWarning("tot_above_pattern_sum", f"{LEVEL_NAMES[k]}: TOT {tot:.1f} % is more than "
-                                        f"{step:g} % above GG + RET = {gg + ret:.1f} %", k + 1))
+            found.append(
+                QualityWarning(
+                    "tot_above_pattern_sum",
+                    f"{LEVEL_NAMES[k]}: TOT {tot:.1f} % is more than {step:g} % above GG + RET = {gg + ret:.1f} %",
+                    k + 1,
+                )
+            )
     return found
 
 
@@ -171,16 +220,26 @@ def score_fold_spread(fold_scores: np.ndarray, limit: float = SCORE_FOLD_SD) -> 
     found = []
     for k in np.flatnonzero((sd > limit).any(axis=1)):
         spread = ", ".join(f"{p} {sd[k, j]:.1f} %" for j, p in enumerate(SCORES) if sd[k, j] > limit)
-        found.append(QualityWarning("score_folds_disagree", f"{LEVEL_NAMES[k]}: the {len(folds)} S-Net folds spread "
-                                    f"{spread} (SD; limit {limit:g} %)", int(k) + 1))
+        found.append(
+            QualityWarning(
+                "score_folds_disagree",
+                f"{LEVEL_NAMES[k]}: the {len(folds)} S-Net folds spread {spread} (SD; limit {limit:g} %)",
+                int(k) + 1,
+            )
+        )
     return found
 
 
 def check_scan(facts: ScanFacts) -> list[QualityWarning]:
     """Every check on one scan's cascade, in a fixed order: scan coverage and levels, lungs, slices, scores."""
     scores = np.asarray(facts.fold_scores, float).mean(axis=0)
-    return [*levels_at_edge(facts.levels_mm, facts.z_range_mm),
-            *level_fold_disagreement(facts.fold_levels_mm, facts.slice_mm),
-            *level_order(facts.levels_mm, facts.slice_index),
-            *lung_volume(facts.lung_ml), *lung_density(facts.lung_hu), *slice_thickness(facts.slice_mm),
-            *tot_consistency(scores), *score_fold_spread(facts.fold_scores)]
+    return [
+        *levels_at_edge(facts.levels_mm, facts.z_range_mm),
+        *level_fold_disagreement(facts.fold_levels_mm, facts.slice_mm),
+        *level_order(facts.levels_mm, facts.slice_index),
+        *lung_volume(facts.lung_ml),
+        *lung_density(facts.lung_hu),
+        *slice_thickness(facts.slice_mm),
+        *tot_consistency(scores),
+        *score_fold_spread(facts.fold_scores),
+    ]

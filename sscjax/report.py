@@ -22,26 +22,40 @@ def read_scores(path: str | Path) -> pd.DataFrame:
         raise SscError(f"{path}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
 
 
-def evaluate_csv(pred: Path, truth: Path, compare: Path | None, out: Path,
-                 only_predicted: bool = False) -> tuple[str, list[Path]]:
+def evaluate_csv(
+    pred: Path, truth: Path, compare: Path | None, out: Path, only_predicted: bool = False
+) -> tuple[str, list[Path]]:
     """Agreement of the scores in `pred` with those in `truth` (and the paired comparison with `compare`): the
     report written to `out` (see `write_agreement`); returns its markdown tables and the files written."""
     check_writable(out)
     pred_table, truth_table = read_scores(pred), read_scores(truth)
-    joined, merged = metrics.join_truth(pred_table, truth_table, only_predicted=only_predicted,
-                                        pred_name=str(pred), truth_name=str(truth))
+    joined, merged = metrics.join_truth(
+        pred_table, truth_table, only_predicted=only_predicted, pred_name=str(pred), truth_name=str(truth)
+    )
     result = metrics.joined_agreement(joined, merged)
     paired = None
     if compare is not None:
-        paired = metrics.compare_methods(pred_table, read_scores(compare), truth_table, only_predicted=only_predicted,
-                                         names=(str(pred), str(compare)), truth_name=str(truth))
+        paired = metrics.compare_methods(
+            pred_table,
+            read_scores(compare),
+            truth_table,
+            only_predicted=only_predicted,
+            names=(str(pred), str(compare)),
+            truth_name=str(truth),
+        )
     labels = (pred.stem, compare.stem) if compare is not None and compare.stem != pred.stem else ("pred", "compare")
     return write_agreement(out, joined, result, paired, labels)
 
 
-def write_agreement(out: str | Path, joined: pd.DataFrame, result: dict, paired: dict | None = None,
-                    labels: tuple[str, str] = ("pred", "compare"), header: dict | None = None,
-                    title: str = "") -> tuple[str, list[Path]]:
+def write_agreement(
+    out: str | Path,
+    joined: pd.DataFrame,
+    result: dict,
+    paired: dict | None = None,
+    labels: tuple[str, str] = ("pred", "compare"),
+    header: dict | None = None,
+    title: str = "",
+) -> tuple[str, list[Path]]:
     """Write the report of `result` (from `metrics.joined_agreement` on `joined`, predictions in columns TOT, GG,
     RET and references in TOT_true, ...) into `out`; `header` adds fields to metrics.json. Returns the markdown
     tables and the files written."""
@@ -59,5 +73,7 @@ def write_agreement(out: str | Path, joined: pd.DataFrame, result: dict, paired:
     for p in SCORES:
         args = (joined[p].to_numpy(), joined[f"{p}_true"].to_numpy())
         written.append(plots.bland_altman_plot(*args, out / f"bland_altman_{p}.png", f"{prefix}{p}: Bland-Altman"))
-        written.append(plots.correlation_plot(*args, out / f"correlation_{p}.png", f"{prefix}{p}: prediction vs reference"))
+        written.append(
+            plots.correlation_plot(*args, out / f"correlation_{p}.png", f"{prefix}{p}: prediction vs reference")
+        )
     return markdown, written

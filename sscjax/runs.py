@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jax
 from flax import nnx
@@ -19,6 +20,9 @@ from sscjax.configs import ModelConfig, to_dict
 from sscjax.errors import CohortError, ConfigError, ModelError
 from sscjax.io import atomic_write, write_json
 from sscjax.networks import config_from_dict
+
+if TYPE_CHECKING:
+    from sscjax.data import Cohort
 
 CONFIG_FILE = "config.json"
 SPLITS_FILE = "splits.json"
@@ -101,7 +105,7 @@ def build_model(model: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     return network
 
 
-def fold_split(data_dir: str | Path, fold: int) -> tuple[object, list[str], list[str], dict]:
+def fold_split(data_dir: str | Path, fold: int) -> tuple[Cohort, list[str], list[str], dict]:
     """(cohort, training ids, validation ids, the record for the run's splits.json) of one fold; the cohort's
     splits.json is made if it has none, so every run on the cohort uses the same test set and folds."""
     from sscjax.data import ensure_splits, load_cohort
@@ -109,8 +113,14 @@ def fold_split(data_dir: str | Path, fold: int) -> tuple[object, list[str], list
     cohort = load_cohort(data_dir, check_scans=False)
     splits = ensure_splits(cohort)
     train_ids, valid_ids = splits.fold(fold)
-    record = {"fold": fold, "n_folds": splits.n_folds, "seed": splits.seed,
-              "train": train_ids, "valid": valid_ids, "test": list(splits.test)}
+    record = {
+        "fold": fold,
+        "n_folds": splits.n_folds,
+        "seed": splits.seed,
+        "train": train_ids,
+        "valid": valid_ids,
+        "test": list(splits.test),
+    }
     return cohort, train_ids, valid_ids, record
 
 
@@ -122,7 +132,7 @@ def n_folds(data_dir: str | Path) -> int:
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
@@ -145,13 +155,17 @@ def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resum
         old, new = _flat(to_dict(load_config(run_dir / CONFIG_FILE))), _flat(to_dict(config))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _resumable(k))
         if changed:
-            raise ConfigError(f"{run_dir}: cannot resume with changed settings: "
-                              + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+            raise ConfigError(
+                f"{run_dir}: cannot resume with changed settings: "
+                + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            )
         recorded = run_dir / FINGERPRINT_FILE
         previous = _read_json(recorded).get("fingerprint") if recorded.is_file() else None
         if previous not in (None, fingerprint):
-            raise ConfigError(f"{run_dir}: the cohort changed since this run started (fingerprint {previous} -> "
-                              f"{fingerprint}); start a new run")
+            raise ConfigError(
+                f"{run_dir}: the cohort changed since this run started (fingerprint {previous} -> "
+                f"{fingerprint}); start a new run"
+            )
     if jax.process_index() != 0:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +203,7 @@ def read_splits(run_dir: str | Path) -> dict:
     return _read_json(path)
 
 
-def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[object, list[str]]:
+def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[Cohort, list[str]]:
     """(cohort in `data_dir`, scan ids) of a run's "valid" or "test" split; CohortError when a scan is missing."""
     from sscjax.data import load_cohort
 
@@ -203,8 +217,9 @@ def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[
     return cohort, ids
 
 
-def load_model(run_dir: str | Path, net: str | None = None, kind: str = "best") -> tuple[nnx.Module, object]:
-    """(model in evaluation mode with the run's best (or latest) weights, the run's config)."""
+def load_model(run_dir: str | Path, net: str | None = None, kind: str = "best") -> tuple[nnx.Module, Any]:
+    """(model in evaluation mode with the run's best (or latest) weights, the run's config: the config class of its
+    network, e.g. an LNetConfig or SNetConfig)."""
     from sscjax.train import restore_model
 
     run_dir = Path(run_dir)

@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,10 @@ def pretrained_source(config: SNetConfig) -> Path | None:
     """The ImageNet weights file a config asks for (None: random initialisation); ConfigError when unusable."""
     source, arch = config.pretrained, config.model.name
     if source is None:
-        raise ConfigError(f"the {config.preset} S-Net preset needs ImageNet weights: --pretrained FILE (a .pth, "
-                          f".safetensors or converted .npz of {arch}) or --pretrained {NO_PRETRAINING}")
+        raise ConfigError(
+            f"the {config.preset} S-Net preset needs ImageNet weights: --pretrained FILE (a .pth, "
+            f".safetensors or converted .npz of {arch}) or --pretrained {NO_PRETRAINING}"
+        )
     if source == NO_PRETRAINING:
         return None
     if source == LITE0_PACKAGE:
@@ -72,7 +75,7 @@ def _imagenet_model(path: Path, arch: str, in_chans: int) -> nnx.Module:
     if meta["arch"] != arch:
         raise ModelError(f"{path}: holds {meta['arch']} weights; the model is {arch}")
     if (meta["in_chans"], in_chans) == (3, 1):
-        kernel = model.stem_conv.kernel
+        kernel = cast(Any, model).stem_conv.kernel  # every S-Net network has a stem_conv
         kernel.set_value(kernel.get_value().sum(axis=2, keepdims=True))
     return model
 
@@ -80,12 +83,15 @@ def _imagenet_model(path: Path, arch: str, in_chans: int) -> nnx.Module:
 def backbone_weights(model: nnx.Module, path: Path, arch: str) -> nnx.State:
     """Every weight but the head from the ImageNet weights in `path`, checked against the shapes of `model` (which
     may be abstract); the stem summed over RGB when the model has one input channel."""
-    in_chans = int(model.stem_conv.kernel.shape[2])
+    in_chans = int(cast(Any, model).stem_conv.kernel.shape[2])
     backbone = nnx.state(_imagenet_model(path, arch, in_chans), BACKBONE)
     wanted = dict(nnx.to_flat_state(nnx.state(model, BACKBONE)))
     given = dict(nnx.to_flat_state(backbone))
-    problems = [f"{'.'.join(map(str, p))} {tuple(given[p].shape) if p in given else 'missing'} "
-                f"(model {tuple(v.shape)})" for p, v in wanted.items() if p not in given or given[p].shape != v.shape]
+    problems = [
+        f"{'.'.join(map(str, p))} {tuple(given[p].shape) if p in given else 'missing'} (model {tuple(v.shape)})"
+        for p, v in wanted.items()
+        if p not in given or given[p].shape != v.shape
+    ]
     if problems or len(given) != len(wanted):
         raise ModelError(f"{path}: the weights do not fit {arch}: {', '.join(problems[:5]) or 'extra weights'}")
     return backbone
@@ -106,7 +112,7 @@ def make_snet(config: SNetConfig, rngs: nnx.Rngs, backbone: nnx.State | None = N
     commonest score, until trained, as in BiT's transfer learning; a random head starts at +-50 % or more and
     slows short fine-tuning several fold) and, unless `pretrained` is "none", ImageNet weights everywhere else
     (`backbone` if already read by `imagenet_backbone`)."""
-    model = runs.build_model(config.model, rngs)
+    model: Any = runs.build_model(config.model, rngs)  # every S-Net network has a head
     model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
     backbone = imagenet_backbone(config) if backbone is None else backbone
     if backbone is not None:
@@ -140,18 +146,33 @@ class SNetTask:
 
     name = NET
 
-    def __init__(self, config: SNetConfig, train_set: SliceSet, valid_set: SliceSet, patterns: Patterns | None,
-                 backbone: nnx.State | None = None):
+    def __init__(
+        self,
+        config: SNetConfig,
+        train_set: SliceSet,
+        valid_set: SliceSet,
+        patterns: Patterns | None,
+        backbone: nnx.State | None = None,
+    ):
         if len(valid_set) == 0:
             raise ConfigError(f"fold {config.fold} has no validation slices")
         settings = config.data
         self.config, self.train_set, self.valid_set, self.backbone = config, train_set, valid_set, backbone
         self.examples_per_epoch = len(train_set)
-        self.loader = SNetLoader(train_set, config.train.batch_size, config.train.seed, patterns=patterns,
-                                 synthetic_fraction=settings.synthetic_fraction, balanced=config.balanced,
-                                 synthesis=config.synthesis, augment=settings.augment, bin_width=settings.bin_width,
-                                 balance_power=settings.balance_power, synthesis_config=settings.lesions,
-                                 augment_config=settings.affine)
+        self.loader = SNetLoader(
+            train_set,
+            config.train.batch_size,
+            config.train.seed,
+            patterns=patterns,
+            synthetic_fraction=settings.synthetic_fraction,
+            balanced=config.balanced,
+            synthesis=config.synthesis,
+            augment=settings.augment,
+            bin_width=settings.bin_width,
+            balance_power=settings.balance_power,
+            synthesis_config=settings.lesions,
+            augment_config=settings.affine,
+        )
         self.grid_pending = True
 
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -159,8 +180,9 @@ class SNetTask:
 
     def train_batch(self, step: int, process_index: int, process_count: int) -> train.Batch:
         """This host's rows of global batch `step` (drawn from (seed, step) by the loader)."""
-        rows = np.arange(self.config.train.batch_size)[train.host_rows(self.config.train.batch_size, process_index,
-                                                                       process_count)]
+        rows = np.arange(self.config.train.batch_size)[
+            train.host_rows(self.config.train.batch_size, process_index, process_count)
+        ]
         batch = self.loader.render(self.loader.plan(step), rows)
         return {"inputs": batch["image"], "targets": batch["target"]}
 
@@ -176,7 +198,7 @@ class SNetTask:
         a predicted-vs-true scatter, and once per run a grid of training samples with their labels."""
         pred = predict(self.valid_set.images[..., None])
         true = self.valid_set.scores
-        found = {}
+        found: dict[str, float] = {}
         for j, p in enumerate(SCORES):
             m = metrics.pattern_metrics(pred[:, j], true[:, j])
             found |= {f"mae_{p}": m["mae"], f"kappa_{p}": m["kappa"], f"icc_{p}": m["icc"]}
@@ -197,13 +219,20 @@ def slices_cache(workdir: str | Path) -> Path:
     return Path(workdir) / "cache" / NET
 
 
-def prepare(config: SNetConfig, workdir: str | Path, progress: Callable[[int, int], None] | None = None
-            ) -> tuple[SliceSet, SliceSet, Patterns | None, dict, str]:
+def prepare(
+    config: SNetConfig, workdir: str | Path, progress: Callable[[int, int], None] | None = None
+) -> tuple[SliceSet, SliceSet, Patterns | None, dict, str]:
     """(training slices, validation level slices, synthesis patterns or None, splits record, cohort
     fingerprint) of the config's fold; slices cached under `workdir`."""
     cohort, train_ids, valid_ids, record = runs.fold_split(config.data_dir, config.fold)
-    both = load_slices(cohort, slices_cache(workdir), image_size=config.data.image_size, neighbours=True,
-                       ids=train_ids + valid_ids, progress=progress)
+    both = load_slices(
+        cohort,
+        slices_cache(workdir),
+        image_size=config.data.image_size,
+        neighbours=True,
+        ids=train_ids + valid_ids,
+        progress=progress,
+    )
     train_set = both.of_scans(train_ids)
     train_set = train_set if config.data.neighbours else train_set.level_only()
     patterns = None
@@ -215,9 +244,15 @@ def prepare(config: SNetConfig, workdir: str | Path, progress: Callable[[int, in
     return train_set, both.of_scans(valid_ids).level_only(), patterns, record, cohort.fingerprint()
 
 
-def train_snet(config: SNetConfig, workdir: str | Path, run_dir: str | Path | None = None, *, resume: bool = False,
-               progress: Callable[[train.StepInfo], None] | None = None,
-               prepare_progress: Callable[[int, int], None] | None = None) -> train.TrainResult:
+def train_snet(
+    config: SNetConfig,
+    workdir: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: Callable[[train.StepInfo], None] | None = None,
+    prepare_progress: Callable[[int, int], None] | None = None,
+) -> train.TrainResult:
     """Train one fold of the S-Net: read the pretrained weights, extract the slices, record the run, run the
     engine."""
     backbone = imagenet_backbone(config)
@@ -289,8 +324,7 @@ def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None
     if config is None:
         raise ConfigError("an S-Net model needs its config (image size) for scoring")
     batch = train.inference_batch(config.train.predict_batch, config.data.image_size**2)
-    predict = train.model_predictor(run_or_model, batch, forward=raw_percent,
-                                    compute_dtype=config.train.compute_dtype)
+    predict = train.model_predictor(run_or_model, batch, forward=raw_percent, compute_dtype=config.train.compute_dtype)
     return ScoreModel(predict, config.data.image_size)
 
 
@@ -318,12 +352,21 @@ def predict_fn(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
 def _score_table(slices: SliceSet, scores: np.ndarray):
     import pandas as pd
 
-    return pd.DataFrame({"scan_id": slices.scan_id.astype(str), "level": slices.level.astype(int),
-                         **{p: scores[:, j].astype(np.float64) for j, p in enumerate(SCORES)}})
+    return pd.DataFrame(
+        {
+            "scan_id": slices.scan_id.astype(str),
+            "level": slices.level.astype(int),
+            **{p: scores[:, j].astype(np.float64) for j, p in enumerate(SCORES)},
+        }
+    )
 
 
-def evaluate_snet(run_dir: str | Path, split: str = "valid", data_dir: str | Path | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_snet(
+    run_dir: str | Path,
+    split: str = "valid",
+    data_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Score the level slices of a split's scans with a run's best model and write RUN/eval/<split>/:
     predictions.csv (scan_id,level,TOT,GG,RET in %, as `ssc evaluate --pred` reads), metrics.json/.md/.csv
     (per pattern MAE (SD), weighted kappa, ICC(A,1) with 95 % CI, over all and per level) and correlation and
@@ -334,8 +377,14 @@ def evaluate_snet(run_dir: str | Path, split: str = "valid", data_dir: str | Pat
     model, config = load_snet(run_dir)
     cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
     out = runs.eval_dir(run_dir, split)
-    slices = load_slices(cohort, runs.eval_cache(run_dir), image_size=config.data.image_size, neighbours=False,
-                         ids=ids, progress=progress)
+    slices = load_slices(
+        cohort,
+        runs.eval_cache(run_dir),
+        image_size=config.data.image_size,
+        neighbours=False,
+        ids=ids,
+        progress=progress,
+    )
     pred = np.round(score_model(model, config).score(slices.images, windowed=True).astype(np.float64), 3)
     pred_table, true_table = _score_table(slices, pred), _score_table(slices, slices.scores)
     joined, merged = metrics.join_truth(pred_table, true_table)

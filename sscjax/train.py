@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -105,8 +105,9 @@ class TrainResult:
 # ---------------------------------------------------------------- devices and hosts
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Join a multi-host run: `jax.distributed.initialize` (None values come from the cluster environment:
     SLURM, Open MPI, Kubernetes, or JAX_COORDINATOR_ADDRESS and friends). Call before any other JAX work."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -160,7 +161,7 @@ def epoch_rows(seed: int, step: int, n_examples: int, batch_size: int) -> np.nda
     epoch, k = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(n_examples)
     order = np.resize(order, max(n_examples, batch_size))  # fewer examples than a batch: repeat them
-    return order[k * batch_size:(k + 1) * batch_size]
+    return order[k * batch_size : (k + 1) * batch_size]
 
 
 def learning_rate(config: TrainConfig, total: int = 0) -> optax.Schedule:
@@ -169,8 +170,11 @@ def learning_rate(config: TrainConfig, total: int = 0) -> optax.Schedule:
     if config.decay not in DECAYS:
         raise ConfigError(f"learning-rate decay {config.decay!r} is not one of {', '.join(DECAYS)}")
     warmup = max(config.warmup_steps, 0)
-    after = (optax.cosine_decay_schedule(config.learning_rate, max(total - warmup, 1)) if config.decay == "cosine"
-             else optax.constant_schedule(config.learning_rate))
+    after = (
+        optax.cosine_decay_schedule(config.learning_rate, max(total - warmup, 1))
+        if config.decay == "cosine"
+        else optax.constant_schedule(config.learning_rate)
+    )
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup), after], [warmup])
@@ -179,7 +183,7 @@ def learning_rate(config: TrainConfig, total: int = 0) -> optax.Schedule:
 class AverageState(NamedTuple):
     """The moving average of the parameters and the number of updates averaged."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named as optax's states name it, not tuple.count
     params: optax.Params
 
 
@@ -203,8 +207,11 @@ def average_params(decay: float) -> optax.GradientTransformation:
 
 def averaged_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:
     """The weights to validate and keep: their moving average if the optimizer keeps one, else `params`."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, AverageState))
-             if isinstance(s, AverageState)]
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, AverageState))
+        if isinstance(s, AverageState)
+    ]
     return found[0].params if found else params
 
 
@@ -235,9 +242,9 @@ def split_model(model: nnx.Module) -> tuple[ModelDef, nnx.State, nnx.State]:
     """(definition, params, model state such as BatchNorm statistics), the latter two as plain arrays.
     Leaves `model` in evaluation mode."""
     model.train()
-    train_def, params, rngs, state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    train_def, params, rngs, state = nnx.split(model, nnx.Param, nnx.RngState, ...)  # type: ignore[misc]
     model.eval()
-    eval_def, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    eval_def, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)  # type: ignore[misc]
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.as_pure(rngs))
     return ModelDef(train_def, eval_def, template), nnx.as_pure(params), nnx.as_pure(state)
 
@@ -245,9 +252,12 @@ def split_model(model: nnx.Module) -> tuple[ModelDef, nnx.State, nnx.State]:
 def _fresh_rngs(template: nnx.State, key: jax.Array) -> nnx.State:
     """Random streams for one step, all derived from `key` (stream keys folded with their position)."""
     leaves, treedef = jax.tree.flatten(template)
-    fresh = [jax.random.split(jax.random.fold_in(key, i), math.prod(t.shape)).reshape(t.shape)
-             if jnp.issubdtype(t.dtype, jax.dtypes.prng_key) else jnp.zeros(t.shape, t.dtype)
-             for i, t in enumerate(leaves)]
+    fresh = [
+        jax.random.split(jax.random.fold_in(key, i), math.prod(t.shape)).reshape(t.shape)
+        if jnp.issubdtype(t.dtype, jax.dtypes.prng_key)
+        else jnp.zeros(t.shape, t.dtype)
+        for i, t in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, fresh)
 
 
@@ -269,8 +279,9 @@ def set_compute_dtype(model: nnx.Module, name: str) -> nnx.Module:
     return model
 
 
-def init_training(task: Task, config: TrainConfig, mesh: Mesh
-                  ) -> tuple[ModelDef, nnx.State, nnx.State, optax.GradientTransformation, optax.OptState]:
+def init_training(
+    task: Task, config: TrainConfig, mesh: Mesh
+) -> tuple[ModelDef, nnx.State, nnx.State, optax.GradientTransformation, optax.OptState]:
     """A run's start: (model definition, params, model state, optimizer, optimizer state), the arrays
     replicated on `mesh` with the shardings the train step returns (so it compiles once)."""
     model = set_compute_dtype(task.make_model(nnx.Rngs(config.seed)), config.compute_dtype)
@@ -305,8 +316,12 @@ def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransform
         (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                                               "layer_grad_norms": layer_norms(grads)}
+        return (
+            params,
+            opt_state,
+            new_state,
+            {"loss": loss, "grad_norm": optax.tree.norm(grads), "layer_grad_norms": layer_norms(grads)},
+        )
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
@@ -339,10 +354,10 @@ class MeshPredictor:
         sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         outputs = []
         for start in range(0, len(inputs), self.chunk):
-            part = inputs[start:start + self.chunk]
+            part = inputs[start : start + self.chunk]
             padded = np.concatenate([part, np.zeros((self.chunk - len(part), *part.shape[1:]), part.dtype)])
             out = self.predict_step(self.params, self.state, _global_array(padded[rows], sharding, self.chunk))
-            outputs.append(np.asarray(out)[:len(part)])
+            outputs.append(np.asarray(out)[: len(part)])
         return np.concatenate(outputs)
 
 
@@ -358,8 +373,9 @@ def inference_batch(batch_size: int, input_values: int) -> int:
     return 1 if jax.default_backend() == "cpu" and input_values >= 1 << 16 else batch_size
 
 
-def model_predictor(model: nnx.Module, batch_size: int, forward: Callable | None = None,
-                    compute_dtype: str = "float32") -> MeshPredictor:
+def model_predictor(
+    model: nnx.Module, batch_size: int, forward: Callable | None = None, compute_dtype: str = "float32"
+) -> MeshPredictor:
     """A predictor of `forward(model, inputs)` (default `model(inputs)`) in evaluation mode on all devices."""
     model_def, params, state = split_model(set_compute_dtype(model, compute_dtype))
     mesh = data_mesh()
@@ -378,11 +394,20 @@ class Checkpoints:
     def __init__(self, run_dir: Path, read_only: bool = False):
         self.run_dir = Path(run_dir)
         root = self.run_dir.absolute() / CHECKPOINT_DIR
-        self.managers = {kind: ocp.CheckpointManager(root / kind, options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, enable_async_checkpointing=not read_only, create=not read_only, read_only=read_only,
-            # the two managers save the same steps: their multi-host barriers need distinct names
-            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind),
-        )) for kind in ("latest", "best")}
+        self.managers = {
+            kind: ocp.CheckpointManager(
+                root / kind,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1,
+                    enable_async_checkpointing=not read_only,
+                    create=not read_only,
+                    read_only=read_only,
+                    # the two managers save the same steps: their multi-host barriers need distinct names
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind),
+                ),
+            )
+            for kind in ("latest", "best")
+        }
 
     def save(self, kind: str, step: int, items: dict[str, dict], meta: dict) -> None:
         args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
@@ -402,9 +427,10 @@ class Checkpoints:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
         except Exception as e:  # orbax and tensorstore raise ValueError, OSError, JSON errors ... for damaged files
-            raise ModelError(f"{self.run_dir}: its {kind} checkpoint (step {step}) is unreadable or corrupt "
-                             f"({type(e).__name__} reading {manager.directory / str(step)}); train the run again"
-                             ) from None
+            raise ModelError(
+                f"{self.run_dir}: its {kind} checkpoint (step {step}) is unreadable or corrupt "
+                f"({type(e).__name__} reading {manager.directory / str(step)}); train the run again"
+            ) from None
         return {name: restored[name] for name in targets}, dict(restored["meta"])
 
     def close(self) -> None:
@@ -441,15 +467,16 @@ class RunLog:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR))
-            self.jsonl = open(Path(run_dir) / LOG_FILE, "a")
+            self.jsonl = open(Path(run_dir) / LOG_FILE, "a")  # noqa: SIM115 (open for the run; closed by close())
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
-        self.jsonl.write(json.dumps(_json_ready({"step": step, "time": time.time(), **values}), allow_nan=False)
-                         + "\n")  # a NaN loss is null: JSON has no NaN
+        self.jsonl.write(
+            json.dumps(_json_ready({"step": step, "time": time.time(), **values}), allow_nan=False) + "\n"
+        )  # a NaN loss is null: JSON has no NaN
         self.jsonl.flush()
 
     def images(self, step: int, images: dict[str, np.ndarray]) -> None:
@@ -480,8 +507,10 @@ def read_losses(pending: dict[int, dict], run_dir: Path) -> dict[int, dict]:
     values = jax.tree.map(float, jax.device_get(pending))
     for step, out in values.items():
         if not math.isfinite(out["loss"]):
-            raise ModelError(f"{run_dir}: the training loss is {out['loss']} at step {step} (training diverged); "
-                             "lower the learning rate or check the data (the run keeps its last checkpoints)")
+            raise ModelError(
+                f"{run_dir}: the training loss is {out['loss']} at step {step} (training diverged); "
+                "lower the learning rate or check the data (the run keeps its last checkpoints)"
+            )
     return values
 
 
@@ -489,8 +518,9 @@ def prefetch_batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
     """Batches start .. stop-1 of this host, the next PREFETCH ones prepared in background threads."""
     pi, pc = jax.process_index(), jax.process_count()
     with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
-        pending = collections.deque(pool.submit(task.train_batch, step, pi, pc)
-                                    for step in range(start, min(start + PREFETCH, stop)))
+        pending = collections.deque(
+            pool.submit(task.train_batch, step, pi, pc) for step in range(start, min(start + PREFETCH, stop))
+        )
         for step in range(start, stop):
             batch = pending.popleft().result()
             if step + PREFETCH < stop:
@@ -498,8 +528,14 @@ def prefetch_batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
             yield batch
 
 
-def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-          progress: Callable[[StepInfo], None] | None = None) -> TrainResult:
+def train(
+    task: Task,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[StepInfo], None] | None = None,
+) -> TrainResult:
     """Train `task` in `run_dir` (checkpoints, TensorBoard, log.jsonl); `resume` continues from the latest
     checkpoint there. Returns when the schedule ends or early stopping triggers."""
     run_dir = Path(run_dir)
@@ -516,13 +552,15 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
     predict_step = make_predict_step(task.predict, model_def, mesh)
 
     checkpoints = Checkpoints(run_dir)
-    start, meta = 0, {"best_mae": None, "best_step": None, "bad_validations": 0}
+    start = 0
+    meta: dict[str, Any] = {"best_mae": None, "best_step": None, "bad_validations": 0}
     if checkpoints.latest_step("latest") is not None:
         if not resume:
             checkpoints.close()
             raise ConfigError(f"{run_dir}: already holds a trained run; resume it or choose another run folder")
-        items, meta = checkpoints.restore("latest", {"model": {"params": params, "state": state},
-                                                     "optimizer": opt_state})
+        items, meta = checkpoints.restore(
+            "latest", {"model": {"params": params, "state": state}, "optimizer": opt_state}
+        )
         params, state, opt_state = items["model"]["params"], items["model"]["state"], items["optimizer"]
         start = meta["step"]
 
@@ -553,10 +591,17 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
                 loss = latest["loss"]
                 speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
             if logging:
-                log.scalars(done, {"train/loss": loss, "train/grad_norm": latest["grad_norm"],
-                                   "train/lr": float(learning_rate(config, total)(step)),
-                                   "train/examples_per_s": speed,
-                                   **{f"grad_norm/{k}": v for k, v in latest["layer_grad_norms"].items()}})
+                assert loss is not None and speed is not None  # read above: logging reads the losses
+                log.scalars(
+                    done,
+                    {
+                        "train/loss": loss,
+                        "train/grad_norm": latest["grad_norm"],
+                        "train/lr": float(learning_rate(config, total)(step)),
+                        "train/examples_per_s": speed,
+                        **{f"grad_norm/{k}": v for k, v in latest["layer_grad_norms"].items()},
+                    },
+                )
                 last_time, last_step = now, done
             if validating:
                 kept = averaged_params(opt_state, params)
@@ -564,16 +609,19 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, *, resume: bool 
                 metrics = validation.metrics
                 meta, improved = _selection(meta, float(metrics["mae"]), done)
                 if improved:
-                    checkpoints.save("best", done, {"model": {"params": kept, "state": state}},
-                                     {"step": done, **meta})
+                    checkpoints.save("best", done, {"model": {"params": kept, "state": state}}, {"step": done, **meta})
                 log.scalars(done, {f"valid/{k}": v for k, v in metrics.items()})
                 log.images(done, validation.images)
                 result.validations.append({"step": done, **metrics})
                 last_time = time.perf_counter()  # validation time is not training throughput
             stop_early = config.early_stop is not None and meta["bad_validations"] >= config.early_stop
             if checkpointing or stop_early:
-                checkpoints.save("latest", done, {"model": {"params": params, "state": state}, "optimizer": opt_state},
-                                 {"step": done, **meta})
+                checkpoints.save(
+                    "latest",
+                    done,
+                    {"model": {"params": params, "state": state}, "optimizer": opt_state},
+                    {"step": done, **meta},
+                )
             result.step, result.best_step, result.best_mae = done, meta["best_step"], meta["best_mae"]
             if progress is not None:
                 progress(StepInfo(done, total, loss, speed, metrics))

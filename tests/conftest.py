@@ -1,6 +1,7 @@
 """Session fixtures shared by the tests of the networks, the cascade, the heat maps and the demo: one small
 phantom cohort and the two networks trained on its fold 0 with the tiny presets (the expensive part of the
-suite, so it is done once)."""
+suite, so it is done once). The default tier trains short runs, enough for every check of what a run writes and
+how the commands use it; the slow tier (`pytest -m slow`) trains the whole tiny schedules to prove they learn."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 N_PATIENTS = 20  # 4 test patients and 4 folds of 4
-SNET_STEPS, SNET_VALID_EVERY = 200, 25
+LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY = 30, 15  # the default tier's L-Net run (the tiny schedule is 120 steps)
+SNET_STEPS, SNET_VALID_EVERY = 200, 25  # the slow tier's S-Net run
+SNET_SHORT_STEPS = 50  # the default tier's S-Net run, validated at 25 and 50
 SNET_IMAGE_SIZE = 64
 
 
@@ -40,17 +43,50 @@ def workdir(project):
 def train_lnet_cli(data_dir, workdir, *extra):
     from sscjax.cli.main import cli
 
-    return CliRunner().invoke(cli, ["train", "lnet", "--data", str(data_dir), "--fold", "0", "--preset", "tiny",
-                                    "--workdir", str(workdir), *extra], catch_exceptions=False)
+    return CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "lnet",
+            "--data",
+            str(data_dir),
+            "--fold",
+            "0",
+            "--preset",
+            "tiny",
+            "--workdir",
+            str(workdir),
+            *extra,
+        ],
+        catch_exceptions=False,
+    )
+
+
+def _train_lnet(project, cohort, workdir, *extra):
+    result = train_lnet_cli(cohort, workdir, *extra)
+    assert result.exit_code == 0, result.output
+    return project, workdir / "lnet" / "fold0", result.output
 
 
 @pytest.fixture(scope="session")
 def lnet_trained(project, cohort, workdir):
-    """`ssc train lnet --preset tiny` (the whole tiny schedule) on fold 0, through the CLI:
+    """`ssc train lnet --preset tiny` on fold 0 through the CLI, for 30 steps validated every 15:
     (project root, run folder, printed output)."""
-    result = train_lnet_cli(cohort, workdir)
-    assert result.exit_code == 0, result.output
-    return project, workdir / "lnet" / "fold0", result.output
+    return _train_lnet(
+        project,
+        cohort,
+        workdir,
+        "--steps",
+        str(LNET_SHORT_STEPS),
+        "--set",
+        f"train.valid_every={LNET_SHORT_VALID_EVERY}",
+    )
+
+
+@pytest.fixture(scope="session")
+def lnet_trained_full(project, cohort):
+    """The whole tiny L-Net schedule on fold 0 (slow tier), in a work folder of its own."""
+    return _train_lnet(project, cohort, project / "runs_full")
 
 
 @pytest.fixture(scope="session")
@@ -63,16 +99,25 @@ def snet_tiny(cohort):
     return dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, image_size=SNET_IMAGE_SIZE))
 
 
-@pytest.fixture(scope="session")
-def snet_trained(snet_tiny, workdir):
-    """The tiny S-Net trained on fold 0 for its 200 steps, validated every 25: (run folder, result)."""
+def _train_snet(config, workdir, steps: int):
+    """(run folder, result) of the S-Net `config` trained on fold 0 for `steps`, validated every 25."""
     from sscjax import runs, snet
 
-    config = dataclasses.replace(snet_tiny, train=dataclasses.replace(snet_tiny.train, steps=SNET_STEPS,
-                                                                      valid_every=SNET_VALID_EVERY,
-                                                                      checkpoint_every=None))
-    result = snet.train_snet(config, workdir)
+    schedule = dataclasses.replace(config.train, steps=steps, valid_every=SNET_VALID_EVERY, checkpoint_every=None)
+    result = snet.train_snet(dataclasses.replace(config, train=schedule), workdir)
     return runs.default_run_dir(workdir, "snet", 0), result
+
+
+@pytest.fixture(scope="session")
+def snet_trained(snet_tiny, workdir):
+    """The tiny S-Net trained on fold 0 for 50 steps, validated at 25 and 50: (run folder, result)."""
+    return _train_snet(snet_tiny, workdir, SNET_SHORT_STEPS)
+
+
+@pytest.fixture(scope="session")
+def snet_trained_full(snet_tiny, project):
+    """The tiny S-Net trained on fold 0 for its 200 steps (slow tier), in a work folder of its own."""
+    return _train_snet(snet_tiny, project / "runs_full", SNET_STEPS)
 
 
 def run_ssc(monkeypatch, capsys, *args) -> tuple[int, str, str]:

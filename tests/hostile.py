@@ -35,8 +35,11 @@ class Case:
 
 def checksums(root: Path) -> dict[str, str]:
     """sha256 of every file under `root`, by relative path."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_ssc_fd(monkeypatch, capfd, args: list[str]) -> tuple[int, str, str]:

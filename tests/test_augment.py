@@ -62,9 +62,13 @@ def test_warp_moves_a_known_shape_as_specified():
 def test_mask_and_image_get_the_same_transform():
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:SIZE, :SIZE]
-    shapes = np.stack([((yy - 30) / 18) ** 2 + ((xx - 20) / 9) ** 2 <= 1,
-                       (np.abs(yy - 35) < 12) & (np.abs(xx - 40) < 7),
-                       ((yy - 25) ** 2 + (xx - 45) ** 2 <= 100) | ((yy - 45) ** 2 + (xx - 15) ** 2 <= 64)])
+    shapes = np.stack(
+        [
+            ((yy - 30) / 18) ** 2 + ((xx - 20) / 9) ** 2 <= 1,
+            (np.abs(yy - 35) < 12) & (np.abs(xx - 40) < 7),
+            ((yy - 25) ** 2 + (xx - 45) ** 2 <= 100) | ((yy - 45) ** 2 + (xx - 15) ** 2 <= 64),
+        ]
+    )
     config = AugmentConfig(shift_px=80)
     drawn = draw_affine(rng, 3, config)
     images, masks = augment(shapes.astype(np.float32), shapes, drawn, AugmentConfig(shift_px=80, fill=0.0))
@@ -84,10 +88,10 @@ def test_fill_is_air_and_labels_of_a_batch_match_single_images():
     lung[:, 20:44, 20:44] = True
     drawn = AffineParams(np.radians([30.0, -20.0]), np.array([0.95, 1.0]), np.zeros((2, 2)))
     out, _ = augment(flat, lung, drawn, AugmentConfig())
-    assert out[0, 0, 0] == pytest.approx(AIR) and AIR == pytest.approx(500 / 3000)
+    assert out[0, 0, 0] == pytest.approx(AIR) and pytest.approx(500 / 3000) == AIR
     assert out[0, SIZE // 2, SIZE // 2] == pytest.approx(window(40.0))
     for i in range(2):
-        one, one_lung = augment(flat[i:i + 1], lung[i:i + 1], drawn.take([i]), AugmentConfig())
+        one, one_lung = augment(flat[i : i + 1], lung[i : i + 1], drawn.take([i]), AugmentConfig())
         batch_image, batch_lung = augment(flat, lung, drawn, AugmentConfig())
         assert np.array_equal(one[0], batch_image[i]) and np.array_equal(one_lung[0], batch_lung[i])
 
@@ -100,7 +104,7 @@ def test_shift_is_clipped_so_the_lung_stays_in_view():
     free = AugmentConfig(shift_px=80, keep_lung_in_view=False)  # 10 px at 64
     _, lost = augment(image, lung, push_right, free)
     kept_config = AugmentConfig(shift_px=80)
-    matrix, shift = transforms(push_right, (SIZE, SIZE), kept_config, lung_boxes(lung))
+    _matrix, shift = transforms(push_right, (SIZE, SIZE), kept_config, lung_boxes(lung))
     _, kept = augment(image, lung, push_right, kept_config)
     assert lost.sum() < lung.sum()
     assert kept.sum() == lung.sum() and kept[0, :, SIZE - 1].any()  # moved right as far as possible

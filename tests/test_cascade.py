@@ -6,15 +6,16 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_ssc as ssc
 
 from sscjax import metrics, snet
 from sscjax.data import load_cohort
 from sscjax.domain import SCORES
 from sscjax.io import Geometry, read_image, read_scan, write_image
-from conftest import run_ssc as ssc
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +31,30 @@ def phantoms(cohort):
     return load_cohort(cohort), reversed_ids, [p["scan_id"] for p in patients if not p["stored_reversed"]]
 
 
-def test_cascade_scores_the_nearest_slices_and_writes_them_with_geometry(monkeypatch, capsys, runs, phantoms,
-                                                                          tmp_path):
+def test_cascade_scores_the_nearest_slices_and_writes_them_with_geometry(monkeypatch, capsys, runs, phantoms, tmp_path):
     lnet_run, snet_run = runs
     cohort, _, _ = phantoms
     sid = cohort.ids[0]
-    code, out, err = ssc(monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], "--lnet", lnet_run,
-                         "--snet", snet_run, "--out", tmp_path)
+    code, out, err = ssc(
+        monkeypatch,
+        capsys,
+        "cascade",
+        "--scan",
+        cohort.scan_paths[sid],
+        "--lnet",
+        lnet_run,
+        "--snet",
+        snet_run,
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     result = json.loads((tmp_path / sid / "scores.json").read_text())
-    assert result["scan"] == sid and result["models"] == {"levels": "lnet", "lnet": [str(lnet_run)],
-                                                           "snet": [str(snet_run)]}
+    assert result["scan"] == sid and result["models"] == {
+        "levels": "lnet",
+        "lnet": [str(lnet_run)],
+        "snet": [str(snet_run)],
+    }
     scan = read_scan(cohort.scan_paths[sid])
     z = np.array([lv["z_mm"] for lv in result["levels"]])
     index = np.array([lv["slice_index"] for lv in result["levels"]])
@@ -64,15 +78,30 @@ def test_cascade_scores_the_nearest_slices_and_writes_them_with_geometry(monkeyp
     assert f"L5 {z[4]:10.1f}"[:5] in out and str(tmp_path / "scores.csv") in out
 
 
-def test_levels_by_hand_pick_the_true_slices_of_a_scan_stored_head_first(monkeypatch, capsys, runs, phantoms,
-                                                                         tmp_path):
+def test_levels_by_hand_pick_the_true_slices_of_a_scan_stored_head_first(monkeypatch, capsys, runs, phantoms, tmp_path):
     _, snet_run = runs
     cohort, reversed_ids, _ = phantoms
     sid = reversed_ids[0]
-    truth = [r for r in csv.DictReader(open(cohort.root / "truth" / "exact_scores.csv")) if r["scan_id"] == sid]
+    truth = [
+        r
+        for r in csv.DictReader((cohort.root / "truth" / "exact_scores.csv").read_text().splitlines())
+        if r["scan_id"] == sid
+    ]
     levels = ",".join(f"{z:.2f}" for z in cohort.levels_mm[sid])
-    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], "--levels", levels,
-                       "--snet", snet_run, "--out", tmp_path, "--all-slices")
+    code, _, err = ssc(
+        monkeypatch,
+        capsys,
+        "cascade",
+        "--scan",
+        cohort.scan_paths[sid],
+        "--levels",
+        levels,
+        "--snet",
+        snet_run,
+        "--out",
+        tmp_path,
+        "--all-slices",
+    )
     assert code == 0, err
     result = json.loads((tmp_path / sid / "scores.json").read_text())
     assert [lv["slice_index"] for lv in result["levels"]] == [int(r["slice_index"]) for r in truth]
@@ -83,7 +112,7 @@ def test_levels_by_hand_pick_the_true_slices_of_a_scan_stored_head_first(monkeyp
     lung = read_image(cohort.lung_mask_paths[sid]).array
     rows = [int(r["slice_index"]) for r in table]
     assert rows == list(range(rows[0], rows[-1] + 1))
-    assert lung[rows[0]].any() and lung[rows[-1]].any() and not lung[rows[-1] + 1:].sum() > 50
+    assert lung[rows[0]].any() and lung[rows[-1]].any() and not lung[rows[-1] + 1 :].sum() > 50
     for lv in result["levels"]:
         row = table[rows.index(lv["slice_index"])]
         assert float(row["TOT"]) == pytest.approx(lv["TOT"], abs=2e-3)
@@ -136,17 +165,30 @@ def test_an_ensemble_of_folds_reports_their_spread(runs, phantoms):
 
 
 def test_wrong_network_and_bad_levels_exit_2_in_one_line(monkeypatch, capsys, runs, phantoms, tmp_path):
-    lnet_run, snet_run = runs
+    _lnet_run, snet_run = runs
     cohort, _, _ = phantoms
     scan = cohort.scan_paths[cohort.ids[0]]
-    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--lnet", snet_run, "--snet", snet_run,
-                       "--out", tmp_path)
+    code, _, err = ssc(
+        monkeypatch, capsys, "cascade", "--scan", scan, "--lnet", snet_run, "--snet", snet_run, "--out", tmp_path
+    )
     assert code == 2 and err.strip().count("\n") == 0 and "is a run of the snet, not of the lnet" in err
-    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--levels", "1,2,3,4,5", "--snet", snet_run,
-                       "--out", tmp_path)
+    code, _, err = ssc(
+        monkeypatch, capsys, "cascade", "--scan", scan, "--levels", "1,2,3,4,5", "--snet", snet_run, "--out", tmp_path
+    )
     assert code == 2 and "L1 > L2 > L3 > L4 > L5" in err
-    code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--levels", "900,800,700,600,500",
-                       "--snet", snet_run, "--out", tmp_path)
+    code, _, err = ssc(
+        monkeypatch,
+        capsys,
+        "cascade",
+        "--scan",
+        scan,
+        "--levels",
+        "900,800,700,600,500",
+        "--snet",
+        snet_run,
+        "--out",
+        tmp_path,
+    )
     assert code == 1 and "outside the scan" in err
     code, _, err = ssc(monkeypatch, capsys, "cascade", "--scan", scan, "--workdir", tmp_path / "nothing")
     assert code == 2 and "no trained lnet runs found" in err
@@ -165,8 +207,9 @@ def overshooting(phantoms, tmp_path_factory):
     cohort, _, _ = phantoms
     sid = cohort.ids[0]
     model = snet.ScoreModel(lambda inputs: np.tile(RAW, (len(inputs), 1)).astype(np.float32), 32)
-    result = cascade.run_cascade(read_scan(cohort.scan_paths[sid]), cascade.Models([], [model]),
-                                 cohort.levels_mm[sid], all_slices=True)
+    result = cascade.run_cascade(
+        read_scan(cohort.scan_paths[sid]), cascade.Models([], [model]), cohort.levels_mm[sid], all_slices=True
+    )
     out = tmp_path_factory.mktemp("overshoot")
     captions, montage = [], plots.level_montage
 
@@ -203,13 +246,21 @@ def test_two_scans_with_one_id_are_refused_before_any_work(tmp_path):
     for pair in ([tmp_path / "a" / "p.mha", tmp_path / "b" / "p.mha"], [tmp_path / "P.mha", tmp_path / "p.nii.gz"]):
         with pytest.raises(ScanError, match=f"{pair[0]} and {pair[1]}: both have the scan id"):
             cascade.output_ids(pair)
-    assert cascade.output_ids([tmp_path / "p.mha", tmp_path / "q.nii.gz"]) == {"p": tmp_path / "p.mha",
-                                                                                "q": tmp_path / "q.nii.gz"}
+    assert cascade.output_ids([tmp_path / "p.mha", tmp_path / "q.nii.gz"]) == {
+        "p": tmp_path / "p.mha",
+        "q": tmp_path / "q.nii.gz",
+    }
 
 
-@pytest.mark.parametrize("text,message", [("nan,1,2,3,4", "must be finite"), ("50,40,inf,20,10", "must be finite"),
-                                          ("4,3,2,1", "expected five numbers in mm (L1..L5), got 4"),
-                                          ("5,4,x,2,1", "separated by commas")])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("nan,1,2,3,4", "must be finite"),
+        ("50,40,inf,20,10", "must be finite"),
+        ("4,3,2,1", "expected five numbers in mm (L1..L5), got 4"),
+        ("5,4,x,2,1", "separated by commas"),
+    ],
+)
 def test_bad_levels_say_what_is_wrong(text, message):
     from sscjax import cascade
     from sscjax.errors import ScanError
@@ -250,19 +301,37 @@ def test_warnings_and_provenance_reach_scores_json_and_the_console(monkeypatch, 
     levels = np.array(cohort.levels_mm[sid], float)
     levels[0] = scan.z_mm[-1] - 2.0  # L1 two mm below the top slice: the scan seems to stop inside the lungs
     platform = jax.devices()[0].platform
-    code, out, err = ssc(monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], "--snet", snet_run,
-                         "--levels", ",".join(f"{z:.2f}" for z in levels), "--out", tmp_path,
-                         "--device", "cpu" if platform == "cpu" else "gpu")
+    code, out, err = ssc(
+        monkeypatch,
+        capsys,
+        "cascade",
+        "--scan",
+        cohort.scan_paths[sid],
+        "--snet",
+        snet_run,
+        "--levels",
+        ",".join(f"{z:.2f}" for z in levels),
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu" if platform == "cpu" else "gpu",
+    )
     assert code == 0, err
     result = json.loads((tmp_path / sid / "scores.json").read_text())
     edge = [w for w in result["warnings"] if w["code"] == "level_at_scan_edge"]
-    assert edge == [{"code": "level_at_scan_edge", "level": 1, "message": "L1 lies 2.0 mm from the top slice of the "
-                     "scan (limit 10 mm): the scan may not cover the lungs from apex to base"}]
+    assert edge == [
+        {
+            "code": "level_at_scan_edge",
+            "level": 1,
+            "message": "L1 lies 2.0 mm from the top slice of the "
+            "scan (limit 10 mm): the scan may not cover the lungs from apex to base",
+        }
+    ]
     assert f"{len(result['warnings'])} quality warning(s):" in out
     assert f"level_at_scan_edge: {edge[0]['message']}" in out
     assert out.index("level_at_scan_edge") > out.index("  mean ")
     record = result["provenance"]
-    assert record["input"]["sha256"] == hashlib.sha256(open(cohort.scan_paths[sid], "rb").read()).hexdigest()
+    assert record["input"]["sha256"] == hashlib.sha256(Path(cohort.scan_paths[sid]).read_bytes()).hexdigest()
     assert record["models"] == {"lnet": [], "snet": [provenance.run_record(snet_run)]}
     assert record["models"]["snet"][0]["checkpoint_step"] > 0
     assert record["device"]["platform"] == platform and record["jax"] == jax.__version__

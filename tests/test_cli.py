@@ -7,8 +7,8 @@ import sys
 
 import click
 from click.testing import CliRunner
-
 from sscjax.cli.main import COMMANDS, cli
+
 from sscjax import __version__
 
 
@@ -32,8 +32,17 @@ def test_every_command_and_subcommand_has_help():
                 assert param.help, (path, param.name)
         seen.append(" ".join(path))
     assert set(COMMANDS) <= set(seen)
-    assert {"train lnet", "train snet", "evaluate lnet", "evaluate snet", "explain calibrate", "data check",
-            "data split", "data import-goh", "weights convert"} <= set(seen)
+    assert {
+        "train lnet",
+        "train snet",
+        "evaluate lnet",
+        "evaluate snet",
+        "explain calibrate",
+        "data check",
+        "data split",
+        "data import-goh",
+        "weights convert",
+    } <= set(seen)
 
 
 def test_version_and_unknown_command():
@@ -44,8 +53,10 @@ def test_version_and_unknown_command():
 
 
 def test_help_starts_without_importing_jax():
-    code = "import sys; from sscjax.cli.main import main; sys.argv = ['ssc', '--help'];\n" \
-           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'jax' not in sys.modules, 'jax imported'"
+    code = (
+        "import sys; from sscjax.cli.main import main; sys.argv = ['ssc', '--help'];\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'jax' not in sys.modules, 'jax imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "cascade" in result.stdout and "demo" in result.stdout

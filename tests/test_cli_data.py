@@ -7,19 +7,23 @@ import numpy as np
 import openpyxl
 import pytest
 import SimpleITK as sitk
+from conftest import run_ssc as ssc
+from test_cohort import make_cohort
 
 from sscjax.data.cohort import load_cohort
 from sscjax.data.goh import GOH_COLUMNS, patient_key
 from sscjax.data.splits import make_splits
 from sscjax.errors import ScanError
 from sscjax.io import read_scan
-from test_cohort import make_cohort
-from conftest import run_ssc as ssc
 
 
 def test_help_of_every_command(monkeypatch, capsys):
-    for args in (["data", "--help"], ["data", "check", "--help"], ["data", "split", "--help"],
-                 ["data", "import-goh", "--help"]):
+    for args in (
+        ["data", "--help"],
+        ["data", "check", "--help"],
+        ["data", "split", "--help"],
+        ["data", "import-goh", "--help"],
+    ):
         code, out, _ = ssc(monkeypatch, capsys, *args)
         assert code == 0 and "Usage:" in out
 
@@ -103,6 +107,7 @@ def test_split_writes_refuses_to_overwrite_and_forces(tmp_path, monkeypatch, cap
 
 # --- import-goh -----------------------------------------------------------------------------------------------
 
+
 def _scan(path, dz=2.0, z0=-200.0, zdir=1.0, n=30):
     """A small scan stored with the given z direction (written by SimpleITK as is)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,8 +139,11 @@ SCORES = {
     2: np.array([[0, 0, 0], [5, 5, 0], [5, 0, 5], [15, 10, 5], [20, 15, 10]], float),
     3: np.zeros((5, 3)),
 }
-POSITIONS_MM = {1: [-150.0, -160.5, -171, -180, -190], 2: [-145, -155, -165, -175, -185.25],
-                3: [-150, -160, -170, -180, -190]}
+POSITIONS_MM = {
+    1: [-150.0, -160.5, -171, -180, -190],
+    2: [-145, -155, -165, -175, -185.25],
+    3: [-150, -160, -170, -180, -190],
+}
 
 
 @pytest.fixture
@@ -183,8 +191,20 @@ def test_import_goh_index_positions_and_copies(goh_source, tmp_path, monkeypatch
     indices = {1: [25, 20, 14, 9, 5], 2: [29, 20, 10, 3, 0], 3: [28.0, 20, 14, 6, 1]}
     _sheet(xlsx, [_row(k, indices[k], SCORES[k]) for k in SCORES])
     out = tmp_path / "cohort"
-    code, _, err = ssc(monkeypatch, capsys, "data", "import-goh", xlsx, "--scans", scans, "--out", out,
-                       "--positions", "index", "--copy")
+    code, _, err = ssc(
+        monkeypatch,
+        capsys,
+        "data",
+        "import-goh",
+        xlsx,
+        "--scans",
+        scans,
+        "--out",
+        out,
+        "--positions",
+        "index",
+        "--copy",
+    )
     assert code == 0, err
     cohort = load_cohort(out)
     # index 0 is the lowest slice: -200 mm for all three (003 is stored head first from -142 mm)
@@ -216,8 +236,9 @@ def test_import_goh_missing_scans_and_bad_sheets(goh_source, tmp_path, monkeypat
     out = tmp_path / "cohort"
     code, _, err = ssc(monkeypatch, capsys, "data", "import-goh", xlsx, "--scans", scans, "--out", out)
     assert code == 2 and f"{xlsx} row 3: no scan for PatID 2" in err and not out.exists()
-    code, text, _ = ssc(monkeypatch, capsys, "data", "import-goh", xlsx, "--scans", scans, "--out", out,
-                        "--skip-missing")
+    code, text, _ = ssc(
+        monkeypatch, capsys, "data", "import-goh", xlsx, "--scans", scans, "--out", out, "--skip-missing"
+    )
     assert code == 0 and "left out (no scan): PatID 2" in text and load_cohort(out).ids == ["003", "Pat_001"]
 
     twice = _sheet(tmp_path / "twice.xlsx", [_row(k, POSITIONS_MM[1], SCORES[1]) for k in (1, "Pat_001")])
@@ -253,4 +274,3 @@ def test_phantom_cohort_passes_check(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "3 patients, 15 scored levels" in out and "lung masks: 3; texture patterns: gg, healthy, ret" in out
     assert load_cohort(tmp_path / "phantom").ids == ["phantom_000", "phantom_001", "phantom_002"]
-

@@ -8,11 +8,11 @@ import pandas as pd
 import pingouin as pg
 import pytest
 from click.testing import CliRunner
+from conftest import pingouin_icc_a1
+from conftest import run_ssc as _ssc
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
-
 from sscjax.cli.evaluate import evaluate
-from conftest import pingouin_icc_a1, run_ssc as _ssc
 
 SCORES = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
@@ -47,8 +47,19 @@ def csvs(tmp_path_factory):
 def evaluated(csvs, tmp_path_factory):
     paths, *_ = csvs
     out = tmp_path_factory.mktemp("out") / "eval"
-    result = CliRunner().invoke(evaluate, ["--pred", str(paths["pred"]), "--truth", str(paths["truth"]),
-                                           "--compare", str(paths["other"]), "--out", str(out)])
+    result = CliRunner().invoke(
+        evaluate,
+        [
+            "--pred",
+            str(paths["pred"]),
+            "--truth",
+            str(paths["truth"]),
+            "--compare",
+            str(paths["other"]),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -57,8 +68,14 @@ def _expected(pred, true):
     err = np.abs(pred - true)
     icc, ci = pingouin_icc_a1(pred, true)
     rounded = [np.clip(np.floor(x / 5 + 0.5) * 5, 0, 100).astype(int) for x in (pred, true)]
-    return {"mae": err.mean(), "sd": err.std(ddof=1), "kappa": cohen_kappa_score(*rounded, labels=LABELS,
-            weights="linear"), "icc": icc, "icc_ci95": ci, "n": len(pred)}
+    return {
+        "mae": err.mean(),
+        "sd": err.std(ddof=1),
+        "kappa": cohen_kappa_score(*rounded, labels=LABELS, weights="linear"),
+        "icc": icc,
+        "icc_ci95": ci,
+        "n": len(pred),
+    }
 
 
 def _assert_close(got, expected):
@@ -105,7 +122,8 @@ def test_csv_markdown_and_printed_summary_agree_with_json(evaluated):
     assert row["icc_ci95_hi"] == pytest.approx(got["per_level"]["3"]["GG"]["icc_ci95"][1])
     assert row["kappa"] == pytest.approx(got["per_level"]["3"]["GG"]["kappa"])
     assert pd.read_csv(out / "compare.csv")["ttest_p"].tolist() == pytest.approx(
-        [got["compare"][p]["ttest_p"] for p in SCORES])
+        [got["compare"][p]["ttest_p"] for p in SCORES]
+    )
     md = (out / "metrics.md").read_text()
     tot = got["TOT"]
     assert f"| TOT | 40 | {tot['mae']:.2f} ({tot['sd']:.2f}) | {tot['kappa']:.2f} |" in md
@@ -122,15 +140,20 @@ def test_plots_are_valid_pngs(evaluated):
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temp files left behind
 
 
-@pytest.mark.parametrize("content,message", [
-    ("scan_id,level,TOT,GG,RET\n000,1,5,5,0\n000,2,5,x,0\n", "data row 2 (line 3): GG 'x' is not a finite number"),
-    ("scan_id,level,TOT,GG\n000,1,5,5\n", "missing column(s) RET"),
-    ("", "not a readable CSV"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("scan_id,level,TOT,GG,RET\n000,1,5,5,0\n000,2,5,x,0\n", "data row 2 (line 3): GG 'x' is not a finite number"),
+        ("scan_id,level,TOT,GG\n000,1,5,5\n", "missing column(s) RET"),
+        ("", "not a readable CSV"),
+    ],
+)
 def test_bad_csv_exits_2_with_one_line(csvs, tmp_path, monkeypatch, capsys, content, message):
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
-    code, out, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", bad, "--truth", csvs[0]["truth"], "--out", tmp_path / "o")
+    code, out, err = _ssc(
+        monkeypatch, capsys, "evaluate", "--pred", bad, "--truth", csvs[0]["truth"], "--out", tmp_path / "o"
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"Error: {bad}") and message in err
     assert not (tmp_path / "o").exists()
@@ -140,10 +163,22 @@ def test_unmatched_rows_exit_2_naming_keys_unless_only_predicted(csvs, tmp_path,
     paths, truth, *_ = csvs
     part = tmp_path / "part.csv"
     truth.iloc[:5].to_csv(part, index=False)
-    code, _, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o")
+    code, _, err = _ssc(
+        monkeypatch, capsys, "evaluate", "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o"
+    )
     assert code == 2 and "35 row(s) have no prediction" in err and "001 level 1" in err
-    code, _, _ = _ssc(monkeypatch, capsys, "evaluate", "--pred", part, "--truth", paths["truth"], "--out", tmp_path / "o",
-                      "--only-predicted")
+    code, _, _ = _ssc(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--pred",
+        part,
+        "--truth",
+        paths["truth"],
+        "--out",
+        tmp_path / "o",
+        "--only-predicted",
+    )
     assert code == 0
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["TOT"]["mae"] == 0.0
 
@@ -165,16 +200,32 @@ def test_subcommands_can_hang_off_the_group(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "--out belong(s) to the CSV evaluation" in result.output
 
 
-@pytest.mark.parametrize("value,message", [("-20", "GG '-20' is outside 0..100 %"), ("150", "GG '150' is outside 0..100 %"),
-                                           ("nan", "GG 'nan' is not a finite number")])
-def test_reference_scores_outside_0_100_exit_2_naming_file_row_and_value(csvs, tmp_path, monkeypatch, capsys, value,
-                                                                         message):
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("-20", "GG '-20' is outside 0..100 %"),
+        ("150", "GG '150' is outside 0..100 %"),
+        ("nan", "GG 'nan' is not a finite number"),
+    ],
+)
+def test_reference_scores_outside_0_100_exit_2_naming_file_row_and_value(
+    csvs, tmp_path, monkeypatch, capsys, value, message
+):
     paths, truth, *_ = csvs
     bad = truth.astype(str)
     bad.loc[6, "GG"] = value
     bad.to_csv(tmp_path / "truth.csv", index=False)
-    code, out, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", paths["pred"], "--truth", tmp_path / "truth.csv",
-                          "--out", tmp_path / "o")
+    code, out, err = _ssc(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--pred",
+        paths["pred"],
+        "--truth",
+        tmp_path / "truth.csv",
+        "--out",
+        tmp_path / "o",
+    )
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith(f"Error: {tmp_path / 'truth.csv'}, data row 7 (line 8): {message}")
     assert not (tmp_path / "o").exists()
@@ -185,18 +236,52 @@ def test_predictions_may_overshoot_but_references_may_not(csvs, tmp_path, monkey
     over = truth.copy()
     over["GG"] = over["GG"] - 3.0  # another method's regression output, below 0 where the truth is 0
     over.to_csv(tmp_path / "over.csv", index=False)
-    code, _, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", tmp_path / "over.csv", "--truth", paths["truth"],
-                        "--out", tmp_path / "o")
+    code, _, err = _ssc(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--pred",
+        tmp_path / "over.csv",
+        "--truth",
+        paths["truth"],
+        "--out",
+        tmp_path / "o",
+    )
     assert code == 0, err
-    code, _, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", paths["truth"], "--truth", tmp_path / "over.csv",
-                        "--out", tmp_path / "o2")
+    code, _, err = _ssc(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--pred",
+        paths["truth"],
+        "--truth",
+        tmp_path / "over.csv",
+        "--out",
+        tmp_path / "o2",
+    )
     assert code == 2 and "is outside 0..100 %" in err
 
 
 def test_an_unwritable_out_is_refused_before_any_work(csvs, tmp_path, monkeypatch, capsys):
     paths, *_ = csvs
     (tmp_path / "afile").write_text("")
-    code, out, err = _ssc(monkeypatch, capsys, "evaluate", "--pred", paths["pred"], "--truth", paths["truth"],
-                          "--out", tmp_path / "afile" / "out")
-    assert code == 2 and out == "" and err.strip() == (f"Error: {tmp_path / 'afile' / 'out'}: cannot write outputs here "
-                                                      f"({tmp_path / 'afile'} is a file, not a folder)")
+    code, out, err = _ssc(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--pred",
+        paths["pred"],
+        "--truth",
+        paths["truth"],
+        "--out",
+        tmp_path / "afile" / "out",
+    )
+    assert (
+        code == 2
+        and out == ""
+        and err.strip()
+        == (
+            f"Error: {tmp_path / 'afile' / 'out'}: cannot write outputs here "
+            f"({tmp_path / 'afile'} is a file, not a folder)"
+        )
+    )

@@ -6,8 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sscjax.data.cohort import (cohort_summary, load_cohort, score_histogram, write_levels_csv,
-                                write_scores_csv)
+from sscjax.data.cohort import cohort_summary, load_cohort, score_histogram, write_levels_csv, write_scores_csv
 from sscjax.data.splits import make_splits, write_splits
 from sscjax.errors import CohortError, ScanError
 from sscjax.io import Geometry, read_scan, write_image
@@ -30,8 +29,11 @@ def make_cohort(root, n=6, ext=".mha", masks=True, patterns=True, seed=0):
             write_image(root / "lung_masks" / f"{sid}.nii.gz", np.ones((N_SLICES, 6, 6), np.uint8), scan_geometry())
     if patterns:
         for name in ("gg", "ret", "healthy"):
-            write_image(root / "patterns" / f"{name}.mha", rng.normal(-700, 50, (5, 5)).astype(np.float32),
-                        Geometry((0.8, 0.8, 1.0), (0.0, 0.0, 0.0)))
+            write_image(
+                root / "patterns" / f"{name}.mha",
+                rng.normal(-700, 50, (5, 5)).astype(np.float32),
+                Geometry((0.8, 0.8, 1.0), (0.0, 0.0, 0.0)),
+            )
     scores = {}
     for sid in ids:
         gg, ret = rng.integers(0, 8, (2, 5)) * 5.0
@@ -110,8 +112,9 @@ def test_missing_folder_and_csvs(tmp_path):
     assert "no such cohort folder" in problems_of(tmp_path / "nothing")[0]
     problems = problems_of(tmp_path)
     assert any(str(tmp_path / "levels.csv") in p and "missing" in p and "scan_id,L1,L2,L3,L4,L5" in p for p in problems)
-    assert any(str(tmp_path / "scores.csv") in p and "missing" in p and "scan_id,level,TOT,GG,RET" in p
-               for p in problems)
+    assert any(
+        str(tmp_path / "scores.csv") in p and "missing" in p and "scan_id,level,TOT,GG,RET" in p for p in problems
+    )
     assert any(str(tmp_path / "scans") in p and "missing" in p for p in problems)
 
 
@@ -173,13 +176,16 @@ def test_extra_column_is_a_warning(cohort_dir):
     assert len(cohort.warnings) == 1 and "line 1: extra column(s) ignored: note" in cohort.warnings[0]
 
 
-@pytest.mark.parametrize("row, what", [
-    ("p00,1,abc,0,0", "not a number: TOT = 'abc'"),
-    ("p00,1,0,,0", "not a number: GG = ''"),
-    ("p00,1,0,0,nan", "not a number: RET = 'nan'"),
-    ("p00,1,105,5,100", "outside 0..100 %: TOT = 105"),
-    ("p00,1,5,5,-5", "outside 0..100 %: RET = -5"),
-])
+@pytest.mark.parametrize(
+    "row, what",
+    [
+        ("p00,1,abc,0,0", "not a number: TOT = 'abc'"),
+        ("p00,1,0,,0", "not a number: GG = ''"),
+        ("p00,1,0,0,nan", "not a number: RET = 'nan'"),
+        ("p00,1,105,5,100", "outside 0..100 %: TOT = 105"),
+        ("p00,1,5,5,-5", "outside 0..100 %: RET = -5"),
+    ],
+)
 def test_bad_scores(cohort_dir, row, what):
     scores = cohort_dir / "scores.csv"
     edit_line(scores, 2, row)
@@ -207,11 +213,14 @@ def test_tot_outside_union_bounds_is_a_warning_not_an_error(cohort_dir):
     np.testing.assert_array_equal(cohort.scores["p00"][0], [10, 20, 5])
 
 
-@pytest.mark.parametrize("row, what", [
-    ("p01,-254,-264,-264,-284,-294", "L2 = -264 is not above L3 = -264"),
-    ("p01,-294,-264,-274,-284,-254", "L1 = -294 is not above L2 = -264"),
-    ("p01,-254,-264,-274,-284,oops", "not a number: L5 = 'oops'"),
-])
+@pytest.mark.parametrize(
+    "row, what",
+    [
+        ("p01,-254,-264,-264,-284,-294", "L2 = -264 is not above L3 = -264"),
+        ("p01,-294,-264,-274,-284,-254", "L1 = -294 is not above L2 = -264"),
+        ("p01,-254,-264,-274,-284,oops", "not a number: L5 = 'oops'"),
+    ],
+)
 def test_levels_out_of_order_or_not_numbers(cohort_dir, row, what):
     levels = cohort_dir / "levels.csv"
     edit_line(levels, 3, row)
@@ -243,11 +252,15 @@ def test_unreadable_and_single_slice_scans(cohort_dir):
     assert "single DICOM file" in one_problem(cohort_dir, str(cohort_dir / "scans" / "p03.dcm"), check_scans=False)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: np.where(np.arange(N_SLICES)[:, None, None] == 3, np.nan, np.zeros((N_SLICES, 6, 6), np.float32)),
-    lambda: np.zeros((N_SLICES, 6, 6), np.uint16),
-    lambda: np.zeros((4, 6, 6), np.int16),
-], ids=["nan", "unsigned", "4-slices"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.where(np.arange(N_SLICES)[:, None, None] == 3, np.nan, np.zeros((N_SLICES, 6, 6), np.float32)),
+        lambda: np.zeros((N_SLICES, 6, 6), np.uint16),
+        lambda: np.zeros((4, 6, 6), np.int16),
+    ],
+    ids=["nan", "unsigned", "4-slices"],
+)
 def test_scans_are_refused_with_the_message_every_command_gives(cohort_dir, make):
     """`ssc data check` reads each scan as the commands do: the same refusal, word for word."""
     path = cohort_dir / "scans" / "p02.mha"
@@ -300,8 +313,10 @@ def test_splits_json_must_match_the_cohort(cohort_dir):
     assert load_cohort(cohort_dir, check_scans=False).splits == splits
     (cohort_dir / "scans" / "p05.mha").unlink()
     edit_line(cohort_dir / "levels.csv", 7, "")
-    (cohort_dir / "scores.csv").write_text("\n".join(
-        line for line in (cohort_dir / "scores.csv").read_text().splitlines() if not line.startswith("p05")) + "\n")
+    (cohort_dir / "scores.csv").write_text(
+        "\n".join(line for line in (cohort_dir / "scores.csv").read_text().splitlines() if not line.startswith("p05"))
+        + "\n"
+    )
     problem = one_problem(cohort_dir, str(cohort_dir / "splits.json"), check_scans=False)
     assert "not in the cohort: p05" in problem
     assert load_cohort(cohort_dir, check_scans=False, check_splits=False).ids == [f"p{i:02d}" for i in range(5)]
@@ -366,9 +381,15 @@ def test_dicom_folder_scan(tmp_path):
         image = volume[:, :, k]
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
-        for tag, value in {"0008|0060": "CT", "0020|000e": "1.2.3.4", "0020|0013": str(k + 1),
-                           "0020|0032": f"-3\\4\\{Z0 + DZ * k}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                           "0028|0030": "0.8\\0.8", "0018|0050": str(DZ)}.items():
+        for tag, value in {
+            "0008|0060": "CT",
+            "0020|000e": "1.2.3.4",
+            "0020|0013": str(k + 1),
+            "0020|0032": f"-3\\4\\{Z0 + DZ * k}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.8\\0.8",
+            "0018|0050": str(DZ),
+        }.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{k:03d}.dcm"))
         writer.Execute(image)

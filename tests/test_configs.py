@@ -8,19 +8,19 @@ import dataclasses
 import json
 import subprocess
 import sys
-import tomllib
 import typing
 from pathlib import Path
 
 import pytest
+import tomllib
+from conftest import run_ssc as ssc
+from sscjax.cli.train import training_options  # imported (its --preset choices made) before any test changes them
 
 from sscjax import explain, networks, runs
-from sscjax.cli.train import training_options  # imported (its --preset choices made) before any test changes them
 from sscjax.configs import ModelConfig, TrainConfig, from_dict, merge, text, to_dict
 from sscjax.configs.lnet import LNetConfig
 from sscjax.configs.snet import ExplainConfig, SNetConfig
 from sscjax.errors import ConfigError
-from conftest import run_ssc as ssc
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = [(net, name) for net in networks.NETWORKS for name in networks.network(net).presets()]
@@ -52,10 +52,11 @@ def test_every_shipped_file_is_its_generated_form_and_round_trips(net, name):
     # the comments come from the field docs and the paper's values: a hand-edited comment or value format shows here
     assert written == networks.render(config, text.header_of(written)), (
         f"{path} is not in its generated form; run python -c 'from sscjax.networks import rewrite_presets; "
-        "rewrite_presets()' and check the diff")
+        "rewrite_presets()' and check the diff"
+    )
     assert from_dict(type(config), text.parse(written, str(path))) == config
     assert from_dict(type(config), json.loads(json.dumps(to_dict(config)))) == config
-    assert text.header_of(written).startswith(f"# {networks.network(net).title} preset \"{name}\"")
+    assert text.header_of(written).startswith(f'# {networks.network(net).title} preset "{name}"')
 
 
 @pytest.mark.parametrize("net", networks.NETWORKS)
@@ -112,11 +113,13 @@ def test_the_package_list_names_every_package_the_tree_holds():
 
 
 def test_the_schema_imports_no_jax_scipy_or_simpleitk():
-    code = ("import sys\n"
-            "import sscjax.configs, sscjax.configs.lnet, sscjax.configs.snet, sscjax.configs.text, sscjax.networks\n"
-            "from sscjax import networks\n"
-            "networks.resolve('snet', 'tiny', assignments=['train.steps=3'])\n"
-            "print(sorted(m for m in ('jax', 'scipy', 'SimpleITK', 'flax', 'sscjax.data') if m in sys.modules))\n")
+    code = (
+        "import sys\n"
+        "import sscjax.configs, sscjax.configs.lnet, sscjax.configs.snet, sscjax.configs.text, sscjax.networks\n"
+        "from sscjax import networks\n"
+        "networks.resolve('snet', 'tiny', assignments=['train.steps=3'])\n"
+        "print(sorted(m for m in ('jax', 'scipy', 'SimpleITK', 'flax', 'sscjax.data') if m in sys.modules))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -125,25 +128,28 @@ def test_the_schema_imports_no_jax_scipy_or_simpleitk():
 # ---------------------------------------------------------------- the strict loader
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"train": {"learnin_rate": 1e-3}}, r"train\.learnin_rate: unknown setting"),
-    ({"train": {"batch_size": "16"}}, r"train\.batch_size: expected an integer, got '16'"),
-    ({"train": {"batch_size": 4.0}}, r"train\.batch_size: expected an integer, got 4\.0"),
-    ({"train": {"steps": True}}, r"train\.steps: expected an integer, got True"),
-    ({"train": {"steps": 0}}, r"train\.steps: 0 must be >= 1"),
-    ({"train": {"learning_rate": 0}}, r"train\.learning_rate: 0\.0 must be > 0"),
-    ({"train": {"average_decay": 1}}, r"train\.average_decay: 1\.0 must be > 0 and < 1"),
-    ({"train": {"decay": "linear"}}, r"train\.decay: 'linear' is not one of 'constant', 'cosine'"),
-    ({"synthesis": "yes"}, r"synthesis: expected true or false, got 'yes'"),
-    ({"data": {"affine": {"scale": [0.9]}}}, r"data\.affine\.scale: expected a list of 2 values"),
-    ({"data": {"affine": {"scale": [0.9, "a"]}}}, r"data\.affine\.scale\[1\]: expected a number"),
-    ({"data": {"lesions": {"ellipses": [2, 1]}}}, r"data\.lesions: synthesis ellipses per pattern \(2, 1\)"),
-    ({"explain": {"patch_px": 60}}, r"explain: heat-map patch_px 60 must be a multiple of stride_px 16"),
-    ({"model": {"kwargs": 3}}, r"model\.kwargs: expected a table of settings, got 3"),
-    ({"net": "lnet"}, r"net: 'lnet' must be 'snet'"),
-    ({"version": 2}, r"version: 2 must be 1"),
-    ({"data": 5}, r"data: expected a table of settings, got 5"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"train": {"learnin_rate": 1e-3}}, r"train\.learnin_rate: unknown setting"),
+        ({"train": {"batch_size": "16"}}, r"train\.batch_size: expected an integer, got '16'"),
+        ({"train": {"batch_size": 4.0}}, r"train\.batch_size: expected an integer, got 4\.0"),
+        ({"train": {"steps": True}}, r"train\.steps: expected an integer, got True"),
+        ({"train": {"steps": 0}}, r"train\.steps: 0 must be >= 1"),
+        ({"train": {"learning_rate": 0}}, r"train\.learning_rate: 0\.0 must be > 0"),
+        ({"train": {"average_decay": 1}}, r"train\.average_decay: 1\.0 must be > 0 and < 1"),
+        ({"train": {"decay": "linear"}}, r"train\.decay: 'linear' is not one of 'constant', 'cosine'"),
+        ({"synthesis": "yes"}, r"synthesis: expected true or false, got 'yes'"),
+        ({"data": {"affine": {"scale": [0.9]}}}, r"data\.affine\.scale: expected a list of 2 values"),
+        ({"data": {"affine": {"scale": [0.9, "a"]}}}, r"data\.affine\.scale\[1\]: expected a number"),
+        ({"data": {"lesions": {"ellipses": [2, 1]}}}, r"data\.lesions: synthesis ellipses per pattern \(2, 1\)"),
+        ({"explain": {"patch_px": 60}}, r"explain: heat-map patch_px 60 must be a multiple of stride_px 16"),
+        ({"model": {"kwargs": 3}}, r"model\.kwargs: expected a table of settings, got 3"),
+        ({"net": "lnet"}, r"net: 'lnet' must be 'snet'"),
+        ({"version": 2}, r"version: 2 must be 1"),
+        ({"data": 5}, r"data: expected a table of settings, got 5"),
+    ],
+)
 def test_wrong_settings_are_one_error_naming_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(SNetConfig, merge(to_dict(SNetConfig()), changes))
@@ -170,8 +176,9 @@ def test_old_run_configs_load_with_the_new_settings_at_their_defaults(tmp_path):
 def test_resuming_may_change_the_heat_map_settings_but_nothing_that_trains(tmp_path):
     config = networks.preset("snet", "tiny")
     runs.start_run(tmp_path, config, {"fold": 0}, "abc")
-    runs.start_run(tmp_path, dataclasses.replace(config, explain=ExplainConfig(stride_px=8)), {"fold": 0}, "abc",
-                   resume=True)
+    runs.start_run(
+        tmp_path, dataclasses.replace(config, explain=ExplainConfig(stride_px=8)), {"fold": 0}, "abc", resume=True
+    )
     with pytest.raises(ConfigError, match=r"data\.affine\.shift_px 10\.0 -> 5\.0"):
         changed = networks.with_changes(config, ["data.affine.shift_px=5"])
         runs.start_run(tmp_path, changed, {"fold": 0}, "abc", resume=True)
@@ -180,14 +187,17 @@ def test_resuming_may_change_the_heat_map_settings_but_nothing_that_trains(tmp_p
 # ---------------------------------------------------------------- --set, --config and the flags
 
 
-@pytest.mark.parametrize("assignment,path,value", [
-    ("train.learning_rate=3e-4", ["train", "learning_rate"], 3e-4),
-    ("data.size=[96, 64, 64]", ["data", "size"], [96, 64, 64]),
-    ("train.decoupled_weight_decay=true", ["train", "decoupled_weight_decay"], True),
-    ('model.name="levelnet"', ["model", "name"], "levelnet"),
-    ("train.decay=cosine", ["train", "decay"], "cosine"),  # no TOML value: a string
-    ("pretrained=/data/w.pth", ["pretrained"], "/data/w.pth"),
-])
+@pytest.mark.parametrize(
+    "assignment,path,value",
+    [
+        ("train.learning_rate=3e-4", ["train", "learning_rate"], 3e-4),
+        ("data.size=[96, 64, 64]", ["data", "size"], [96, 64, 64]),
+        ("train.decoupled_weight_decay=true", ["train", "decoupled_weight_decay"], True),
+        ('model.name="levelnet"', ["model", "name"], "levelnet"),
+        ("train.decay=cosine", ["train", "decay"], "cosine"),  # no TOML value: a string
+        ("pretrained=/data/w.pth", ["pretrained"], "/data/w.pth"),
+    ],
+)
 def test_set_values_are_toml_values(assignment, path, value):
     assert text.assignment(assignment) == (path, value)
 
@@ -202,8 +212,13 @@ def test_set_refuses_what_is_no_assignment_or_descends_into_a_setting():
 def test_a_file_then_set_then_flags_change_the_preset(tmp_path):
     mine = tmp_path / "mine.toml"
     mine.write_text("[train]\nlearning_rate = 5e-4\nsteps = 7\n\n[data]\nimage_size = 96\n")
-    config = networks.resolve("snet", "tiny", mine, ["train.steps=9", "data.affine.rotation_deg=10"],
-                              {"train": {"steps": 11}, "synthesis": True})
+    config = networks.resolve(
+        "snet",
+        "tiny",
+        mine,
+        ["train.steps=9", "data.affine.rotation_deg=10"],
+        {"train": {"steps": 11}, "synthesis": True},
+    )
     assert (config.train.learning_rate, config.train.steps, config.data.image_size) == (5e-4, 11, 96)
     assert config.data.affine.rotation_deg == 10.0 and config.synthesis
     assert config.train.batch_size == networks.preset("snet", "tiny").train.batch_size  # left out: the preset's
@@ -220,8 +235,7 @@ def test_a_file_then_set_then_flags_change_the_preset(tmp_path):
 
 def test_the_heat_map_settings_are_the_runs_changed_by_set_and_options():
     config = networks.preset("snet", "tiny")
-    settings = explain.explain_settings(config, ["explain.stride_px=8", "explain.patch_px=32"], chunk=4,
-                                        occlusion=None)
+    settings = explain.explain_settings(config, ["explain.stride_px=8", "explain.patch_px=32"], chunk=4, occlusion=None)
     assert (settings.stride_px, settings.patch_px, settings.chunk, settings.occlusion) == (8, 32, 4, "replace")
     with pytest.raises(ConfigError, match="explain.\\* settings only"):
         explain.explain_settings(config, ["train.steps=3"])
@@ -239,25 +253,59 @@ def test_ssc_train_resolves_file_set_and_flags_and_stores_them(monkeypatch, caps
 
     monkeypatch.setattr(networks.Network, "train", lambda self, *args, **options: fake_train(*args, **options))
     tiny = networks.preset_file("lnet", "tiny")
-    code, out, err = ssc(monkeypatch, capsys, "train", "lnet", "--config", tiny, "--set", "train.steps=5",
-                         "--set", "data.crop=60", "--data", cohort, "--fold", "all", "--workdir", tmp_path)
+    code, out, err = ssc(
+        monkeypatch,
+        capsys,
+        "train",
+        "lnet",
+        "--config",
+        tiny,
+        "--set",
+        "train.steps=5",
+        "--set",
+        "data.crop=60",
+        "--data",
+        cohort,
+        "--fold",
+        "all",
+        "--workdir",
+        tmp_path,
+    )
     assert code == 0, err
     assert sorted(seen) == [0, 1, 2, 3]
-    expected = networks.with_changes(networks.preset("lnet", "tiny", data_dir=str(cohort.resolve())),
-                                     ["train.steps=5", "data.crop=60"])
+    expected = networks.with_changes(
+        networks.preset("lnet", "tiny", data_dir=str(cohort.resolve())), ["train.steps=5", "data.crop=60"]
+    )
     assert seen[2] == dataclasses.replace(expected, fold=2)
-    code, out, err = ssc(monkeypatch, capsys, "train", "lnet", "--preset", "tiny", "--steps", "3", "--bf16",
-                         "--set", "train.steps=9", "--data", cohort, "--show-config")
+    code, out, err = ssc(
+        monkeypatch,
+        capsys,
+        "train",
+        "lnet",
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--bf16",
+        "--set",
+        "train.steps=9",
+        "--data",
+        cohort,
+        "--show-config",
+    )
     assert code == 0, err
     shown = from_dict(LNetConfig, tomllib.loads(out))
     assert (shown.train.steps, shown.train.compute_dtype, shown.data_dir) == (3, "bfloat16", str(cohort.resolve()))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "train.learnin_rate=1e-3"], "train.learnin_rate: unknown setting"),
-    (["--set", "data.crop=wide"], "data.crop: expected an integer, got 'wide'"),
-    (["--set", "train.steps"], "expected key.path=value"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "train.learnin_rate=1e-3"], "train.learnin_rate: unknown setting"),
+        (["--set", "data.crop=wide"], "data.crop: expected an integer, got 'wide'"),
+        (["--set", "train.steps"], "expected key.path=value"),
+    ],
+)
 def test_ssc_train_refuses_a_wrong_setting_in_one_line_with_exit_code_2(monkeypatch, capsys, args, message):
     code, out, err = ssc(monkeypatch, capsys, "train", "lnet", "--preset", "tiny", *args, "--show-config")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out

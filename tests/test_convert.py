@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from flax import nnx
-
 from sscjax.cli.main import cli
+
 from sscjax.errors import ModelError
 from sscjax.models import load_torch_weights, load_weights, save_weights
 from sscjax.models.convert import read_state_dict
@@ -49,8 +49,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "
     header, blobs, offset = {}, [], 0
     for name, value in tensors.items():
         blob = np.ascontiguousarray(value).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {"dtype": dtype, "shape": list(value.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)
     text = json.dumps(header).encode()
@@ -60,9 +59,10 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "
 
 def rename(state: dict[str, np.ndarray], scheme: str) -> dict[str, np.ndarray]:
     """torchvision keys -> timm's or the original ConvNeXt release's (layer scales as (C,) gammas)."""
-    block = {"timm": ("stages.{s}.blocks.{b}.",
-                      {"0": "conv_dw", "2": "norm", "3": "mlp.fc1", "5": "mlp.fc2"}),
-             "fb": ("stages.{s}.{b}.", {"0": "dwconv", "2": "norm", "3": "pwconv1", "5": "pwconv2"})}[scheme]
+    block = {
+        "timm": ("stages.{s}.blocks.{b}.", {"0": "conv_dw", "2": "norm", "3": "mlp.fc1", "5": "mlp.fc2"}),
+        "fb": ("stages.{s}.{b}.", {"0": "dwconv", "2": "norm", "3": "pwconv1", "5": "pwconv2"}),
+    }[scheme]
     head = {"timm": ("head.norm", "head.fc"), "fb": ("norm", "head")}[scheme]
     out = {}
     for key, value in state.items():
@@ -73,8 +73,11 @@ def rename(state: dict[str, np.ndarray], scheme: str) -> dict[str, np.ndarray]:
             value = value.reshape(-1) if key.endswith("gamma") else value
         elif m := re.match(r"features\.(\d+)\.(\d)\.(.*)", key):
             stage = int(m[1]) // 2
-            down = ("stem" if stage == 0 else f"stages.{stage}.downsample") if scheme == "timm" \
+            down = (
+                ("stem" if stage == 0 else f"stages.{stage}.downsample")
+                if scheme == "timm"
                 else f"downsample_layers.{stage}"
+            )
             key = f"{down}.{m[2]}.{m[3]}"
         else:
             key = re.sub(r"^classifier\.0", head[0], re.sub(r"^classifier\.2", head[1], key))
@@ -90,7 +93,7 @@ def wrap_zip_pth(path: Path, key: str) -> Path:
             if name.endswith("data.pkl"):  # PROTO 2 | body | STOP -> PROTO 2 {key: body} STOP
                 assert content[:2] == b"\x80\x02" and content[-1:] == b"."
                 label = key.encode()
-                content = (b"\x80\x02}X" + struct.pack("<I", len(label)) + label + content[2:-1] + b"s.")
+                content = b"\x80\x02}X" + struct.pack("<I", len(label)) + label + content[2:-1] + b"s."
             dst.writestr(name, content)
     return path
 
@@ -164,8 +167,11 @@ def test_corrupt_files_are_user_errors(tmp_path):
     short.write_bytes((FIXTURE / "convnext.safetensors").read_bytes()[:-1000])
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    for path, problem in ((truncated, "holds 100 bytes, its tensor storage needs"), (short, "does not fit its offsets"),
-                          (junk, "unreadable")):
+    for path, problem in (
+        (truncated, "holds 100 bytes, its tensor storage needs"),
+        (short, "does not fit its offsets"),
+        (junk, "unreadable"),
+    ):
         with pytest.raises(ModelError, match=problem) as error:
             read_state_dict(path)
         assert str(path) in str(error.value)
@@ -180,9 +186,12 @@ def test_mismatches_are_reported_by_name(tmp_path, state):
     with pytest.raises(ModelError) as error:
         load_torch_weights(path, "convnext")
     message = str(error.value)
-    for expected in (str(path), "missing 1: features.5.1.block.3.bias",
-                     "unexpected 1: features.3.0.block.9.weight",
-                     "features.2.1.weight is (32, 16, 3, 3), the model needs (32, 16, 2, 2)"):
+    for expected in (
+        str(path),
+        "missing 1: features.5.1.block.3.bias",
+        "unexpected 1: features.3.0.block.9.weight",
+        "features.2.1.weight is (32, 16, 3, 3), the model needs (32, 16, 2, 2)",
+    ):
         assert expected in message
     with pytest.raises(ModelError, match="no such weights file"):
         load_torch_weights(tmp_path / "absent.pth", "convnext")
@@ -207,15 +216,19 @@ def test_fresh_head_keeps_the_backbone(state):
     model = load_torch_weights(FIXTURE / "convnext.pth", "convnext", num_classes=3, seed=1)
     assert model.head.kernel.shape == (128, 3)
     np.testing.assert_array_equal(model.head.bias[...], 0)
-    np.testing.assert_array_equal(model.stem_conv.kernel[...],
-                                  state["features.0.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(model.stem_conv.kernel[...], state["features.0.0.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(model.head_norm.scale[...], state["classifier.0.weight"])
 
 
 def test_save_and_load_round_trip(tmp_path):
     model = load_torch_weights(FIXTURE / "convnext_legacy.pth", "convnext")
-    meta = {"arch": "convnext", "num_classes": 10, "in_chans": 3, "source": "fixture",
-            "options": {"widths": [16, 32, 64, 128], "depths": [1, 1, 2, 1]}}
+    meta = {
+        "arch": "convnext",
+        "num_classes": 10,
+        "in_chans": 3,
+        "source": "fixture",
+        "options": {"widths": [16, 32, 64, 128], "depths": [1, 1, 2, 1]},
+    }
     path = save_weights(tmp_path / "w.npz", model, meta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npz"]  # no temporary file left behind
     loaded, loaded_meta = load_weights(path)
@@ -231,14 +244,27 @@ def test_save_and_load_round_trip(tmp_path):
 def test_cli_convert(tmp_path):
     runner = CliRunner()
     dst = tmp_path / "snet.npz"
-    result = runner.invoke(cli, ["weights", "convert", str(FIXTURE / "convnext.pth"), str(dst), "--arch",
-                                 "convnext", "--num-classes", "3", "--in-chans", "1", "--normalize-input"])
+    result = runner.invoke(
+        cli,
+        [
+            "weights",
+            "convert",
+            str(FIXTURE / "convnext.pth"),
+            str(dst),
+            "--arch",
+            "convnext",
+            "--num-classes",
+            "3",
+            "--in-chans",
+            "1",
+            "--normalize-input",
+        ],
+    )
     assert result.exit_code == 0, result.output
     # 270,298 parameters with 3 RGB channels and 10 classes; the stem loses 2 * 16 * 4 * 4, the head 7 * 129
     expected = f"convnext: {270298 - 512 - 903:,} parameters, 3 outputs, 1 input channel(s) -> {dst}"
     assert result.output.strip() == expected
     model, meta = load_weights(dst)
     assert (meta["num_classes"], meta["in_chans"], model.input_norm) == (3, 1, GREY)
-    failed = runner.invoke(cli, ["weights", "convert", str(tmp_path / "absent.pth"), str(dst),
-                                 "--arch", "convnext"])
+    failed = runner.invoke(cli, ["weights", "convert", str(tmp_path / "absent.pth"), str(dst), "--arch", "convnext"])
     assert isinstance(failed.exception, ModelError)  # cli.main prints it as one line, exit code 2

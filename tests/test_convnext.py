@@ -21,20 +21,24 @@ def reference_depthwise(x: np.ndarray, kernel: np.ndarray, stride: int, pads) ->
     out = np.zeros((x.shape[0], h_out, w_out, x.shape[3]))
     for h in range(h_out):
         for w in range(w_out):
-            patch = xp[:, h * stride:h * stride + k, w * stride:w * stride + k, :]
+            patch = xp[:, h * stride : h * stride + k, w * stride : w * stride + k, :]
             out[:, h, w] = (patch * kernel[:, :, 0, :]).sum(axis=(1, 2))
     return out
 
 
 @pytest.mark.parametrize("impl", ["grouped", "shifted"])
-@pytest.mark.parametrize("kernel,stride,padding,expected_pads", [
-    (7, 1, ((3, 3), (3, 3)), ((3, 3), (3, 3))),
-    (5, 2, "SAME", ((1, 2), (1, 2))),  # TensorFlow SAME on an even size pads more at the end
-    (3, 2, "SAME", ((0, 1), (0, 1))),
-])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,expected_pads",
+    [
+        (7, 1, ((3, 3), (3, 3)), ((3, 3), (3, 3))),
+        (5, 2, "SAME", ((1, 2), (1, 2))),  # TensorFlow SAME on an even size pads more at the end
+        (3, 2, "SAME", ((0, 1), (0, 1))),
+    ],
+)
 def test_depthwise_matches_the_written_out_convolution(impl, kernel, stride, padding, expected_pads):
-    layer = nnx.eval_shape(lambda: DepthwiseConv2d(6, kernel, stride=stride, padding=padding,
-                                                   impl=impl, rngs=nnx.Rngs(0)))
+    layer = nnx.eval_shape(
+        lambda: DepthwiseConv2d(6, kernel, stride=stride, padding=padding, impl=impl, rngs=nnx.Rngs(0))
+    )
     rng = np.random.default_rng(1)
     weights = rng.normal(size=(kernel, kernel, 1, 6)).astype(np.float32)
     layer.kernel.set_value(jnp.asarray(weights))
@@ -58,8 +62,9 @@ def random_weights(model: nnx.Module, seed: int) -> nnx.Module:
 
 
 def test_grouped_and_shifted_networks_agree():
-    grouped = random_weights(abstract_model("convnext", 10, widths=(16, 32, 64, 128),
-                                            depths=(1, 1, 2, 1), depthwise="grouped"), 0)
+    grouped = random_weights(
+        abstract_model("convnext", 10, widths=(16, 32, 64, 128), depths=(1, 1, 2, 1), depthwise="grouped"), 0
+    )
     grouped.eval()
     shifted = nnx.clone(grouped)
     for stage in shifted.stages:
@@ -75,8 +80,7 @@ def test_grouped_and_shifted_networks_agree():
 
 
 def test_stochastic_depth_schedule_is_torchvisions():
-    model = abstract_model("convnext", 10, widths=(8, 8, 8, 8), depths=(1, 1, 2, 1),
-                           stochastic_depth_prob=0.5)
+    model = abstract_model("convnext", 10, widths=(8, 8, 8, 8), depths=(1, 1, 2, 1), stochastic_depth_prob=0.5)
     rates = [block.drop_path.rate for stage in model.stages for block in stage]
     np.testing.assert_allclose(rates, [0.0, 0.125, 0.25, 0.375, 0.5])  # p * i / (n - 1)
 
@@ -97,8 +101,13 @@ def test_stochastic_depth_drops_whole_samples():
     assert np.all(kept ^ dropped) and 0 < kept.sum() < 32
 
 
-@pytest.mark.parametrize("arch,expected", [  # torchvision's published parameter counts
-    ("convnext_tiny", 28_589_128), ("convnext_base", 88_591_464)])
+@pytest.mark.parametrize(
+    "arch,expected",
+    [  # torchvision's published parameter counts
+        ("convnext_tiny", 28_589_128),
+        ("convnext_base", 88_591_464),
+    ],
+)
 def test_named_variants_have_torchvisions_size(arch, expected):
     model = abstract_model(arch, 1000)
     assert count_parameters(model) == expected

@@ -17,8 +17,9 @@ MARGIN = 0.8  # the method's MAE may be at most 80 % of the baseline's
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_demo_beats_its_baselines_and_says_where_everything_is(tmp_path, seed):
     out = tmp_path / "demo"
-    result = subprocess.run(["ssc", "demo", "--out", str(out), "--seed", str(seed)], capture_output=True, text=True,
-                            timeout=1800)
+    result = subprocess.run(
+        ["ssc", "demo", "--out", str(out), "--seed", str(seed)], capture_output=True, text=True, timeout=1800
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Headline figures on the test split" in result.stdout
     summary = json.loads((out / "summary.json").read_text())

@@ -46,8 +46,12 @@ def _run(tmp_path: Path, name: str, *, devices: int = 1, processes: int = 1) -> 
     """Start the worker in `processes` processes with `devices` CPU devices each; their JSON results."""
     script = WORKER.format(tests=str(TESTS), distributed=processes > 1, port=_free_port(), run=str(tmp_path / name))
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    workers = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(processes)
+    ]
     results = []
     try:
         for worker in workers:

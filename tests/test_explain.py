@@ -27,6 +27,7 @@ def _conv_net(seed=0):
 
 def jax_conv(x, kernel):
     import jax
+
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -53,8 +54,11 @@ def test_constant_occlusion_equals_the_sequential_loop():
     image, lung, texture = _slice(seed=3)
     cfg = heatmaps.HeatmapConfig(patch=16, stride=8, fade=4, chunk=5, occlusion="constant", constant=0.5)
     predict = _conv_net(2)
-    np.testing.assert_allclose(heatmaps.heatmaps(predict, image, lung, texture, cfg),
-                               heatmaps.heatmaps_sequential(predict, image, lung, texture, cfg), atol=2e-4)
+    np.testing.assert_allclose(
+        heatmaps.heatmaps(predict, image, lung, texture, cfg),
+        heatmaps.heatmaps_sequential(predict, image, lung, texture, cfg),
+        atol=2e-4,
+    )
 
 
 def test_toy_model_gives_negative_delta_only_around_its_region():
@@ -88,8 +92,9 @@ def test_positions_without_lung_are_skipped():
     lung[20:22, 30:31] = True
     cells = heatmaps.lung_positions(lung, CFG)
     # brute force: corners every 4 px whose 16 px patch touches the lung
-    expected = [(iy, ix) for iy in range(10) for ix in range(10)
-                if lung[iy * 4 : iy * 4 + 16, ix * 4 : ix * 4 + 16].any()]
+    expected = [
+        (iy, ix) for iy in range(10) for ix in range(10) if lung[iy * 4 : iy * 4 + 16, ix * 4 : ix * 4 + 16].any()
+    ]
     assert sorted(map(tuple, cells)) == expected
 
 

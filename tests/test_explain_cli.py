@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_ssc as ssc
 
 from sscjax import explain, heatmaps, snet
 from sscjax.data import load_cohort
 from sscjax.data.slices import resize_slices
 from sscjax.io import read_image, read_scan
 from sscjax.lung import lung_mask
-from conftest import run_ssc as ssc
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +21,36 @@ def scan_path(cohort):
     return load_cohort(cohort, check_scans=False).scan_paths["phantom_001"]
 
 
-def test_explain_writes_maps_that_equal_the_library_heat_maps(monkeypatch, capsys, snet_trained, cohort, scan_path,
-                                                               tmp_path):
+def test_explain_writes_maps_that_equal_the_library_heat_maps(
+    monkeypatch, capsys, snet_trained, cohort, scan_path, tmp_path
+):
     snet_run, _ = snet_trained
     scan = read_scan(scan_path)
     k = int(scan.n_slices * 0.35)
-    code, out, err = ssc(monkeypatch, capsys, "explain", "--scan", scan_path, "--snet", snet_run, "--slice-index", k,
-                         "--pattern", "GG", "--threshold", "-0.5", "--set", "explain.chunk=5", "--out", tmp_path)
+    code, out, err = ssc(
+        monkeypatch,
+        capsys,
+        "explain",
+        "--scan",
+        scan_path,
+        "--snet",
+        snet_run,
+        "--slice-index",
+        k,
+        "--pattern",
+        "GG",
+        "--threshold",
+        "-0.5",
+        "--set",
+        "explain.chunk=5",
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     folder = tmp_path / "phantom_001" / "explain"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [f"slice{k}_GG_{kind}" for kind in ("delta.mha", "delta.npy", "derived.mha", "overlay.png")] + ["explain.json"])
+        [f"slice{k}_GG_{kind}" for kind in ("delta.mha", "delta.npy", "derived.mha", "overlay.png")] + ["explain.json"]
+    )
     saved = np.load(folder / f"slice{k}_GG_delta.npy")
     image = read_image(folder / f"slice{k}_GG_delta.mha")
     np.testing.assert_array_equal(image.array[0], saved)
@@ -42,8 +61,13 @@ def test_explain_writes_maps_that_equal_the_library_heat_maps(monkeypatch, capsy
     size = config.data.image_size
     lung = resize_slices(lung_mask(scan)[[k]].astype(np.float32), size, order=0)[0] > 0.5
     texture = explain.read_texture(cohort / "patterns" / "healthy.mha", scan.geometry.spacing[0] * scan.shape[2] / size)
-    maps = heatmaps.heatmaps(snet.predict_fn(model), snet.prepare_slices(scan.array[[k]], size)[0, ..., 0], lung,
-                            texture, explain.scaled_config(size))
+    maps = heatmaps.heatmaps(
+        snet.predict_fn(model),
+        snet.prepare_slices(scan.array[[k]], size)[0, ..., 0],
+        lung,
+        texture,
+        explain.scaled_config(size),
+    )
     np.testing.assert_allclose(saved, explain.to_native(maps, scan.shape[1:])[..., 1], atol=1e-3)
     assert np.abs(saved).max() > 0.05
     summary = json.loads((folder / "explain.json").read_text())
@@ -60,17 +84,33 @@ def test_constant_occlusion_gives_other_maps(monkeypatch, capsys, snet_trained, 
     k = int(read_scan(scan_path).n_slices * 0.35)
     maps = {}
     for occlusion in ("replace", "constant"):
-        code, _, err = ssc(monkeypatch, capsys, "explain", "--scan", scan_path, "--snet", snet_run, "--slice-index",
-                           k, "--pattern", "TOT", "--occlusion", occlusion, "--out", tmp_path / occlusion)
+        code, _, err = ssc(
+            monkeypatch,
+            capsys,
+            "explain",
+            "--scan",
+            scan_path,
+            "--snet",
+            snet_run,
+            "--slice-index",
+            k,
+            "--pattern",
+            "TOT",
+            "--occlusion",
+            occlusion,
+            "--out",
+            tmp_path / occlusion,
+        )
         assert code == 0, err
         maps[occlusion] = np.load(tmp_path / occlusion / "phantom_001" / "explain" / f"slice{k}_TOT_delta.npy")
     assert np.abs(maps["replace"] - maps["constant"]).max() > 0.05
 
 
-def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_them(monkeypatch, capsys, lnet_trained,
-                                                                                  snet_trained, scan_path, tmp_path):
+def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_them(
+    monkeypatch, capsys, lnet_trained, snet_trained, scan_path, tmp_path
+):
     snet_run, _ = snet_trained
-    code, out, err = ssc(monkeypatch, capsys, "explain", "calibrate", "--model", snet_run)
+    code, _, err = ssc(monkeypatch, capsys, "explain", "calibrate", "--model", snet_run)
     assert code == 0, err
     record = json.loads((snet_run / "explain" / "calibration.json").read_text())
     assert record["split"] == "valid" and record["n_slices"] == 5 * 4
@@ -78,8 +118,19 @@ def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_th
     assert np.all((thresholds >= -4) & (thresholds <= 0))
     assert (snet_run / "explain" / "calibration.png").stat().st_size > 10_000
     assert all(r <= 1 for r in record["r2"] if r is not None)  # R^2 has no lower bound: a poor fit is below 0
-    code, out, err = ssc(monkeypatch, capsys, "explain", "--scan", scan_path, "--lnet", lnet_trained[1], "--snet",
-                         snet_run, "--out", tmp_path)
+    code, _out, err = ssc(
+        monkeypatch,
+        capsys,
+        "explain",
+        "--scan",
+        scan_path,
+        "--lnet",
+        lnet_trained[1],
+        "--snet",
+        snet_run,
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "phantom_001" / "explain" / "explain.json").read_text())
     assert [s["name"] for s in summary["slices"]] == ["L1", "L2", "L3", "L4", "L5"]

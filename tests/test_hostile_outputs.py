@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hostile import Case, check_case
 
 SCORES = ("TOT", "GG", "RET")
@@ -101,6 +100,7 @@ def cascade_with_levels(levels: str, out: str = "out"):
     def make(tmp: Path) -> list[str]:
         _, path, _ = cohort_scan(0)
         return ["cascade", "--scan", path, "--levels", levels, "--snet", snet_run(), "--out", tmp / out]
+
     return make
 
 
@@ -116,11 +116,13 @@ def explain_unwritable(tmp: Path) -> list[str]:
 
 def damaged_run(damage):
     """A cascade with a copy of the S-Net run whose best checkpoint `damage(step folder)` spoiled."""
+
     def make(tmp: Path) -> list[str]:
         run = copied_run(snet_run(), tmp)
         damage(next((run / "checkpoints" / "best").glob("[0-9]*")))
         _, path, levels = cohort_scan(0)
         return ["cascade", "--scan", path, "--levels", levels, "--snet", run, "--out", tmp / "out"]
+
     return make
 
 
@@ -150,8 +152,17 @@ def batch_with_garbage(tmp: Path) -> list[str]:
     (tmp / "scans").mkdir()
     shutil.copy(path, tmp / "scans" / f"{sid}.mha")
     (tmp / "scans" / "garbage.mha").write_bytes(bytes(range(256)) * 8)
-    return ["cascade", "--scan", tmp / "scans", "--lnet", fixture("lnet_trained")[1], "--snet", snet_run(),
-            "--out", tmp / "out"]
+    return [
+        "cascade",
+        "--scan",
+        tmp / "scans",
+        "--lnet",
+        fixture("lnet_trained")[1],
+        "--snet",
+        snet_run(),
+        "--out",
+        tmp / "out",
+    ]
 
 
 def batch_scored_the_good_scan(tmp: Path, out: str, err: str) -> None:
@@ -161,8 +172,20 @@ def batch_scored_the_good_scan(tmp: Path, out: str, err: str) -> None:
 
 def pretrained_garbage(tmp: Path) -> list[str]:
     (tmp / "garbage.pth").write_bytes(b"\x80\x02garbage" * 100)
-    return ["train", "snet", "--data", fixture("cohort"), "--preset", "tiny", "--steps", "1", "--workdir", tmp / "runs",
-            "--pretrained", tmp / "garbage.pth"]
+    return [
+        "train",
+        "snet",
+        "--data",
+        fixture("cohort"),
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--workdir",
+        tmp / "runs",
+        "--pretrained",
+        tmp / "garbage.pth",
+    ]
 
 
 def phantom_cascade(tmp: Path) -> list[str]:
@@ -172,8 +195,12 @@ def phantom_cascade(tmp: Path) -> list[str]:
 
 def csv_scores(path: Path) -> np.ndarray:
     with open(path, newline="") as f:
-        return np.array([[float(row[p]) for p in SCORES] + [float(row.get(f"{p}_5", 0)) for p in SCORES]
-                         for row in csv.DictReader(f)])
+        return np.array(
+            [
+                [float(row[p]) for p in SCORES] + [float(row.get(f"{p}_5", 0)) for p in SCORES]
+                for row in csv.DictReader(f)
+            ]
+        )
 
 
 def scores_within_bounds(tmp: Path, out: str, err: str) -> None:
@@ -191,43 +218,145 @@ def scores_within_bounds(tmp: Path, out: str, err: str) -> None:
 
 
 CASES = [
-    Case("same file name in two folders", same_name_in_two_folders, 2, "both have the scan id", outputs=("out",),
-         names="{tmp}/a/patient.mha"),
-    Case("scan.mha beside scan.nii.gz", same_name_two_extensions, 2, "both have the scan id", outputs=("out",),
-         names="{tmp}/scans/patient.nii.gz"),
+    Case(
+        "same file name in two folders",
+        same_name_in_two_folders,
+        2,
+        "both have the scan id",
+        outputs=("out",),
+        names="{tmp}/a/patient.mha",
+    ),
+    Case(
+        "scan.mha beside scan.nii.gz",
+        same_name_two_extensions,
+        2,
+        "both have the scan id",
+        outputs=("out",),
+        names="{tmp}/scans/patient.nii.gz",
+    ),
     Case("cascade --out under a file", cascade_unwritable, 2, "cannot write outputs here", names="{tmp}/afile"),
-    Case("evaluate --out under a file", lambda tmp: evaluate_args(tmp, out=a_file(tmp)), 2, "cannot write outputs",
-         names="{tmp}/afile"),
+    Case(
+        "evaluate --out under a file",
+        lambda tmp: evaluate_args(tmp, out=a_file(tmp)),
+        2,
+        "cannot write outputs",
+        names="{tmp}/afile",
+    ),
     Case("explain --out under a file", explain_unwritable, 2, "cannot write outputs here", names="{tmp}/afile"),
-    Case("--levels with nan", cascade_with_levels("nan,1,2,3,4"), 2, "must be finite", names="nan,1,2,3,4",
-         outputs=("out",)),
-    Case("--levels with four values", cascade_with_levels("40,30,20,10"), 2, "expected five numbers", names="40,30",
-         outputs=("out",)),
-    Case("--levels out of order", cascade_with_levels("10,20,30,40,50"), 2, "must go down the body", names="10,20",
-         outputs=("out",)),
-    Case("checkpoint shards overwritten", damaged_run(overwrite_shards), 2, "checkpoint (step", names="{tmp}/run",
-         outputs=("out",)),
-    Case("checkpoint metadata truncated", damaged_run(truncate_metadata), 2, "unreadable or corrupt", names="{tmp}/run",
-         outputs=("out",)),
-    Case("an l-net run given to --snet", lnet_as_snet, 2, "is a run of the lnet, not of the snet", names="{tmp}/run",
-         outputs=("out",)),
+    Case(
+        "--levels with nan",
+        cascade_with_levels("nan,1,2,3,4"),
+        2,
+        "must be finite",
+        names="nan,1,2,3,4",
+        outputs=("out",),
+    ),
+    Case(
+        "--levels with four values",
+        cascade_with_levels("40,30,20,10"),
+        2,
+        "expected five numbers",
+        names="40,30",
+        outputs=("out",),
+    ),
+    Case(
+        "--levels out of order",
+        cascade_with_levels("10,20,30,40,50"),
+        2,
+        "must go down the body",
+        names="10,20",
+        outputs=("out",),
+    ),
+    Case(
+        "checkpoint shards overwritten",
+        damaged_run(overwrite_shards),
+        2,
+        "checkpoint (step",
+        names="{tmp}/run",
+        outputs=("out",),
+    ),
+    Case(
+        "checkpoint metadata truncated",
+        damaged_run(truncate_metadata),
+        2,
+        "unreadable or corrupt",
+        names="{tmp}/run",
+        outputs=("out",),
+    ),
+    Case(
+        "an l-net run given to --snet",
+        lnet_as_snet,
+        2,
+        "is a run of the lnet, not of the snet",
+        names="{tmp}/run",
+        outputs=("out",),
+    ),
     Case("a missing run folder", missing_run, 2, "not a training run", names="{tmp}/no_run", outputs=("out",)),
-    Case("reference score -20", lambda tmp: evaluate_args(tmp, (3, "GG", "-20")), 2, "gg '-20' is outside 0..100",
-         names="{tmp}/truth.csv, data row 4", outputs=("stats",)),
-    Case("reference score 150", lambda tmp: evaluate_args(tmp, (7, "TOT", "150")), 2, "tot '150' is outside 0..100",
-         names="{tmp}/truth.csv, data row 8", outputs=("stats",)),
-    Case("reference score nan", lambda tmp: evaluate_args(tmp, (0, "RET", "nan")), 2, "is not a finite number",
-         names="{tmp}/truth.csv, data row 1", outputs=("stats",)),
-    Case("reference score not a number", lambda tmp: evaluate_args(tmp, (1, "RET", "five")), 2,
-         "ret 'five' is not a finite number", names="{tmp}/truth.csv", outputs=("stats",)),
-    Case("reference without a column", lambda tmp: evaluate_args(tmp, (0, "RET", None)), 2, "missing column(s) ret",
-         names="{tmp}/truth.csv", outputs=("stats",)),
-    Case("predictions of other scans", lambda tmp: evaluate_args(tmp, pred_ids=("s1", "s9")), 2, "have no row in",
-         names="{tmp}/pred.csv", outputs=("stats",)),
-    Case("a garbage scan in a batch of two", batch_with_garbage, 1, "cannot read", names="{tmp}/scans/garbage.mha",
-         outputs=("out/garbage",), extra=batch_scored_the_good_scan),
-    Case("--pretrained garbage", pretrained_garbage, 2, "unreadable weights file", names="{tmp}/garbage.pth",
-         outputs=("runs",)),
+    Case(
+        "reference score -20",
+        lambda tmp: evaluate_args(tmp, (3, "GG", "-20")),
+        2,
+        "gg '-20' is outside 0..100",
+        names="{tmp}/truth.csv, data row 4",
+        outputs=("stats",),
+    ),
+    Case(
+        "reference score 150",
+        lambda tmp: evaluate_args(tmp, (7, "TOT", "150")),
+        2,
+        "tot '150' is outside 0..100",
+        names="{tmp}/truth.csv, data row 8",
+        outputs=("stats",),
+    ),
+    Case(
+        "reference score nan",
+        lambda tmp: evaluate_args(tmp, (0, "RET", "nan")),
+        2,
+        "is not a finite number",
+        names="{tmp}/truth.csv, data row 1",
+        outputs=("stats",),
+    ),
+    Case(
+        "reference score not a number",
+        lambda tmp: evaluate_args(tmp, (1, "RET", "five")),
+        2,
+        "ret 'five' is not a finite number",
+        names="{tmp}/truth.csv",
+        outputs=("stats",),
+    ),
+    Case(
+        "reference without a column",
+        lambda tmp: evaluate_args(tmp, (0, "RET", None)),
+        2,
+        "missing column(s) ret",
+        names="{tmp}/truth.csv",
+        outputs=("stats",),
+    ),
+    Case(
+        "predictions of other scans",
+        lambda tmp: evaluate_args(tmp, pred_ids=("s1", "s9")),
+        2,
+        "have no row in",
+        names="{tmp}/pred.csv",
+        outputs=("stats",),
+    ),
+    Case(
+        "a garbage scan in a batch of two",
+        batch_with_garbage,
+        1,
+        "cannot read",
+        names="{tmp}/scans/garbage.mha",
+        outputs=("out/garbage",),
+        extra=batch_scored_the_good_scan,
+    ),
+    Case(
+        "--pretrained garbage",
+        pretrained_garbage,
+        2,
+        "unreadable weights file",
+        names="{tmp}/garbage.pth",
+        outputs=("runs",),
+    ),
     Case("phantom scan with its true levels", phantom_cascade, 0, "", extra=scores_within_bounds),
 ]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from hostile import Case, check_case
+
 from sscjax import io
 from sscjax.errors import ScanError
 
@@ -29,8 +29,15 @@ def volume(n: int = 30, dtype=np.float32, fill: float = -1000.0, yx: int = 24) -
     return array
 
 
-def stored(tmp: Path, name: str, array: np.ndarray, spacing=(2.0, 2.0, 3.0), direction=AXIAL,
-           origin=(0.0, 0.0, -90.0), vector: bool = False) -> Path:
+def stored(
+    tmp: Path,
+    name: str,
+    array: np.ndarray,
+    spacing=(2.0, 2.0, 3.0),
+    direction=AXIAL,
+    origin=(0.0, 0.0, -90.0),
+    vector: bool = False,
+) -> Path:
     """Write `array` exactly as given (no canonical flips), like a scanner or another tool would."""
     image = sitk.GetImageFromArray(array, isVector=vector)
     image.SetSpacing(spacing)
@@ -63,9 +70,18 @@ def dicom_series(folder: Path, n: int = 20, step: float = 3.0, drift: float = 0.
     writer.KeepOriginalImageUIDOn()
     for i, plane in enumerate(volume(n, np.int16)):
         image = sitk.GetImageFromArray(plane)
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0008|0018": f"1.2.3.4.{i}",
-                "0020|0013": str(i), "0020|0032": f"-20\\{-30 + drift * i}\\{-90 + step * i}",
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "2\\2", "0028|1052": "0", "0028|1053": "1"}
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.3",
+            "0020|000e": "1.2.3.4",
+            "0008|0018": f"1.2.3.4.{i}",
+            "0020|0013": str(i),
+            "0020|0032": f"-20\\{-30 + drift * i}\\{-90 + step * i}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "2\\2",
+            "0028|1052": "0",
+            "0028|1053": "1",
+        }
         for tag, value in tags.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{i:03d}.dcm"))
@@ -75,10 +91,12 @@ def dicom_series(folder: Path, n: int = 20, step: float = 3.0, drift: float = 0.
 
 def with_voxels(value: float, count: int = 7):
     """A float scan with `count` voxels set to `value` (NaN, infinity, a huge number)."""
+
     def make(tmp: Path) -> Path:
         array = volume()
         array.reshape(-1)[np.linspace(0, array.size - 1, count).astype(int)] = value
         return stored(tmp, "scan.mha", array)
+
     return make
 
 
@@ -87,14 +105,21 @@ SCANS = {
     "truncated": lambda tmp: truncated(tmp, "scan.mha"),
     "truncated-nrrd": lambda tmp: truncated(tmp, "scan.nrrd"),
     "garbage": lambda tmp: (tmp / "scan.mha").write_bytes(np.random.default_rng(0).bytes(4096)) and tmp / "scan.mha",
-    "4d": lambda tmp: stored(tmp, "scan.mha", np.zeros((2, 20, 8, 8), np.int16), (1.0,) * 4,
-                             tuple(np.eye(4).ravel()), (0.0,) * 4),
+    "4d": lambda tmp: stored(
+        tmp, "scan.mha", np.zeros((2, 20, 8, 8), np.int16), (1.0,) * 4, tuple(np.eye(4).ravel()), (0.0,) * 4
+    ),
     "rgb": lambda tmp: stored(tmp, "scan.mha", np.zeros((20, 8, 8, 3), np.uint8), vector=True),
     "2d": lambda tmp: stored(tmp, "scan.mha", volume()[0], (2.0, 2.0), (1.0, 0.0, 0.0, 1.0)),
     "coronal": lambda tmp: stored(tmp, "scan.mha", volume().astype(np.int16), direction=(1, 0, 0, 0, 0, 1, 0, -1, 0)),
-    "oblique": lambda tmp: stored(tmp, "scan.mha", volume().astype(np.int16),
-                                  direction=(1, 0, 0, 0, np.cos(0.1), -np.sin(0.1), 0, np.sin(0.1), np.cos(0.1))),
-    "no-series": lambda tmp: (tmp / "dicom").mkdir() or (tmp / "dicom" / "a.dcm").write_bytes(b"junk") and tmp / "dicom",
+    "oblique": lambda tmp: stored(
+        tmp,
+        "scan.mha",
+        volume().astype(np.int16),
+        direction=(1, 0, 0, 0, np.cos(0.1), -np.sin(0.1), 0, np.sin(0.1), np.cos(0.1)),
+    ),
+    "no-series": lambda tmp: (
+        (tmp / "dicom").mkdir() or ((tmp / "dicom" / "a.dcm").write_bytes(b"junk") and tmp / "dicom")
+    ),
     "nan": with_voxels(np.nan),
     "inf": with_voxels(-np.inf),
     "huge-values": with_voxels(1e9),
@@ -102,21 +127,33 @@ SCANS = {
     "huge-pixels": lambda tmp: stored(tmp, "scan.mha", volume().astype(np.int16), (500.0, 500.0, 3.0)),
     "huge-slices": lambda tmp: stored(tmp, "scan.mha", volume().astype(np.int16), (0.7, 0.7, 300.0)),
     "negative-spacing": lambda tmp: edited_header(tmp, "scan.mha", "ElementSpacing = 2 2 3", "ElementSpacing = 2 2 -3"),
-    "sheared": lambda tmp: edited_header(tmp, "scan.mha", "TransformMatrix = 1 0 0 0 1 0 0 0 1",
-                                         "TransformMatrix = 1 0 0 0 1 0 0 0.05 1"),
+    "sheared": lambda tmp: edited_header(
+        tmp, "scan.mha", "TransformMatrix = 1 0 0 0 1 0 0 0 1", "TransformMatrix = 1 0 0 0 1 0 0 0.05 1"
+    ),
     "gantry-tilt": lambda tmp: dicom_series(tmp / "dicom", drift=0.5),
     "unsigned": lambda tmp: stored(tmp, "scan.mha", (volume() + 1024).astype(np.uint16)),
 }
 # scan -> (text of its refusal, lower case)
 REFUSALS = {
-    "truncated": "truncated or corrupt", "truncated-nrrd": "truncated or corrupt", "garbage": "truncated or corrupt",
-    "4d": "has 4 dimensions", "rgb": "has 3 values per pixel", "2d": "single 2d slice",
-    "coronal": "not an axial acquisition", "oblique": "not an axial acquisition", "no-series": "no dicom series",
-    "nan": "7 of 17280 voxels are nan or infinite", "inf": "7 of 17280 voxels are nan or infinite",
-    "huge-values": "not a ct in hounsfield units", "3-slices": "3 slices spanning 4.5 mm",
-    "huge-pixels": "pixel spacing [500.0, 500.0] mm lies outside", "huge-slices": "slice spacing [300.0] mm lies outside",
-    "negative-spacing": "spacing (2.0, 2.0, -3.0) mm is not positive", "sheared": "not orthonormal",
-    "gantry-tilt": "gantry-tilted", "unsigned": "without the hu rescale",
+    "truncated": "truncated or corrupt",
+    "truncated-nrrd": "truncated or corrupt",
+    "garbage": "truncated or corrupt",
+    "4d": "has 4 dimensions",
+    "rgb": "has 3 values per pixel",
+    "2d": "single 2d slice",
+    "coronal": "not an axial acquisition",
+    "oblique": "not an axial acquisition",
+    "no-series": "no dicom series",
+    "nan": "7 of 17280 voxels are nan or infinite",
+    "inf": "7 of 17280 voxels are nan or infinite",
+    "huge-values": "not a ct in hounsfield units",
+    "3-slices": "3 slices spanning 4.5 mm",
+    "huge-pixels": "pixel spacing [500.0, 500.0] mm lies outside",
+    "huge-slices": "slice spacing [300.0] mm lies outside",
+    "negative-spacing": "spacing (2.0, 2.0, -3.0) mm is not positive",
+    "sheared": "not orthonormal",
+    "gantry-tilt": "gantry-tilted",
+    "unsigned": "without the hu rescale",
 }
 
 
@@ -130,8 +167,17 @@ def levels(scan: str):
 
 
 def cascade(scan: str):
-    return lambda tmp: ["cascade", "--scan", SCANS[scan](tmp), "--levels", LEVELS, "--snet", tmp / "snet",
-                        "--out", tmp / "out"]
+    return lambda tmp: [
+        "cascade",
+        "--scan",
+        SCANS[scan](tmp),
+        "--levels",
+        LEVELS,
+        "--snet",
+        tmp / "snet",
+        "--out",
+        tmp / "out",
+    ]
 
 
 def unwritable(tmp: Path) -> list:
@@ -146,21 +192,52 @@ def real_slice(tmp: Path) -> list:
 
 def refused(command, scan: str, code: int = 2) -> Case:
     """The case of `scan` given to `command`: refused in one line (code 2), or in the cascade's list (code 1)."""
-    return Case(f"{command.__name__}-{scan}", command(scan), code, REFUSALS[scan],
-                outputs=("mask.mha",) if command is lung else ())
+    return Case(
+        f"{command.__name__}-{scan}",
+        command(scan),
+        code,
+        REFUSALS[scan],
+        outputs=("mask.mha",) if command is lung else (),
+    )
 
 
 CASES = [
-    *(refused(lung, s) for s in ("truncated", "4d", "oblique", "inf", "huge-pixels", "sheared", "unsigned",
-                                 "negative-spacing")),
-    *(refused(levels, s) for s in ("garbage", "rgb", "2d", "no-series", "nan", "huge-values", "3-slices",
-                                   "huge-slices", "gantry-tilt", "unsigned")),
-    *(refused(cascade, s, code=1) for s in ("truncated-nrrd", "coronal", "nan", "3-slices", "negative-spacing",
-                                            "sheared", "unsigned")),
-    Case("cascade-missing-file", lambda tmp: ["cascade", "--scan", tmp / "missing.mha", "--levels", LEVELS,
-                                              "--snet", tmp / "snet"], 2, "no such file or folder"),
-    Case("lung-missing-file", lambda tmp: ["lung", tmp / "missing.mha", "-o", tmp / "mask.mha"], 2, "does not exist",
-         outputs=("mask.mha",)),
+    *(
+        refused(lung, s)
+        for s in ("truncated", "4d", "oblique", "inf", "huge-pixels", "sheared", "unsigned", "negative-spacing")
+    ),
+    *(
+        refused(levels, s)
+        for s in (
+            "garbage",
+            "rgb",
+            "2d",
+            "no-series",
+            "nan",
+            "huge-values",
+            "3-slices",
+            "huge-slices",
+            "gantry-tilt",
+            "unsigned",
+        )
+    ),
+    *(
+        refused(cascade, s, code=1)
+        for s in ("truncated-nrrd", "coronal", "nan", "3-slices", "negative-spacing", "sheared", "unsigned")
+    ),
+    Case(
+        "cascade-missing-file",
+        lambda tmp: ["cascade", "--scan", tmp / "missing.mha", "--levels", LEVELS, "--snet", tmp / "snet"],
+        2,
+        "no such file or folder",
+    ),
+    Case(
+        "lung-missing-file",
+        lambda tmp: ["lung", tmp / "missing.mha", "-o", tmp / "mask.mha"],
+        2,
+        "does not exist",
+        outputs=("mask.mha",),
+    ),
     Case("levels-missing-file", lambda tmp: ["levels", tmp / "missing.mha", "--model", tmp], 2, "does not exist"),
     Case("lung-unwritable-output", unwritable, 2, "cannot write outputs here", names="{tmp}/taken"),
     Case("lung-real-slice", real_slice, 0, ""),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hostile import Case, check_case
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_convnext"
@@ -52,13 +51,24 @@ def legacy_records(magic=0x1950A86A20F9469CFC6C, version=1001, sys_info=None) ->
 def tensor_pickle(shape: tuple[int, ...], stride: tuple[int, ...], numel: int) -> bytes:
     """data.pkl of a state dict {"w": tensor}, written opcode by opcode as torch writes it (protocol 2): a
     _rebuild_tensor_v2 of a FloatStorage "0" with `numel` elements, viewed with `shape` and `stride`."""
+
     def ints(values):
         return b"(" + b"".join(b"\x8a" + bytes([8]) + v.to_bytes(8, "little", signed=True) for v in values) + b"t"
 
-    storage = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpu" \
-              + b"\x8a\x08" + numel.to_bytes(8, "little", signed=True) + b"tQ"
-    rebuild = b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00" + ints(shape) + ints(stride) \
-              + b"\x89ccollections\nOrderedDict\n)RtR"
+    storage = (
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpu"
+        + b"\x8a\x08"
+        + numel.to_bytes(8, "little", signed=True)
+        + b"tQ"
+    )
+    rebuild = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + storage
+        + b"K\x00"
+        + ints(shape)
+        + ints(stride)
+        + b"\x89ccollections\nOrderedDict\n)RtR"
+    )
     return b"\x80\x02}X\x01\x00\x00\x00w" + rebuild + b"s."
 
 
@@ -117,44 +127,95 @@ FILES = {
     "legacy-payload-in-magic-record": (lambda t: legacy_file(t / "evil.pth", [payload(t)]), NOT_RUN),
     "legacy-payload-in-sys-info": (lambda t: legacy_file(t / "evil.pth", legacy_records()[:2] + [payload(t)]), NOT_RUN),
     "legacy-payload-in-state-dict": (lambda t: legacy_file(t / "evil.pth", legacy_records() + [payload(t)]), NOT_RUN),
-    "legacy-payload-in-storage-keys": (lambda t: legacy_file(
-        t / "evil.pth", legacy_records() + [pickle.dumps({}, protocol=2), payload(t)]), NOT_RUN),
+    "legacy-payload-in-storage-keys": (
+        lambda t: legacy_file(t / "evil.pth", legacy_records() + [pickle.dumps({}, protocol=2), payload(t)]),
+        NOT_RUN,
+    ),
     "legacy-payload-named-bin": (lambda t: legacy_file(t / "pytorch_model.bin", [payload(t)]), NOT_RUN),
     "zip-payload-protocol-4": (lambda t: zip_pth(t / "evil.pth", payload(t, 4)), NOT_RUN),
     "zip-payload-named-pt": (lambda t: zip_pth(t / "evil.pt", payload(t, 2)), NOT_RUN),
     "zip-bomb-tensor-entry": (zip_bomb, "would inflate"),
-    "huge-shape-stride-0": (lambda t: zip_pth(t / "huge.pth", tensor_pickle((GB, GB), (0, 0), 1), bytes(4)),
-                            "more elements than its storage"),
-    "storage-larger-than-entry": (lambda t: zip_pth(t / "short.pth", tensor_pickle((GB,), (1,), GB), bytes(4)),
-                                  "storage needs"),
+    "huge-shape-stride-0": (
+        lambda t: zip_pth(t / "huge.pth", tensor_pickle((GB, GB), (0, 0), 1), bytes(4)),
+        "more elements than its storage",
+    ),
+    "storage-larger-than-entry": (
+        lambda t: zip_pth(t / "short.pth", tensor_pickle((GB,), (1,), GB), bytes(4)),
+        "storage needs",
+    ),
     "negative-shape": (lambda t: zip_pth(t / "negative.pth", tensor_pickle((-4,), (1,), 4), bytes(16)), "malformed"),
-    "legacy-storage-longer-than-file": (lambda t: legacy_file(t / "long.pth", legacy_records() + [
-        tensor_pickle((4,), (1,), 4), pickle.dumps(["0"], 2), struct.pack("<q", 1 << 40)]),
-        "more than the file holds"),
+    "legacy-storage-longer-than-file": (
+        lambda t: legacy_file(
+            t / "long.pth",
+            legacy_records() + [tensor_pickle((4,), (1,), 4), pickle.dumps(["0"], 2), struct.pack("<q", 1 << 40)],
+        ),
+        "more than the file holds",
+    ),
     "deeply-nested-pickle": (lambda t: zip_pth(t / "deep.pth", deep_list(100_000)), "unreadable"),
     "garbage-pth": (lambda t: _write(t / "junk.pth", os.urandom(4096)), "unreadable"),
     "empty-file": (lambda t: _write(t / "empty.pth", b""), "unreadable"),
     "zip-without-data-pkl": (lambda t: _zip(t / "other.pth", {"readme.txt": b"hello"}), "without data.pkl"),
-    "safetensors-absurd-header-length": (lambda t: safetensors(t / "a.safetensors", b"{}", length=1 << 62),
-                                         "header claims"),
+    "safetensors-absurd-header-length": (
+        lambda t: safetensors(t / "a.safetensors", b"{}", length=1 << 62),
+        "header claims",
+    ),
     "safetensors-header-is-a-list": (lambda t: safetensors(t / "b.safetensors", b"[1, 2, 3]"), "not a mapping"),
     "safetensors-header-not-json": (lambda t: safetensors(t / "c.safetensors", b"\xff\xfe{{"), "unreadable"),
     "safetensors-entry-not-a-mapping": (lambda t: safetensors(t / "d.safetensors", b'{"w": 3}'), "lacks dtype"),
-    "safetensors-huge-shape": (lambda t: safetensors(t / "e.safetensors", st_header(
-        {"w": {"dtype": "F32", "shape": [GB, GB], "data_offsets": [0, 16]}}), bytes(16)), "does not fit its offsets"),
-    "safetensors-offsets-past-the-end": (lambda t: safetensors(t / "f.safetensors", st_header(
-        {"w": {"dtype": "F32", "shape": [GB], "data_offsets": [0, 4 * GB]}}), bytes(16)), "does not fit its offsets"),
-    "safetensors-unknown-dtype": (lambda t: safetensors(t / "g.safetensors", st_header(
-        {"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}), bytes(8)), "unsupported dtype"),
+    "safetensors-huge-shape": (
+        lambda t: safetensors(
+            t / "e.safetensors",
+            st_header({"w": {"dtype": "F32", "shape": [GB, GB], "data_offsets": [0, 16]}}),
+            bytes(16),
+        ),
+        "does not fit its offsets",
+    ),
+    "safetensors-offsets-past-the-end": (
+        lambda t: safetensors(
+            t / "f.safetensors",
+            st_header({"w": {"dtype": "F32", "shape": [GB], "data_offsets": [0, 4 * GB]}}),
+            bytes(16),
+        ),
+        "does not fit its offsets",
+    ),
+    "safetensors-unknown-dtype": (
+        lambda t: safetensors(
+            t / "g.safetensors", st_header({"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}), bytes(8)
+        ),
+        "unsupported dtype",
+    ),
     "missing-file": (lambda t: t / "absent.pth", "no such weights file"),
 }
-CASES = [Case(name, lambda t, make=make: convert(make(t)), 2, message, outputs=("out.npz", MARKER))
-         for name, (make, message) in FILES.items()] + [
-    Case("output-under-a-file", lambda t: ["weights", "convert", str(FIXTURE / "convnext.pth"),
-                                           str(_write(t / "afile", b"x") / "out.npz"), "--arch", "convnext"],
-         2, "cannot write outputs here"),
-    Case("output-is-the-input", lambda t: ["weights", "convert", str(_copy(FIXTURE / "convnext.pth", t / "w.pth")),
-                                           str(t / "w.pth"), "--arch", "convnext"], 2, "would overwrite"),
+CASES = [
+    Case(name, lambda t, make=make: convert(make(t)), 2, message, outputs=("out.npz", MARKER))
+    for name, (make, message) in FILES.items()
+] + [
+    Case(
+        "output-under-a-file",
+        lambda t: [
+            "weights",
+            "convert",
+            str(FIXTURE / "convnext.pth"),
+            str(_write(t / "afile", b"x") / "out.npz"),
+            "--arch",
+            "convnext",
+        ],
+        2,
+        "cannot write outputs here",
+    ),
+    Case(
+        "output-is-the-input",
+        lambda t: [
+            "weights",
+            "convert",
+            str(_copy(FIXTURE / "convnext.pth", t / "w.pth")),
+            str(t / "w.pth"),
+            "--arch",
+            "convnext",
+        ],
+        2,
+        "would overwrite",
+    ),
 ]
 
 
@@ -187,15 +248,36 @@ def test_the_payloads_would_run_with_plain_pickle(tmp_path):
     assert (tmp_path / MARKER).exists()
 
 
-@pytest.mark.parametrize("name,make,message", [
-    ("legacy-payload", lambda t: legacy_file(t / "evil.pth", [payload(t)]), NOT_RUN),
-    ("npz-declares-huge-array", lambda t: npz_with_header(t / "huge.npz", (GB, GB)), "more than its"),
-    ("npz-bomb", lambda t: _deflated_npz(t / "bomb.npz"), "would inflate"),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,make,message",
+    [
+        ("legacy-payload", lambda t: legacy_file(t / "evil.pth", [payload(t)]), NOT_RUN),
+        ("npz-declares-huge-array", lambda t: npz_with_header(t / "huge.npz", (GB, GB)), "more than its"),
+        ("npz-bomb", lambda t: _deflated_npz(t / "bomb.npz"), "would inflate"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_hostile_pretrained_files_for_training(name, make, message, cohort, tmp_path, monkeypatch, capfd):
-    case = Case(f"train-snet-{name}", lambda t: ["train", "snet", "--data", str(cohort), "--fold", "0", "--preset",
-                                                 "tiny", "--workdir", str(t / "runs"), "--pretrained", str(make(t))],
-                2, message, outputs=("runs", MARKER))
+    case = Case(
+        f"train-snet-{name}",
+        lambda t: [
+            "train",
+            "snet",
+            "--data",
+            str(cohort),
+            "--fold",
+            "0",
+            "--preset",
+            "tiny",
+            "--workdir",
+            str(t / "runs"),
+            "--pretrained",
+            str(make(t)),
+        ],
+        2,
+        message,
+        outputs=("runs", MARKER),
+    )
     check_case(case, tmp_path, monkeypatch, capfd)
 
 

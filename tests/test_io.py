@@ -47,7 +47,9 @@ def test_canonical_orientation_keeps_every_voxel_in_place(tmp_path, zdir, xdir):
 
 @pytest.mark.parametrize("zdir", [1.0, -1.0])
 def test_world_index_round_trip_and_nearest_slice(tmp_path, zdir):
-    path, image = _stored(tmp_path, np.zeros((40, 4, 4), np.int16), (1, 1, 1.25), (3.0, -7.0, -512.4), (1, 0, 0, 0, 1, 0, 0, 0, zdir))
+    path, image = _stored(
+        tmp_path, np.zeros((40, 4, 4), np.int16), (1, 1, 1.25), (3.0, -7.0, -512.4), (1, 0, 0, 0, 1, 0, 0, 0, zdir)
+    )
     scan = io.read_scan(path)
     g = scan.geometry
     k = np.arange(40)
@@ -65,7 +67,9 @@ def test_world_index_round_trip_and_nearest_slice(tmp_path, zdir):
 
 
 def test_resampled_positions_map_back_to_original_slices(tmp_path):
-    path, _ = _stored(tmp_path, np.zeros((300, 8, 8), np.int16), (0.7, 0.7, 0.8), (0, 0, -100.0), (1, 0, 0, 0, 1, 0, 0, 0, -1))
+    path, _ = _stored(
+        tmp_path, np.zeros((300, 8, 8), np.int16), (0.7, 0.7, 0.8), (0, 0, -100.0), (1, 0, 0, 0, 1, 0, 0, 0, -1)
+    )
     scan = io.read_scan(path)
     small = io.resample(scan, (64, 8, 8))
     # same field of view: first and last voxel edges coincide
@@ -108,10 +112,9 @@ def test_write_read_round_trip_keeps_geometry(tmp_path):
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "out.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with io.atomic_write(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), io.atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     with io.atomic_write(target) as tmp:
@@ -140,7 +143,9 @@ def test_2d_input_refused_where_a_volume_is_needed():
 
 def test_corrupt_unsupported_and_missing_files(tmp_path):
     bad = tmp_path / "bad.mha"
-    bad.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = LOCAL\n\x00\x01")
+    bad.write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = LOCAL\n\x00\x01"
+    )
     with pytest.raises(ScanError, match="bad.mha: cannot read"):
         io.read_scan(bad, volume=False)
     notes = tmp_path / "notes.txt"
@@ -180,9 +185,16 @@ def _dicom_series(folder: Path, z_positions, series_uid="1.2.3.4", shape=(6, 6),
         image = sitk.GetImageFromArray(np.full(shape, i * 10 - 1000, np.int16))
         image.SetSpacing((0.7, 0.7))
         tags = {
-            "0008|0060": "CT", "0020|000e": series_uid, "0020|000d": "1.2.3", "0008|0018": f"{series_uid}.{i}",
-            "0020|0013": str(i), "0020|0032": f"-20\\{-30 + drift_mm * i}\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0028|0030": "0.7\\0.7", "0028|1052": "0", "0028|1053": "1",
+            "0008|0060": "CT",
+            "0020|000e": series_uid,
+            "0020|000d": "1.2.3",
+            "0008|0018": f"{series_uid}.{i}",
+            "0020|0013": str(i),
+            "0020|0032": f"-20\\{-30 + drift_mm * i}\\{z}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.7\\0.7",
+            "0028|1052": "0",
+            "0028|1053": "1",
         }
         for tag, value in tags.items():
             image.SetMetaData(tag, value)
@@ -237,8 +249,11 @@ def test_find_scans_in_a_folder_of_scans(tmp_path):
 def test_gantry_tilted_dicom_series_refused(tmp_path):
     z = [2.5 * i for i in range(16)]
     tilted = _dicom_series(tmp_path / "tilted", z, drift_mm=0.5)  # 11.3 deg
-    with pytest.raises(ScanError, match=r"tilted: DICOM series is gantry-tilted: slice origins drift 7.5 mm in-plane "
-                                        r"over 37.5 mm along the slices \(11.3 deg; at most 1 deg\)"):
+    with pytest.raises(
+        ScanError,
+        match=r"tilted: DICOM series is gantry-tilted: slice origins drift 7.5 mm in-plane "
+        r"over 37.5 mm along the slices \(11.3 deg; at most 1 deg\)",
+    ):
         io.read_geometry(tilted)
     assert io.read_scan(_dicom_series(tmp_path / "square", z, drift_mm=0.02)).n_slices == 16  # 0.5 deg: rounding
 
@@ -250,14 +265,22 @@ def _volume(n=20, fill=-1000.0, dtype=np.float32):
     return np.full((n, 6, 6), fill, dtype)
 
 
-@pytest.mark.parametrize("spacing, direction, message", [
-    ((500.0, 500.0, 3.0), None, r"pixel spacing \[500.0, 500.0\] mm lies outside the 0.1..5 mm of a chest CT"),
-    ((0.01, 0.7, 3.0), None, r"pixel spacing \[0.01, 0.7\] mm lies outside"),
-    ((0.7, 0.7, 300.0), None, r"slice spacing \[300.0\] mm lies outside the 0.1..15 mm of a chest CT"),
-    ((0.7, 0.7, 3.0), (1, 0, 0, 0, 1, 0, 0, 0.02, 1), r"direction matrix is not orthonormal \(sheared or scaled axes: "
-                                                    r"D\^T D departs 0.02 from the identity, at most 0.001 allowed\)"),
-    ((0.7, 0.7, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1.01), "direction matrix is not orthonormal .* departs 0.0201"),
-], ids=["huge-pixels", "tiny-pixels", "huge-slices", "sheared", "scaled"])
+@pytest.mark.parametrize(
+    "spacing, direction, message",
+    [
+        ((500.0, 500.0, 3.0), None, r"pixel spacing \[500.0, 500.0\] mm lies outside the 0.1..5 mm of a chest CT"),
+        ((0.01, 0.7, 3.0), None, r"pixel spacing \[0.01, 0.7\] mm lies outside"),
+        ((0.7, 0.7, 300.0), None, r"slice spacing \[300.0\] mm lies outside the 0.1..15 mm of a chest CT"),
+        (
+            (0.7, 0.7, 3.0),
+            (1, 0, 0, 0, 1, 0, 0, 0.02, 1),
+            r"direction matrix is not orthonormal \(sheared or scaled axes: "
+            r"D\^T D departs 0.02 from the identity, at most 0.001 allowed\)",
+        ),
+        ((0.7, 0.7, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1.01), "direction matrix is not orthonormal .* departs 0.0201"),
+    ],
+    ids=["huge-pixels", "tiny-pixels", "huge-slices", "sheared", "scaled"],
+)
 def test_implausible_geometry_refused_by_header_and_full_read(tmp_path, spacing, direction, message):
     path, _ = _stored(tmp_path, _volume(), spacing, (0, 0, 0), direction or (1, 0, 0, 0, 1, 0, 0, 0, 1))
     for read in (io.read_scan, io.read_geometry, io.read_image):
@@ -281,11 +304,15 @@ def test_negative_spacing_is_refused_alike_by_the_header_and_the_full_read(tmp_p
             read(path)
 
 
-@pytest.mark.parametrize("value, message", [
-    (np.nan, "3 of 720 voxels are NaN or infinite; a CT holds finite HU values"),
-    (np.inf, "3 of 720 voxels are NaN or infinite"),
-    (-1e6, "values -1e\\+06..-1000 lie outside -32768..32767; not a CT in Hounsfield units"),
-], ids=["nan", "inf", "huge"])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (np.nan, "3 of 720 voxels are NaN or infinite; a CT holds finite HU values"),
+        (np.inf, "3 of 720 voxels are NaN or infinite"),
+        (-1e6, "values -1e\\+06..-1000 lie outside -32768..32767; not a CT in Hounsfield units"),
+    ],
+    ids=["nan", "inf", "huge"],
+)
 def test_values_that_are_not_hounsfield_units_refused(tmp_path, value, message):
     array = _volume()
     array.reshape(-1)[[0, 100, 719]] = value
@@ -296,9 +323,12 @@ def test_values_that_are_not_hounsfield_units_refused(tmp_path, value, message):
 
 
 def test_unsigned_values_named_as_raw_values_without_the_rescale(tmp_path):
-    path, _ = _stored(tmp_path, _volume(fill=24, dtype=np.uint16), (0.7, 0.7, 2.5), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    with pytest.raises(ScanError, match="scan.mha: unsigned values 24..24 with no air .* raw scanner values without "
-                                        "the HU rescale"):
+    path, _ = _stored(
+        tmp_path, _volume(fill=24, dtype=np.uint16), (0.7, 0.7, 2.5), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+    with pytest.raises(
+        ScanError, match="scan.mha: unsigned values 24..24 with no air .* raw scanner values without the HU rescale"
+    ):
         io.read_scan(path)
 
 
@@ -312,8 +342,10 @@ def test_scanner_padding_outside_the_scan_circle_is_valid(tmp_path, padding):
 
 def test_volumes_too_short_for_the_five_levels(tmp_path):
     short, _ = _stored(tmp_path, _volume(3), (0.7, 0.7, 1.5), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    with pytest.raises(ScanError, match="scan.mha: 3 slices spanning 4.5 mm; the five Goh levels need a chest CT of at "
-                                        "least 15 slices and 30 mm"):
+    with pytest.raises(
+        ScanError,
+        match="scan.mha: 3 slices spanning 4.5 mm; the five Goh levels need a chest CT of at least 15 slices and 30 mm",
+    ):
         io.read_scan(short)
     assert io.read_scan(short, volume=False).n_slices == 3  # fine for a lung mask
     thin, _ = _stored(tmp_path, _volume(20), (0.7, 0.7, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), "thin.mha")
@@ -329,16 +361,19 @@ def test_truncated_file_is_one_line_without_library_noise(tmp_path, capfd):
     capfd.readouterr()
     with pytest.raises(ScanError) as refused:
         io.read_scan(path)
-    assert str(refused.value) == (f"{path}: cannot read the image: the file is truncated or corrupt "
-                                  "(MetaImage: M_ReadElementsData: data not read completely)")
+    assert str(refused.value) == (
+        f"{path}: cannot read the image: the file is truncated or corrupt "
+        "(MetaImage: M_ReadElementsData: data not read completely)"
+    )
     assert capfd.readouterr().err == ""
     with pytest.raises(ScanError, match="no DICOM series"):
         io.read_scan(tmp_path)  # a folder without DICOM: GDCM's "No Series were found" stays off stderr
     assert capfd.readouterr().err == ""
 
 
-@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, -1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)],
-                         ids=["head-first", "flipped-xy"])
+@pytest.mark.parametrize(
+    "direction", [(1, 0, 0, 0, 1, 0, 0, 0, -1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)], ids=["head-first", "flipped-xy"]
+)
 def test_in_file_orientation_undoes_the_canonical_flips(tmp_path, direction):
     array = np.random.default_rng(0).integers(-1000, 1000, (4, 5, 6)).astype(np.int16)
     path, image = _stored(tmp_path, array, (0.7, 0.8, 2.5), (-120.0, 35.0, -310.0), direction)

@@ -3,18 +3,18 @@ run loading, and a tiny-preset training run on a phantom cohort (shared by the t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY, N_PATIENTS, train_lnet_cli
 from flax import nnx
-
-from conftest import N_PATIENTS, train_lnet_cli
-from sscjax import lnet, plots, runs
 from sscjax.cli.main import cli
+
+from sscjax import lnet, plots, runs
 from sscjax.configs import ModelConfig
 from sscjax.configs.lnet import LNetData
 from sscjax.data import lnet as data
@@ -22,6 +22,7 @@ from sscjax.errors import ConfigError, ModelError
 from sscjax.io import Geometry, read_scan, resampled_geometry, write_image
 from sscjax.networks import preset
 from sscjax.runs import load_config, save_config
+from sscjax.train import model_predictor
 
 SIZE = (80, 64, 64)
 SETTINGS = LNetData(size=SIZE, crop=64, margin=2, stride=4)
@@ -38,14 +39,16 @@ def _volume(n: int, seed: int = 0) -> data.PreparedVolume:
 
 def _level_set(positions) -> data.LevelSet:
     positions = np.asarray(positions, dtype=np.float32)
-    return data.LevelSet([f"s{i}" for i in range(len(positions))], [_volume(40, i) for i in range(len(positions))],
-                         positions)
+    return data.LevelSet(
+        [f"s{i}" for i in range(len(positions))], [_volume(40, i) for i in range(len(positions))], positions
+    )
 
 
 def _task(levels: data.LevelSet, **data_settings) -> lnet.LNetTask:
     config = preset("lnet", "tiny")
-    config = config.__class__(**{**config.__dict__, "data": LNetData(**{"size": (40, 8, 8), "crop": 28, "margin": 2,
-                                                                         **data_settings})})
+    config = config.__class__(
+        **{**config.__dict__, "data": LNetData(**{"size": (40, 8, 8), "crop": 28, "margin": 2, **data_settings})}
+    )
     return lnet.LNetTask(config, levels, levels)
 
 
@@ -61,17 +64,18 @@ def test_training_crops_keep_every_level_inside_with_labels_relative_to_the_star
         assert np.all(positions >= 2 - 1e-5) and np.all(positions <= 28 - 1 - 2 + 1e-5)
         for inputs, pos in zip(batch["inputs"][..., 0], positions):
             row = next(r for r in range(3) if np.allclose(np.diff(levels.positions[r] - pos), 0, atol=1e-4))
-            start = int(round(float(levels.positions[row][0] - pos[0])))
+            start = round(float(levels.positions[row][0] - pos[0]))
             starts_seen.add((row, start))
-            expected = levels.volumes[row].array[start:start + 28]
+            expected = levels.volumes[row].array[start : start + 28]
             np.testing.assert_allclose(inputs, (expected - expected.mean()) / expected.std(), atol=1e-4)
     # every feasible start (levels >= 2 slices inside a 28-slice crop of a 40-slice volume) is drawn
     assert starts_seen == {(0, 5), (0, 6), (0, 7), (0, 8), (1, 12), (2, 0), (2, 1)}
 
 
 def test_batches_depend_only_on_seed_and_step_and_hosts_share_them():
-    task = _task(_level_set([[30, 25, 20, 15, 10], [37, 33, 28, 24, 20], [22, 18, 14, 9, 4], [25, 20, 15, 10, 5]]),
-                 noise=0.5)
+    task = _task(
+        _level_set([[30, 25, 20, 15, 10], [37, 33, 28, 24, 20], [22, 18, 14, 9, 4], [25, 20, 15, 10, 5]]), noise=0.5
+    )
     whole = task.train_batch(7, 0, 1)
     halves = [task.train_batch(7, i, 2) for i in range(2)]
     for key in ("inputs", "targets"):
@@ -137,7 +141,7 @@ def test_windows_are_each_z_scored_over_their_own_voxels(dtype):
     found = data.windows(volume, starts, 24)
     assert found.shape == (len(starts), 24, 12, 10, 1) and found.dtype == np.float32
     for window, start in zip(found, starts):
-        crop = volume[start:start + 24].astype(np.float64)
+        crop = volume[start : start + 24].astype(np.float64)
         np.testing.assert_allclose(window[..., 0], (crop - crop.mean()) / crop.std(), atol=1e-5)
     flat = np.full((30, 4, 4), 7, dtype)
     np.testing.assert_array_equal(data.windows(flat, np.array([0, 6]), 24), 0)  # constant window: SD 1, no NaN
@@ -208,11 +212,13 @@ def test_the_image_of_a_training_crop_has_its_level_lines_at_the_labelled_slices
 
 def test_an_untrained_vgg_lnet_predicts_the_mean_training_position():
     task = _task(_level_set([[30, 25, 20, 15, 10], [37, 33, 28, 24, 20]]))
-    config = task.config.__class__(**{**task.config.__dict__, "model": ModelConfig("vgg11_3d", {"base": 2})})
+    config = task.config.__class__(
+        **{**task.config.__dict__, "model": ModelConfig("vgg11_3d", {"num_outputs": 5, "base": 2})}
+    )
     mean = lnet.to_targets(task.mean_crop_positions, 28)
     model = lnet.make_lnet(config, nnx.Rngs(0), mean)
-    model.eval()
-    outputs = model(jnp.asarray(np.random.default_rng(0).normal(size=(2, 63, 63, 63, 1)), jnp.float32))
+    inputs = np.random.default_rng(0).normal(size=(2, 63, 63, 63, 1)).astype(np.float32)
+    outputs = model_predictor(model, 2)(inputs)
     np.testing.assert_allclose(outputs, np.broadcast_to(mean, (2, 5)), atol=1e-7)
     heat_map_net = lnet.make_lnet(task.config, nnx.Rngs(0), mean)  # the tiny preset's: its own initialisation
     assert np.any(heat_map_net.head.kernel[...])
@@ -239,8 +245,9 @@ def test_runs_refuse_non_runs_other_networks_and_untrained_runs(tmp_path):
 def test_resuming_refuses_changed_settings_but_not_a_longer_schedule(tmp_path):
     config = preset("lnet", "tiny")
     runs.start_run(tmp_path, config, {"fold": 0}, "abc")
-    longer = config.__class__(**{**config.__dict__, "train": config.train.__class__(
-        **{**config.train.__dict__, "steps": 999})})
+    longer = config.__class__(
+        **{**config.__dict__, "train": config.train.__class__(**{**config.train.__dict__, "steps": 999})}
+    )
     runs.start_run(tmp_path, longer, {"fold": 0}, "abc", resume=True)
     assert load_config(tmp_path / "config.json").train.steps == 999
     with pytest.raises(ConfigError, match="data.crop"):
@@ -251,6 +258,7 @@ def test_resuming_refuses_changed_settings_but_not_a_longer_schedule(tmp_path):
 
 
 # ---------------------------------------------------------------- a tiny-preset run on a phantom cohort
+
 
 @pytest.fixture(scope="module")
 def trained(lnet_trained):
@@ -263,7 +271,7 @@ def _log(run_dir, key: str) -> list[dict]:
 
 
 def test_run_logs_and_reports_its_validations(trained):
-    root, run_dir, output = trained
+    _root, run_dir, output = trained
     config = runs.read_config(run_dir, "lnet")
     steps, every = config.train.steps, config.train.valid_every
     assert [r["step"] for r in _log(run_dir, "train/loss")] == list(range(10, steps + 1, 10))
@@ -275,11 +283,12 @@ def test_run_logs_and_reports_its_validations(trained):
     assert f"best validation MAE {best['valid/mae']:.3f} at step {best['step']}" in output
 
 
-def test_tiny_preset_beats_the_mean_position_baseline(trained):
+@pytest.mark.slow
+def test_tiny_preset_beats_the_mean_position_baseline(lnet_trained_full):
     """The whole tiny schedule: the validation MAE ends well below predicting the mean position."""
-    root, run_dir, _ = trained
+    root, run_dir, _ = lnet_trained_full
     config = runs.read_config(run_dir, "lnet")
-    train_set, valid_set, _, _ = lnet.prepare(config, root / "runs")
+    train_set, valid_set, _, _ = lnet.prepare(config, root / "runs_full")
     last = _log(run_dir, "valid/mae")[-1]
     assert last["step"] == config.train.steps
     assert last["valid/crop_mae_slices"] < 0.6 * last["valid/crop_baseline_mae_slices"]
@@ -291,7 +300,9 @@ def test_run_folder_records_config_splits_fingerprint_and_tensorboard(trained):
 
     root, run_dir, _ = trained
     config = runs.read_config(run_dir, "lnet")
-    assert config == preset("lnet", "tiny", data_dir=str((root / "data").resolve()), fold=0)
+    tiny = preset("lnet", "tiny", data_dir=str((root / "data").resolve()), fold=0)
+    schedule = dataclasses.replace(tiny.train, steps=LNET_SHORT_STEPS, valid_every=LNET_SHORT_VALID_EVERY)
+    assert config == dataclasses.replace(tiny, train=schedule)
     splits = runs.read_splits(run_dir)
     assert splits["fold"] == 0 and not set(splits["train"]) & set(splits["valid"])
     assert len(splits["train"]) + len(splits["valid"]) + len(splits["test"]) == N_PATIENTS
@@ -300,8 +311,15 @@ def test_run_folder_records_config_splits_fingerprint_and_tensorboard(trained):
     fingerprint = json.loads((run_dir / "fingerprint.json").read_text())["fingerprint"]
     assert fingerprint == load_cohort(root / "data", check_scans=False).fingerprint()
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    assert {"train/loss", "valid/mae", "valid/mae_L1", "valid/mae_L5", "train/lr", "valid/crop_mae_slices",
-            "train/examples_per_s"} <= set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "valid/mae",
+        "valid/mae_L1",
+        "valid/mae_L5",
+        "train/lr",
+        "valid/crop_mae_slices",
+        "train/examples_per_s",
+    } <= set(events.Tags()["scalars"])
     images = events.Tags()["images"]
     assert len(images) == 2 and "train/crop_levels" in images
     assert any(name.startswith("valid/levels_") for name in images)
@@ -311,8 +329,9 @@ def test_levels_command_prints_the_levels_evaluation_finds(trained):
     from sscjax.cli.evaluate import lnet as evaluate_command
 
     root, run_dir, _ = trained
-    evaluated = CliRunner().invoke(evaluate_command, ["--model", str(run_dir), "--split", "valid"],
-                                   catch_exceptions=False)
+    evaluated = CliRunner().invoke(
+        evaluate_command, ["--model", str(run_dir), "--split", "valid"], catch_exceptions=False
+    )
     assert evaluated.exit_code == 0, evaluated.output
     scan_id = runs.read_splits(run_dir)["valid"][0]
     scan = root / "data" / "scans" / f"{scan_id}.mha"
@@ -324,8 +343,9 @@ def test_levels_command_prints_the_levels_evaluation_finds(trained):
     assert printed["slice_index"] == [int(r["pred_slice"]) for r in rows]
     assert printed["levels_mm"] == pytest.approx([float(r["pred_mm"]) for r in rows], abs=2e-3)
     original = read_scan(scan)
-    np.testing.assert_array_equal(printed["slice_index"],
-                                  original.geometry.nearest_slice(np.asarray(printed["levels_mm"]), original.n_slices))
+    np.testing.assert_array_equal(
+        printed["slice_index"], original.geometry.nearest_slice(np.asarray(printed["levels_mm"]), original.n_slices)
+    )
 
 
 def test_evaluate_lnet_writes_metrics_and_plots(trained):
@@ -368,6 +388,7 @@ def csv_rows(path):
 
 
 def test_fold_must_exist(cohort, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "lnet", "--data", str(cohort), "--fold", "4",
-                                      "--workdir", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli, ["train", "lnet", "--data", str(cohort), "--fold", "4", "--workdir", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "'4' is not 'all' or a fold 0 .. 3" in result.output

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_ssc as _run_ssc
 from scipy import ndimage as ndi
 
 from sscjax.errors import ScanError
 from sscjax.io import Geometry, Scan, read_image, read_scan, write_image
 from sscjax.lung import LungSettings, lung_mask, lung_mask_slice, lung_sizes
-from conftest import run_ssc as _run_ssc
 
 REAL = Path(__file__).parent / "fixtures" / "real_ct"
 SLICE = REAL / "chest_ct_slice_rle.dcm"
@@ -99,6 +99,7 @@ def real_slice():
 
 # ---- real CT ------------------------------------------------------------------------------------------
 
+
 def test_real_slice_finds_both_lungs_inside_the_body(real_slice):
     scan, mask = real_slice
     hu, m = scan.array[0], mask[0].astype(bool)
@@ -153,13 +154,15 @@ def test_slice_function_matches_the_scan_function(real_slice):
 
 # ---- synthetic chest with exact truth --------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fine_chest():
     return synthetic_chest(shape=(47, 151, 221), spacing=(1.5, 1.5, 2.5))  # partial blocks at the edges
 
 
-@pytest.mark.parametrize("case, work_mm", [("chest", (2.5, 1.5)), ("fine_chest", (5.0, 3.0))],
-                         ids=["full-resolution", "coarse-then-refined"])
+@pytest.mark.parametrize(
+    "case, work_mm", [("chest", (2.5, 1.5)), ("fine_chest", (5.0, 3.0))], ids=["full-resolution", "coarse-then-refined"]
+)
 def test_synthetic_volume(case, work_mm, request):
     scan, truth, disease, airway = request.getfixturevalue(case)
     before = scan.array.copy()
@@ -177,7 +180,7 @@ def test_synthetic_volume(case, work_mm, request):
 
 
 def test_synthetic_single_slices(chest):
-    scan, truth, disease, airway = chest
+    scan, truth, _disease, airway = chest
     spacing_yx = scan.geometry.spacing[1::-1]
     for k in (12, 29, 36):  # basal disease, carina level, above the hilum (trachea between the lungs)
         m = lung_mask_slice(scan.array[k], spacing_yx).astype(bool)
@@ -208,8 +211,9 @@ def test_slice_holes_vessels_in_heart_out():
 
 # ---- no lungs -----------------------------------------------------------------------------------------
 
+
 def _body_scan(shape, spacing=(2.5, 2.5, 3.0), inside=40.0, pocket_hu=None):
-    nz, ny, nx = shape
+    _nz, ny, nx = shape
     y, x = np.ogrid[:ny, :nx]
     hu = np.full(shape, -1000.0, np.float32)
     hu[:, ((x - nx / 2) / (0.4 * nx)) ** 2 + ((y - ny / 2) / (0.3 * ny)) ** 2 <= 1] = inside
@@ -219,18 +223,23 @@ def _body_scan(shape, spacing=(2.5, 2.5, 3.0), inside=40.0, pocket_hu=None):
     return Scan(hu, Geometry(spacing, (0.0, 0.0, 0.0)), "phantom.mha")
 
 
-@pytest.mark.parametrize("scan", [
-    _body_scan((20, 96, 96)),  # water phantom
-    _body_scan((1, 96, 96)),  # one slice of it
-    _body_scan((20, 96, 96), pocket_hu=-1000.0),  # abdomen: a body with gas
-    _body_scan((1, 96, 96), inside=-1000.0),  # nothing but air
-], ids=["water", "water-slice", "abdomen-gas", "air"])
+@pytest.mark.parametrize(
+    "scan",
+    [
+        _body_scan((20, 96, 96)),  # water phantom
+        _body_scan((1, 96, 96)),  # one slice of it
+        _body_scan((20, 96, 96), pocket_hu=-1000.0),  # abdomen: a body with gas
+        _body_scan((1, 96, 96), inside=-1000.0),  # nothing but air
+    ],
+    ids=["water", "water-slice", "abdomen-gas", "air"],
+)
 def test_no_lungs_is_a_scan_error(scan):
     with pytest.raises(ScanError, match="phantom.mha"):
         lung_mask(scan)
 
 
 # ---- phantoms -----------------------------------------------------------------------------------------
+
 
 def test_phantom_lungs():
     """Dice against the phantoms' exact lung masks, on the volume and on the five level slices alone."""
@@ -248,6 +257,7 @@ def test_phantom_lungs():
 
 # ---- the command --------------------------------------------------------------------------------------
 
+
 def test_command_writes_the_mask_with_the_scan_geometry(tmp_path, monkeypatch, capsys, real_slice):
     scan, mask = real_slice
     out = tmp_path / "mask.nii.gz"
@@ -263,7 +273,7 @@ def test_command_writes_the_mask_with_the_scan_geometry(tmp_path, monkeypatch, c
 
 
 def test_command_on_a_volume_reports_millilitres(tmp_path, monkeypatch, capsys, chest):
-    scan, truth, _, _ = chest
+    scan, _truth, _, _ = chest
     path = write_image(tmp_path / "chest.mha", scan.array, scan.geometry)
     code, stdout, _ = _run_ssc(monkeypatch, capsys, "lung", str(path), "-o", str(tmp_path / "mask.nrrd"))
     assert code == 0

@@ -26,8 +26,13 @@ def _scores(rng, n):
 def _pingouin_icc2(pred, true, monkeypatch):
     monkeypatch.setitem(pg.options, "round.column.CI95", None)  # pingouin rounds the CI to 2 digits by default
     n = len(pred)
-    long = pd.DataFrame({"target": np.tile(np.arange(n), 2), "rater": np.repeat(["pred", "true"], n),
-                         "score": np.concatenate([pred, true])})
+    long = pd.DataFrame(
+        {
+            "target": np.tile(np.arange(n), 2),
+            "rater": np.repeat(["pred", "true"], n),
+            "score": np.concatenate([pred, true]),
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = pg.intraclass_corr(long, targets="target", raters="rater", ratings="score").set_index("Type")
@@ -150,8 +155,11 @@ def test_agreement_overall_and_per_level_match_direct_computation():
             got = result["per_level"][str(level)][p]
             assert got["n"] == 12
             assert got["mae"] == pytest.approx(err[rows].mean())
-            assert got["kappa"] == pytest.approx(cohen_kappa_score(
-                M.round_to_step(pred[p][rows]), M.round_to_step(truth[p][rows]), labels=LABELS, weights="linear"))
+            assert got["kappa"] == pytest.approx(
+                cohen_kappa_score(
+                    M.round_to_step(pred[p][rows]), M.round_to_step(truth[p][rows]), labels=LABELS, weights="linear"
+                )
+            )
             assert got["icc"] == pytest.approx(M.icc_a1(pred[p][rows], truth[p][rows])[0])
 
 
@@ -171,8 +179,12 @@ def test_agreement_merges_fold_duplicates_by_averaging():
 def test_agreement_names_missing_and_extra_keys():
     truth = _table(np.random.default_rng(5), 3)
     with pytest.raises(SscError, match=r"pred.csv: 1 prediction\(s\) have no row in truth.csv: s09 level 2"):
-        M.agreement(pd.concat([truth, truth.iloc[:1].assign(scan_id="s09", level=2)]), truth,
-                    pred_name="pred.csv", truth_name="truth.csv")
+        M.agreement(
+            pd.concat([truth, truth.iloc[:1].assign(scan_id="s09", level=2)]),
+            truth,
+            pred_name="pred.csv",
+            truth_name="truth.csv",
+        )
     partial = truth.iloc[:7]
     with pytest.raises(SscError, match=r"truth: 8 row\(s\) have no prediction in predictions: s01 level 3"):
         M.agreement(partial, truth)
@@ -181,12 +193,15 @@ def test_agreement_names_missing_and_extra_keys():
         M.agreement(truth, pd.concat([truth, truth.iloc[:1]]))
 
 
-@pytest.mark.parametrize("column,value,message", [
-    ("level", "6", r"src, data row 3 \(line 4\): level '6' is not one of 1..5"),
-    ("GG", "abc", r"src, data row 3 \(line 4\): GG 'abc' is not a finite number"),
-    ("RET", "nan", "RET 'nan' is not a finite number"),
-    ("scan_id", " ", "scan_id ' ' is empty"),
-])
+@pytest.mark.parametrize(
+    "column,value,message",
+    [
+        ("level", "6", r"src, data row 3 \(line 4\): level '6' is not one of 1..5"),
+        ("GG", "abc", r"src, data row 3 \(line 4\): GG 'abc' is not a finite number"),
+        ("RET", "nan", "RET 'nan' is not a finite number"),
+        ("scan_id", " ", "scan_id ' ' is empty"),
+    ],
+)
 def test_validate_scores_names_row_and_problem(column, value, message):
     table = _table(np.random.default_rng(6), 1).astype(str)
     table.loc[2, column] = value

@@ -76,8 +76,9 @@ def test_scores_are_the_area_ratios_of_the_masks(case):
 
 
 def test_round_half_up_to_5():
-    np.testing.assert_array_equal(round_half_up_5(np.array([0, 2.4999, 2.5, 7.5, 12.49, 97.5, 100])),
-                                  [0, 0, 5, 10, 10, 100, 100])
+    np.testing.assert_array_equal(
+        round_half_up_5(np.array([0, 2.4999, 2.5, 7.5, 12.49, 97.5, 100])), [0, 0, 5, 10, 10, 100, 100]
+    )
 
 
 def test_level_order_and_definitions(case):
@@ -228,8 +229,9 @@ def test_cohort_files_read_back_canonical(cohort):
         np.testing.assert_array_equal(scan.geometry.nearest_slice(lv, scan.n_slices), case.level_slices)
         rows = [r for r in exact if r["scan_id"] == sid]
         assert [int(r["slice_index"]) for r in rows] == case.level_slices.tolist()
-        np.testing.assert_allclose([[float(r[p]) for p in ("TOT", "GG", "RET")] for r in rows], case.exact_scores,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            [[float(r[p]) for p in ("TOT", "GG", "RET")] for r in rows], case.exact_scores, atol=1e-6
+        )
         got = [[int(r[p]) for p in ("TOT", "GG", "RET")] for r in scores if r["scan_id"] == sid]
         np.testing.assert_array_equal(got, case.scores)
     assert reversed_seen == {True, False}, "the cohort seed should give both storage orders"

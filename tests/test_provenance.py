@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from sscjax import provenance
 from sscjax.errors import ConfigError, ModelError
 
-FIXTURES = Path("/work/shared/fixtures/real_ct")
+FIXTURES = Path(__file__).parent / "fixtures" / "real_ct"
 REAL_CT = sorted(FIXTURES.glob("*.dcm")) if FIXTURES.is_dir() else []
 
 
@@ -48,8 +48,13 @@ def fake_run(root: Path, step: int = 120) -> Path:
 
 def sha256sum_manifest(folder: Path) -> str:
     """The folder checksum as the module's docstring says the shell computes it."""
-    out = subprocess.run(f"cd '{folder}' && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum "
-                         "| sha256sum", shell=True, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        f"cd '{folder}' && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum | sha256sum",
+        shell=True,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return out.split()[0]
 
 
@@ -58,8 +63,11 @@ def test_a_file_checksum_is_its_sha256_read_in_chunks(tmp_path):
     (tmp_path / "scan.nii.gz").write_bytes(data)
     assert provenance.file_sha256(tmp_path / "scan.nii.gz") == hashlib.sha256(data).hexdigest()
     record = provenance.input_record(tmp_path / "scan.nii.gz")
-    assert record == {"path": str((tmp_path / "scan.nii.gz").resolve()), "sha256": hashlib.sha256(data).hexdigest(),
-                      "files": 1}
+    assert record == {
+        "path": str((tmp_path / "scan.nii.gz").resolve()),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "files": 1,
+    }
 
 
 @pytest.mark.skipif(len(REAL_CT) < 2 or shutil.which("sha256sum") is None, reason="needs the real CT fixtures")
@@ -70,8 +78,10 @@ def test_a_dicom_folder_checksum_is_sha256sum_over_its_sorted_files(tmp_path):
         shutil.copy(path, series / f"IM{9 - k:04d}")
     record = provenance.input_record(series)
     assert record["files"] == len(REAL_CT) and record["sha256"] == sha256sum_manifest(series)
-    manifest = "".join(f"{hashlib.sha256((series / n).read_bytes()).hexdigest()}  {n}\n"
-                       for n in sorted(p.name for p in series.iterdir()))
+    manifest = "".join(
+        f"{hashlib.sha256((series / n).read_bytes()).hexdigest()}  {n}\n"
+        for n in sorted(p.name for p in series.iterdir())
+    )
     assert record["sha256"] == hashlib.sha256(manifest.encode()).hexdigest()
     data = (series / "IM0009").read_bytes()
     (series / "IM0009").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
@@ -93,9 +103,13 @@ def test_a_run_record_names_the_loaded_checkpoint_and_hashes_it_and_the_config(t
     run = fake_run(tmp_path)
     record = provenance.run_record(run)
     best = run / "checkpoints" / "best" / "120"
-    assert record == {"run": str(run.resolve()), "config_sha256": hashlib.sha256((run / "config.json").read_bytes())
-                      .hexdigest(), "checkpoint": "best", "checkpoint_step": 120,
-                      "checkpoint_sha256": sha256sum_manifest(best)}
+    assert record == {
+        "run": str(run.resolve()),
+        "config_sha256": hashlib.sha256((run / "config.json").read_bytes()).hexdigest(),
+        "checkpoint": "best",
+        "checkpoint_step": 120,
+        "checkpoint_sha256": sha256sum_manifest(best),
+    }
     (run / "config.json").write_text(json.dumps({"net": "snet", "train": {"lr": 3e-4}}, indent=1))
     changed = provenance.run_record(run)
     assert changed["config_sha256"] != record["config_sha256"]
@@ -112,12 +126,18 @@ def test_a_run_without_a_checkpoint_is_refused(tmp_path):
 
 
 def test_versions_and_device_are_the_installed_and_running_ones():
-    assert provenance.versions() == {"sscjax": metadata.version("sscjax"), "jax": jax.__version__,
-                                     "jaxlib": metadata.version("jaxlib")}
+    assert provenance.versions() == {
+        "sscjax": metadata.version("sscjax"),
+        "jax": jax.__version__,
+        "jaxlib": metadata.version("jaxlib"),
+    }
     assert metadata.version("jax") == jax.__version__
     device = jax.devices()[0]
-    assert provenance.device_record() == {"platform": device.platform, "device_kind": device.device_kind,
-                                          "count": jax.device_count()}
+    assert provenance.device_record() == {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "count": jax.device_count(),
+    }
 
 
 def test_a_record_holds_versions_device_runs_and_input(tmp_path):
@@ -146,10 +166,25 @@ def test_asking_for_the_running_backend_is_accepted_and_a_missing_one_refused():
 def test_ssc_cascade_device_gpu_without_one_is_one_line_and_exit_2(tmp_path):
     if gpu_present():
         pytest.skip("this machine has a GPU")
-    done = subprocess.run([sys.executable, "-c", "from sscjax.cli.main import main; main()", "cascade", "--device",
-                           "gpu", "--scan", str(tmp_path), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from sscjax.cli.main import main; main()",
+            "cascade",
+            "--device",
+            "gpu",
+            "--scan",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip() == ("Error: --device gpu: JAX finds no GPU on this machine (no such device, or a jaxlib "
-                                   "without GPU support)")
+    assert done.stderr.strip() == (
+        "Error: --device gpu: JAX finds no GPU on this machine (no such device, or a jaxlib without GPU support)"
+    )
     assert not (tmp_path / "out").exists()

@@ -113,11 +113,15 @@ def test_thick_slices():
 
 
 def test_tot_below_max_pattern_and_above_their_sum():
-    scores = np.array([[20.0, 12.0, 10.0],  # fine
-                       [10.0, 16.0, 2.0],  # TOT 6 below GG
-                       [30.0, 12.0, 10.0],  # TOT 8 above GG + RET
-                       [11.0, 16.0, 0.0],  # 5 below: within the rounding step
-                       [27.0, 12.0, 10.0]])  # 5 above: within
+    scores = np.array(
+        [
+            [20.0, 12.0, 10.0],  # fine
+            [10.0, 16.0, 2.0],  # TOT 6 below GG
+            [30.0, 12.0, 10.0],  # TOT 8 above GG + RET
+            [11.0, 16.0, 0.0],  # 5 below: within the rounding step
+            [27.0, 12.0, 10.0],
+        ]
+    )  # 5 above: within
     found = quality.tot_consistency(scores)
     assert codes(found) == [("tot_below_max_pattern", 2), ("tot_above_pattern_sum", 3)]
     assert found[0].message == "L2: TOT 10.0 % is more than 5 % below max(GG, RET) = 16.0 %"
@@ -139,14 +143,28 @@ def test_check_scan_reports_every_problem_of_one_scan_in_order():
     folds = np.stack([LEVELS, LEVELS + np.array([0, 0, 0, 0, 15.0])])
     bad = np.array([[20.0, 12.0, 10.0]] * 5)
     bad[0] = [40.0, 5.0, 5.0]
-    facts = healthy_facts(z_range_mm=(-80.0, 140.0), slice_mm=8.0, lung_ml=900.0, lung_hu=-450.0,
-                          fold_levels_mm=folds, fold_scores=np.stack([bad, bad]))
+    facts = healthy_facts(
+        z_range_mm=(-80.0, 140.0),
+        slice_mm=8.0,
+        lung_ml=900.0,
+        lung_hu=-450.0,
+        fold_levels_mm=folds,
+        fold_scores=np.stack([bad, bad]),
+    )
     assert codes(quality.check_scan(facts)) == [
-        ("level_at_scan_edge", 5), ("level_folds_disagree", 5), ("lung_volume_implausible", None),
-        ("lung_hu_implausible", None), ("thick_slices", None), ("tot_above_pattern_sum", 1)]
+        ("level_at_scan_edge", 5),
+        ("level_folds_disagree", 5),
+        ("lung_volume_implausible", None),
+        ("lung_hu_implausible", None),
+        ("thick_slices", None),
+        ("tot_above_pattern_sum", 1),
+    ]
 
 
 def test_a_warning_as_json_has_a_level_only_when_it_concerns_one():
     assert quality.QualityWarning("thick_slices", "m").to_json() == {"code": "thick_slices", "message": "m"}
-    assert quality.QualityWarning("levels_too_close", "m", 3).to_json() == {"code": "levels_too_close", "level": 3,
-                                                                           "message": "m"}
+    assert quality.QualityWarning("levels_too_close", "m", 3).to_json() == {
+        "code": "levels_too_close",
+        "level": 3,
+        "message": "m",
+    }

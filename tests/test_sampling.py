@@ -23,7 +23,7 @@ def test_probabilities_are_inverse_group_frequencies():
     p = balanced_probabilities(TOT)
     assert np.isclose(p.sum(), 1.0)
     for t, n in SIZES.items():
-        np.testing.assert_allclose(p[TOT == t], 1 / (len(SIZES) * n))
+        np.testing.assert_allclose(p[t == TOT], 1 / (len(SIZES) * n))
 
 
 def test_balanced_draws_are_uniform_over_groups_and_members():

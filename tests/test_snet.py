@@ -11,24 +11,27 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import sscjax.cli.train as train_cli
 from click.testing import CliRunner
+from conftest import pingouin_icc_a1
+from conftest import run_ssc as _ssc
 from flax import nnx
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
-
-import sscjax.cli.train as train_cli
-from sscjax import configs, networks, runs, snet
 from sscjax.cli.main import cli
+
+from sscjax import configs, networks, runs, snet
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import read_scan
 from sscjax.models import convert_weights, load_torch_weights
-from conftest import pingouin_icc_a1, run_ssc as _ssc
 
 SCORES = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
 CONVNEXT_FIXTURE = str(Path(__file__).parent / "fixtures" / "torchvision_convnext" / "convnext.pth")
-TINY_CONVNEXT = configs.ModelConfig("convnext", {"num_outputs": 3, "in_chans": 1, "normalize_input": True,
-                                                "widths": (16, 32, 64, 128), "depths": (1, 1, 2, 1)})
+TINY_CONVNEXT = configs.ModelConfig(
+    "convnext",
+    {"num_outputs": 3, "in_chans": 1, "normalize_input": True, "widths": (16, 32, 64, 128), "depths": (1, 1, 2, 1)},
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,10 @@ def test_lite0_backbone_is_the_imagenet_weights_with_the_stem_summed_over_rgb(ti
     stem = np.asarray(imagenet.stem_conv.kernel.get_value())
     assert stem.shape[2] == 3 and model.stem_conv.kernel.shape == (3, 3, 1, 32)
     np.testing.assert_array_equal(model.stem_conv.kernel.get_value(), stem.sum(axis=2, keepdims=True))
-    weights = {name: dict(nnx.to_flat_state(nnx.state(m))) for name, m in
-               (("imagenet", imagenet), ("model", model), ("scratch", scratch))}
+    weights = {
+        name: dict(nnx.to_flat_state(nnx.state(m)))
+        for name, m in (("imagenet", imagenet), ("model", model), ("scratch", scratch))
+    }
     for path in (("blocks", 9, "dwconv", "kernel"), ("blocks", 15, "project_bn", "mean"), ("head_conv", "kernel")):
         value = weights["imagenet"][path].get_value()
         np.testing.assert_array_equal(weights["model"][path].get_value(), value)
@@ -74,12 +79,16 @@ def test_a_pth_and_its_converted_npz_give_the_same_backbone(tiny, tmp_path):
     convert_weights(CONVNEXT_FIXTURE, npz, "convnext")  # RGB stem, 10-class head
     from_pth = snet.make_snet(dataclasses.replace(config, pretrained=CONVNEXT_FIXTURE), nnx.Rngs(0))
     from_npz = snet.make_snet(dataclasses.replace(config, pretrained=str(npz)), nnx.Rngs(0))
-    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(from_pth, nnx.Param)),
-                                 nnx.to_flat_state(nnx.state(from_npz, nnx.Param))):
+    for (path, a), (_, b) in zip(
+        nnx.to_flat_state(nnx.state(from_pth, nnx.Param)), nnx.to_flat_state(nnx.state(from_npz, nnx.Param))
+    ):
         np.testing.assert_allclose(a.get_value(), b.get_value(), rtol=1e-6, err_msg=str(path))
     source = load_torch_weights(CONVNEXT_FIXTURE, "convnext")
-    np.testing.assert_allclose(from_npz.stem_conv.kernel.get_value(),
-                               np.asarray(source.stem_conv.kernel.get_value()).sum(axis=2, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(
+        from_npz.stem_conv.kernel.get_value(),
+        np.asarray(source.stem_conv.kernel.get_value()).sum(axis=2, keepdims=True),
+        rtol=1e-6,
+    )
 
 
 def test_unusable_pretrained_sources_are_refused(tiny, tmp_path):
@@ -144,12 +153,17 @@ def test_validation_slices_are_the_real_level_slices(data, cohort):
 # ---------------------------------------------------------------- tiny training and evaluation
 
 
-def test_tiny_run_beats_predicting_the_mean_on_every_pattern(trained, data):
-    run_dir, result = trained
+@pytest.mark.slow
+def test_tiny_run_beats_predicting_the_mean_on_every_pattern(snet_trained_full, data):
+    _, result = snet_trained_full
     baseline = snet.mean_baseline(*data[:2])
     best = next(v for v in result.validations if v["step"] == result.best_step)
     mae = np.array([best[f"mae_{p}"] for p in SCORES])
     assert np.all(mae < 0.9 * baseline), (mae, baseline)
+
+
+def test_tiny_run_records_its_switches_and_validation_split(trained, data):
+    run_dir, _ = trained
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["pretrained"], config["balanced"], config["synthesis"]) == ("efficientnet_lite0", True, False)
     assert json.loads((run_dir / "splits.json").read_text())["valid"] == sorted(set(data[1].scan_id))
@@ -189,8 +203,9 @@ def test_evaluation_files_agree_with_the_predictions_csv(evaluated, cohort):
         m = written[p]
         assert m["mae"] == pytest.approx(np.abs(a - b).mean(), abs=1e-9)
         assert m["sd"] == pytest.approx(np.abs(a - b).std(ddof=1), abs=1e-9)
-        kappa = cohen_kappa_score(np.clip(np.floor(a / 5 + 0.5) * 5, 0, 100).astype(int), b.astype(int),
-                                  labels=LABELS, weights="linear")
+        kappa = cohen_kappa_score(
+            np.clip(np.floor(a / 5 + 0.5) * 5, 0, 100).astype(int), b.astype(int), labels=LABELS, weights="linear"
+        )
         assert m["kappa"] == pytest.approx(kappa, abs=1e-9)
         icc, ci = pingouin_icc_a1(a, b)
         assert m["icc"] == pytest.approx(icc, abs=1e-6)
@@ -213,8 +228,19 @@ def test_evaluation_repeats_the_best_validation_of_training(evaluated, trained):
 
 def test_evaluation_csv_feeds_ssc_evaluate(evaluated, cohort, tmp_path):
     out, _ = evaluated
-    result = CliRunner().invoke(cli, ["evaluate", "--pred", str(out / "predictions.csv"), "--truth",
-                                      str(cohort / "scores.csv"), "--only-predicted", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--pred",
+            str(out / "predictions.csv"),
+            "--truth",
+            str(cohort / "scores.csv"),
+            "--only-predicted",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert again["GG"]["mae"] == pytest.approx(json.loads((out / "metrics.json").read_text())["GG"]["mae"])
@@ -260,8 +286,21 @@ def test_cli_help_and_switches(monkeypatch):
         assert result.exit_code == 0 and option in result.output
     seen = {}
     monkeypatch.setattr(train_cli, "run_training", lambda net, **options: seen.update(net=net, **options))
-    result = CliRunner().invoke(cli, ["train", "snet", "--pretrained", "none", "--no-synthesis", "--no-balanced",
-                                      "--fold", "all", "--preset", "tiny"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "snet",
+            "--pretrained",
+            "none",
+            "--no-synthesis",
+            "--no-balanced",
+            "--fold",
+            "all",
+            "--preset",
+            "tiny",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (seen["net"], seen["fold"], seen["preset"]) == ("snet", "all", "tiny")
     assert seen["overrides"] == {"pretrained": "none", "balanced": False, "synthesis": False}
@@ -270,8 +309,18 @@ def test_cli_help_and_switches(monkeypatch):
 
 
 def test_cli_errors_exit_2_in_one_line(cohort, tmp_path, monkeypatch, capsys):
-    code, _, err = _ssc(monkeypatch, capsys, "train", "snet", "--data", cohort, "--workdir", tmp_path,
-                        "--pretrained", tmp_path / "absent.pth")
+    code, _, err = _ssc(
+        monkeypatch,
+        capsys,
+        "train",
+        "snet",
+        "--data",
+        cohort,
+        "--workdir",
+        tmp_path,
+        "--pretrained",
+        tmp_path / "absent.pth",
+    )
     assert code == 2 and err.strip() == f"Error: {tmp_path / 'absent.pth'}: no such pretrained weights file"
     code, _, err = _ssc(monkeypatch, capsys, "train", "snet", "--data", cohort, "--workdir", tmp_path)
     assert code == 2 and "--pretrained FILE" in err and len(err.strip().splitlines()) == 1

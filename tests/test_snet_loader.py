@@ -18,16 +18,22 @@ def toy_slices(n: int = 45) -> SliceSet:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
     body = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.48) ** 2 <= 1
-    lung = (((yy - 0.5) / 0.3) ** 2 + ((np.abs(xx - 0.5) - 0.2) / 0.14) ** 2 <= 1)
+    lung = ((yy - 0.5) / 0.3) ** 2 + ((np.abs(xx - 0.5) - 0.2) / 0.14) ** 2 <= 1
     hu = np.where(lung, -850.0, np.where(body, 40.0, -1000.0)) + rng.normal(0, 30, (n, SIZE, SIZE))
     tot = np.where(np.arange(n) % 2 == 0, 0.0, rng.choice(np.arange(5, 101, 5), n))
     gg = np.round(tot * rng.random(n) / 5) * 5
-    return SliceSet(images=window(hu), lung=np.broadcast_to(lung, (n, SIZE, SIZE)).copy(),
-                    scores=np.stack([tot, gg, tot - gg], 1).astype(np.float32),
-                    scan_id=np.array([f"p{i // 15}" for i in range(n)]), level=np.arange(n, dtype=np.int8) // 3 % 5 + 1,
-                    offset=(np.arange(n) % 3 - 1).astype(np.int8), slice_index=np.arange(n, dtype=np.int32),
-                    z_mm=np.arange(n, dtype=float), spacing_yx=np.full((n, 2), 0.7 * 512 / SIZE),
-                    native_shape=np.full((n, 2), 512, np.int32))
+    return SliceSet(
+        images=window(hu),
+        lung=np.broadcast_to(lung, (n, SIZE, SIZE)).copy(),
+        scores=np.stack([tot, gg, tot - gg], 1).astype(np.float32),
+        scan_id=np.array([f"p{i // 15}" for i in range(n)]),
+        level=np.arange(n, dtype=np.int8) // 3 % 5 + 1,
+        offset=(np.arange(n) % 3 - 1).astype(np.int8),
+        slice_index=np.arange(n, dtype=np.int32),
+        z_mm=np.arange(n, dtype=float),
+        spacing_yx=np.full((n, 2), 0.7 * 512 / SIZE),
+        native_shape=np.full((n, 2), 512, np.int32),
+    )
 
 
 def toy_patterns() -> Patterns:
@@ -73,7 +79,9 @@ def test_half_of_each_batch_is_synthetic_from_healthy_slices(slices):
         tot, gg, ret = synthetic.T
         assert np.all(tot > 0) and np.all(np.maximum(gg, ret) <= tot + 1e-4) and np.all(tot <= gg + ret + 1e-4)
         assert all(tuple(t) in known for t in batch["target"][~batch["synthetic"]])  # real labels unchanged
-    assert SNetLoader(slices, 10, seed=0, patterns=toy_patterns(), synthetic_fraction=0.3).batch(0)["synthetic"].sum() == 3
+    assert (
+        SNetLoader(slices, 10, seed=0, patterns=toy_patterns(), synthetic_fraction=0.3).batch(0)["synthetic"].sum() == 3
+    )
     assert not SNetLoader(slices, 10, seed=0, synthesis=False).batch(0)["synthetic"].any()
     with pytest.raises(ConfigError, match="pattern"):
         SNetLoader(slices, 10, seed=0)
@@ -85,13 +93,17 @@ def test_without_synthesis_and_augmentation_batches_are_the_slices(slices):
     assert np.array_equal(batch["image"][..., 0], slices.images[plan.source])
     assert np.array_equal(batch["target"], slices.scores[plan.source])
     augmented = SNetLoader(slices, 6, seed=1, synthesis=False).batch(2)
-    assert np.array_equal(augmented["target"], batch["target"]) and not np.array_equal(augmented["image"], batch["image"])
+    assert np.array_equal(augmented["target"], batch["target"]) and not np.array_equal(
+        augmented["image"], batch["image"]
+    )
 
 
 def test_host_shards_make_up_the_global_batch(slices):
     whole = SNetLoader(slices, 8, seed=2, patterns=toy_patterns()).batch(4)
-    shards = [SNetLoader(slices, 8, seed=2, patterns=toy_patterns(), process_index=i, process_count=2).batch(4)
-              for i in (0, 1)]
+    shards = [
+        SNetLoader(slices, 8, seed=2, patterns=toy_patterns(), process_index=i, process_count=2).batch(4)
+        for i in (0, 1)
+    ]
     assert same(whole, {k: np.concatenate([s[k] for s in shards]) for k in whole})
     with pytest.raises(ConfigError):
         SNetLoader(slices, 9, seed=2, patterns=toy_patterns(), process_count=2)
@@ -123,5 +135,7 @@ def test_validation_batches_are_real_unaugmented_level_slices(slices):
         assert np.array_equal(b["image"][..., 0], slices.images[b["index"]])
         assert np.array_equal(b["target"], slices.scores[b["index"]])
     halves = [list(valid_batches(slices, 4, process_index=i, process_count=2)) for i in (0, 1)]
-    assert np.array_equal(np.concatenate([np.concatenate([a["index"], b["index"]]) for a, b in zip(*halves)]),
-                          np.concatenate([b["index"] for b in batches]))
+    assert np.array_equal(
+        np.concatenate([np.concatenate([a["index"], b["index"]]) for a, b in zip(*halves)]),
+        np.concatenate([b["index"] for b in batches]),
+    )

@@ -4,11 +4,11 @@ import json
 import random
 
 import pytest
+from test_cohort import make_cohort
 
 from sscjax.data.cohort import ensure_splits, load_cohort
 from sscjax.data.splits import make_splits, n_test_patients, read_splits, write_splits
 from sscjax.errors import CohortError, ConfigError
-from test_cohort import make_cohort
 
 IDS = [f"pat{i:03d}" for i in range(37)]
 
@@ -73,12 +73,15 @@ def test_write_read_round_trip_and_mismatch(tmp_path):
     assert "missing from the splits: newcomer" in missing
 
 
-@pytest.mark.parametrize("content, what", [
-    ("{not json", "not valid JSON"),
-    ('{"seed": 0, "test": []}', "missing key 'folds'"),
-    ('{"seed": 0, "test": [], "folds": [["a"]]}', "at least 2 non-empty lists"),
-    ('{"seed": 0, "test": ["a"], "folds": [["a", "b"], ["c"]]}', "more than one place (test/folds): a"),
-])
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"seed": 0, "test": []}', "missing key 'folds'"),
+        ('{"seed": 0, "test": [], "folds": [["a"]]}', "at least 2 non-empty lists"),
+        ('{"seed": 0, "test": ["a"], "folds": [["a", "b"], ["c"]]}', "more than one place (test/folds): a"),
+    ],
+)
 def test_bad_splits_file(tmp_path, content, what):
     (tmp_path / "splits.json").write_text(content)
     with pytest.raises(CohortError) as e:

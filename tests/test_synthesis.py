@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sscjax.data.synthesis import (GG, RET, Patterns, SynthesisConfig, SynthesisParams, draw_synthesis,
-                                   ellipse_regions, synthesize, texture_values)
+from sscjax.data.synthesis import (
+    GG,
+    RET,
+    Patterns,
+    SynthesisConfig,
+    SynthesisParams,
+    draw_synthesis,
+    ellipse_regions,
+    synthesize,
+    texture_values,
+)
 
 SIZE = 64
 
@@ -16,16 +25,20 @@ def healthy_batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nda
     yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
     cy, cx = rng.uniform(0.4, 0.6, (2, n, 1, 1)), rng.uniform(0.25, 0.35, (2, n, 1, 1))
     ry, rx = rng.uniform(0.15, 0.3, (2, n, 1, 1)), rng.uniform(0.08, 0.15, (2, n, 1, 1))
-    lung = (((yy - cy[0]) / ry[0]) ** 2 + ((xx - cx[0]) / rx[0]) ** 2 <= 1) | \
-           (((yy - cy[1]) / ry[1]) ** 2 + ((xx - 1 + cx[1]) / rx[1]) ** 2 <= 1)
+    lung = (((yy - cy[0]) / ry[0]) ** 2 + ((xx - cx[0]) / rx[0]) ** 2 <= 1) | (
+        ((yy - cy[1]) / ry[1]) ** 2 + ((xx - 1 + cx[1]) / rx[1]) ** 2 <= 1
+    )
     images = rng.uniform(0.1, 0.2, (n, SIZE, SIZE)).astype(np.float32)
     return images, lung, np.zeros((n, 3), np.float32)
 
 
 def patterns(gg: float = 0.8, ret: float = 0.3) -> Patterns:
     rng = np.random.default_rng(1)
-    return Patterns(np.full((20, 24), gg, np.float32) + rng.normal(0, 0.01, (20, 24)).astype(np.float32),
-                    np.full((20, 24), ret, np.float32) + rng.normal(0, 0.01, (20, 24)).astype(np.float32), 0.7)
+    return Patterns(
+        np.full((20, 24), gg, np.float32) + rng.normal(0, 0.01, (20, 24)).astype(np.float32),
+        np.full((20, 24), ret, np.float32) + rng.normal(0, 0.01, (20, 24)).astype(np.float32),
+        0.7,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +57,9 @@ def test_labels_are_the_exact_area_ratios_of_the_returned_lesions(synthesized):
     area = lung.sum(axis=(1, 2))
     gg, ret = (result.lesion & 1) > 0, (result.lesion & 2) > 0
     assert not np.any(result.lesion & ~lung)  # lesions lie inside the lung
-    expected = np.stack([(gg | ret).sum(axis=(1, 2)), gg.sum(axis=(1, 2)), ret.sum(axis=(1, 2))], 1) / area[:, None] * 100
+    expected = (
+        np.stack([(gg | ret).sum(axis=(1, 2)), gg.sum(axis=(1, 2)), ret.sum(axis=(1, 2))], 1) / area[:, None] * 100
+    )
     np.testing.assert_allclose(result.targets, expected, rtol=1e-6)
     tot, g, r = result.targets.T
     assert np.all(np.maximum(g, r) <= tot + 1e-5) and np.all(tot <= g + r + 1e-5)
@@ -87,9 +102,9 @@ def test_ellipse_counts_and_the_parameters_within_their_bounds():
     counts = params.active.sum(axis=2)
     assert counts.min() == 0 and counts.max() == 3 and counts.sum(axis=1).min() >= 1
     assert set(np.unique(counts[:, GG])) == {0, 1, 2, 3}
-    assert 1 <= params.semi_axes.min() and params.semi_axes.max() <= 150
+    assert params.semi_axes.min() >= 1 and params.semi_axes.max() <= 150
     assert np.abs(params.texture_angle).max() <= np.pi and np.abs(params.texture_angle).max() > 0.95 * np.pi
-    assert 0.95 <= params.texture_scale.min() and params.texture_scale.max() <= 1.05
+    assert params.texture_scale.min() >= 0.95 and params.texture_scale.max() <= 1.05
 
 
 def test_ellipse_region_matches_a_direct_evaluation():
@@ -97,8 +112,13 @@ def test_ellipse_region_matches_a_direct_evaluation():
     lung = np.ones((6, SIZE, SIZE), bool)
     params = SynthesisParams(
         active=np.zeros((6, 2, 1), bool) | np.array([True, False])[None, :, None],
-        centre=rng.random((6, 2, 1)), semi_axes=rng.uniform(2, 30, (6, 2, 1, 2)), angle=rng.uniform(0, np.pi, (6, 2, 1)),
-        texture_angle=np.zeros((6, 2)), texture_scale=np.ones((6, 2)), texture_phase=np.zeros((6, 2, 2)))
+        centre=rng.random((6, 2, 1)),
+        semi_axes=rng.uniform(2, 30, (6, 2, 1, 2)),
+        angle=rng.uniform(0, np.pi, (6, 2, 1)),
+        texture_angle=np.zeros((6, 2)),
+        texture_scale=np.ones((6, 2)),
+        texture_phase=np.zeros((6, 2, 2)),
+    )
     regions = ellipse_regions(lung, params, px=1.0)
     assert not regions[RET].any()
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -126,8 +146,16 @@ def test_texture_rotation_and_scale():
     np.testing.assert_allclose(turned, ((y - 7.5) / 1.05 + 16) / 32, atol=1e-6)
     coarse = texture_values(ramp, b, y, x, shape, np.zeros(1), np.ones(1), phase, np.full(1, 0.5))
     np.testing.assert_allclose(coarse, ((x - 7.5) * 0.5 + 16) / 32, atol=1e-6)  # step 0.5: finer image pixels
-    tiled = texture_values(ramp, np.zeros(4096, int), *np.divmod(np.arange(4096), 64), (64, 64), np.ones(1), np.ones(1),
-                           np.zeros((1, 2)), np.full(1, 3.0))
+    tiled = texture_values(
+        ramp,
+        np.zeros(4096, int),
+        *np.divmod(np.arange(4096), 64),
+        (64, 64),
+        np.ones(1),
+        np.ones(1),
+        np.zeros((1, 2)),
+        np.full(1, 3.0),
+    )
     assert tiled.min() >= 0 and tiled.max() <= 1 and tiled.max() - tiled.min() > 0.9  # mirror-tiled, no gaps
 
 
@@ -138,5 +166,5 @@ def test_batch_equals_one_image_at_a_time():
     batch = synthesize(images, lung, scores, params, patterns(), config)
     assert np.all(params.active.sum(axis=2) >= 1)
     for i in range(5):
-        one = synthesize(images[i:i + 1], lung[i:i + 1], scores[i:i + 1], params.take([i]), patterns(), config)
+        one = synthesize(images[i : i + 1], lung[i : i + 1], scores[i : i + 1], params.take([i]), patterns(), config)
         assert np.array_equal(one.images[0], batch.images[i]) and np.array_equal(one.targets[0], batch.targets[i])

@@ -59,9 +59,9 @@ class ToyTask:
         return model(inputs)
 
     def validate(self, predict):
-        pred = predict(self.x[self.n:])
+        pred = predict(self.x[self.n :])
         image = np.zeros((4, 6, 3), np.uint8)
-        return train.Validation({"mae": float(np.abs(pred - self.y[self.n:]).mean())}, {"valid/toy": image})
+        return train.Validation({"mae": float(np.abs(pred - self.y[self.n :]).mean())}, {"valid/toy": image})
 
 
 TOY = TrainConfig(steps=40, batch_size=8, learning_rate=1e-2, valid_every=10, log_every=5, checkpoint_every=5)
@@ -78,6 +78,7 @@ class Killed(Exception):
 
 def kill_at_27(config, run_dir):
     """Train `config` in `run_dir` until it is killed during step 27, as a SIGKILL would stop it."""
+
     def kill(info):
         if info.step == 27:
             raise Killed
@@ -107,8 +108,8 @@ def test_best_checkpoint_is_the_lowest_validation_mae(tmp_path):
     assert result.best_step == min(maes, key=maes.get)
     best = ToyTask()
     model = train.restore_model(tmp_path, ToyModel(nnx.Rngs(5)), "best")
-    predicted = np.asarray(model(best.x[best.n:]))
-    assert np.abs(predicted - best.y[best.n:]).mean() == pytest.approx(maes[result.best_step], rel=1e-5)
+    predicted = np.asarray(model(best.x[best.n :]))
+    assert np.abs(predicted - best.y[best.n :]).mean() == pytest.approx(maes[result.best_step], rel=1e-5)
 
 
 @dataclasses.dataclass
@@ -139,8 +140,15 @@ def test_logs_scalars_and_images(tmp_path):
     assert [r["step"] for r in records if "valid/mae" in r] == [10, 20]
     events = EventAccumulator(str(tmp_path / runs.TENSORBOARD_DIR)).Reload()
     # per-layer gradient norms, one tag per layer of the toy model, each positive: the gradient reaches every layer
-    assert {"train/loss", "train/lr", "train/examples_per_s", "valid/mae", "grad_norm/l1", "grad_norm/bn",
-            "grad_norm/l2"} <= set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/examples_per_s",
+        "valid/mae",
+        "grad_norm/l1",
+        "grad_norm/bn",
+        "grad_norm/l2",
+    } <= set(events.Tags()["scalars"])
     assert all(e.value > 0 for layer in ("l1", "bn", "l2") for e in events.Scalars(f"grad_norm/{layer}"))
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([TOY.learning_rate] * 4)
     assert events.Tags()["images"] == ["valid/toy"]
@@ -202,8 +210,9 @@ def test_adam_with_l2_matches_pytorch_adam_and_adamw_is_decoupled():
     # AdamW: Adam on g alone, then -lr * wd * p
     tx = train.make_optimizer(dataclasses.replace(config, decoupled_weight_decay=True))
     updates, _ = tx.update(grads, tx.init(params), params)
-    np.testing.assert_allclose(updates["w"], -0.1 * np.sign([0.5, 0.25]) - 0.1 * 0.5 * np.asarray([1.0, -3.0]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        updates["w"], -0.1 * np.sign([0.5, 0.25]) - 0.1 * 0.5 * np.asarray([1.0, -3.0]), atol=1e-6
+    )
 
 
 def test_epoch_rows_visit_every_example_once_per_epoch():
@@ -239,8 +248,9 @@ def test_optax_state_is_restored_not_reinitialised(tmp_path):
     try:
         tx = train.make_optimizer(TOY)
         _, params, state = train.split_model(ToyModel(nnx.Rngs(0)))
-        items, meta = checkpoints.restore("latest", {"model": {"params": params, "state": state},
-                                                      "optimizer": tx.init(params)})
+        items, meta = checkpoints.restore(
+            "latest", {"model": {"params": params, "state": state}, "optimizer": tx.init(params)}
+        )
     finally:
         checkpoints.close()
     adam = items["optimizer"][1][0]
@@ -285,8 +295,10 @@ def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path):
     assert (resumed.best_step, resumed.best_mae) == (whole.best_step, whole.best_mae)
     task = ToyTask()
     best = train.restore_model(tmp_path / "whole", ToyModel(nnx.Rngs(5)), "best")
-    found = np.abs(np.asarray(best(task.x[task.n:])) - task.y[task.n:]).mean()
+    found = np.abs(np.asarray(best(task.x[task.n :])) - task.y[task.n :]).mean()
     assert found == pytest.approx(whole.best_mae, rel=1e-5)  # the best checkpoint holds the validated average
     raw = final_state(tmp_path / "whole", "latest")
-    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(raw, final_state(tmp_path / "whole", "best"), strict=True))
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(raw, final_state(tmp_path / "whole", "best"), strict=True)
+    )

@@ -26,8 +26,15 @@ DECAYS = typing.get_args(Decay)
 COMPUTE_DTYPES = typing.get_args(ComputeDtype)
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Callable[[], Any] | None = None,
-            minimum: float | None = None, maximum: float | None = None, exclusive: bool = False) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> Any:
     """A config field with its one-line doc (what it is and its unit; the comment above it in the TOML files) and
     bounds on its value (or on each value of a list), inclusive unless `exclusive`."""
     metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "exclusive": exclusive}
@@ -45,21 +52,28 @@ class TrainConfig:
     batch_size: int = setting(4, "global batch, split over all devices of all hosts", minimum=1)
     learning_rate: float = setting(1e-4, "Adam's learning rate after the warm-up", minimum=0, exclusive=True)
     warmup_steps: int = setting(0, "steps of linear learning-rate warm-up from 0 (0: none)", minimum=0)
-    decay: Decay = setting("constant", 'the rate after the warm-up: "constant", or "cosine" down to 0 at the last '
-                           "step")
-    average_decay: float | None = setting(None, "decay of a moving average of the weights that is validated and "
-                                          "kept; not set: none", minimum=0, maximum=1, exclusive=True)
+    decay: Decay = setting("constant", 'the rate after the warm-up: "constant", or "cosine" down to 0 at the last step')
+    average_decay: float | None = setting(
+        None,
+        "decay of a moving average of the weights that is validated and kept; not set: none",
+        minimum=0,
+        maximum=1,
+        exclusive=True,
+    )
     weight_decay: float = setting(1e-4, "weight decay factor", minimum=0)
     decoupled_weight_decay: bool = setting(False, "false: L2 added to the gradient (PyTorch's Adam); true: AdamW")
     valid_every: int | None = setting(None, "steps between validations; not set: once per epoch", minimum=1)
-    checkpoint_every: int | None = setting(None, "steps between latest checkpoints; not set: at each validation",
-                                           minimum=1)
-    early_stop: int | None = setting(None, "stop after this many validations without a better MAE; not set: never",
-                                     minimum=1)
+    checkpoint_every: int | None = setting(
+        None, "steps between latest checkpoints; not set: at each validation", minimum=1
+    )
+    early_stop: int | None = setting(
+        None, "stop after this many validations without a better MAE; not set: never", minimum=1
+    )
     log_every: int = setting(10, "steps between logged training losses", minimum=1)
     seed: int = setting(0, "seed of the initial weights and of every random draw", minimum=0)
-    compute_dtype: ComputeDtype = setting("float32", '"bfloat16": compute in bfloat16, parameters stay float32 '
-                                          "(for GPUs)")
+    compute_dtype: ComputeDtype = setting(
+        "float32", '"bfloat16": compute in bfloat16, parameters stay float32 (for GPUs)'
+    )
     predict_batch: int = setting(4, "inputs per forward pass in validation and inference", minimum=1)
 
 
@@ -69,10 +83,12 @@ class ModelConfig:
 
     name: str = setting(dataclasses.MISSING, "network in the model registry, sscjax.models.ARCHS")
     kwargs: dict = setting(doc="Keyword arguments of the network.", factory=dict)
-    dropout: float | None = setting(None, "rate of every dropout layer; not set: the network's own", minimum=0,
-                                    maximum=1)
-    batch_norm_momentum: float | None = setting(None, "running-average momentum of every BatchNorm; not set: the "
-                                                "network's own", minimum=0, maximum=1)
+    dropout: float | None = setting(
+        None, "rate of every dropout layer; not set: the network's own", minimum=0, maximum=1
+    )
+    batch_norm_momentum: float | None = setting(
+        None, "running-average momentum of every BatchNorm; not set: the network's own", minimum=0, maximum=1
+    )
 
 
 # The keyword arguments the presets give networks (ModelConfig.kwargs), documented once for the TOML files.
@@ -114,7 +130,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     """`value` (parsed JSON or TOML) checked against type `hint`: nested dataclasses, optional fields, choices
     (Literal), fixed-length and variadic tuples, tables (dict) and scalars."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, key)
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -146,8 +162,14 @@ _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operato
 def _check_bounds(value: Any, meta: typing.Mapping, key: str) -> Any:
     """`value` (or each value of a tuple) within the field's bounds, else ConfigError naming `key`."""
     strict = meta.get("exclusive", False)
-    rules = [(op, bound) for op, bound in ((">" if strict else ">=", meta.get("minimum")),
-                                           ("<" if strict else "<=", meta.get("maximum"))) if bound is not None]
+    rules = [
+        (op, bound)
+        for op, bound in (
+            (">" if strict else ">=", meta.get("minimum")),
+            ("<" if strict else "<=", meta.get("maximum")),
+        )
+        if bound is not None
+    ]
     for v in value if isinstance(value, tuple) else (value,):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not all(_COMPARE[op](v, b) for op, b in rules):
             raise ConfigError(f"{key}: {v!r} must be {' and '.join(f'{op} {b}' for op, b in rules)}")
@@ -168,15 +190,22 @@ def from_dict(cls: type, data: dict, where: str = ""):
     data = {k: v for k, v in data.items() if k not in getattr(cls, "RETIRED", ())}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(f"{', '.join(_key(where, k) for k in unknown)}: unknown setting(s) (known "
-                          f"{'in ' + where if where else 'at the top level'}: {', '.join(fields)})")
-    missing = [name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(
+            f"{', '.join(_key(where, k) for k in unknown)}: unknown setting(s) (known "
+            f"{'in ' + where if where else 'at the top level'}: {', '.join(fields)})"
+        )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{', '.join(_key(where, k) for k in missing)}: missing setting(s)")
     hints = typing.get_type_hints(cls)
-    values = {k: _check_bounds(_convert(v, hints[k], _key(where, k)), fields[k].metadata, _key(where, k))
-              for k, v in data.items()}
+    values = {
+        k: _check_bounds(_convert(v, hints[k], _key(where, k)), fields[k].metadata, _key(where, k))
+        for k, v in data.items()
+    }
     try:
         return cls(**values)
     except ConfigError as e:  # a check across fields (__post_init__)

@@ -13,8 +13,9 @@ from sscjax.configs import ModelConfig, TrainConfig, setting
 class LNetData:
     """How scans become L-Net inputs and labels."""
 
-    size: tuple[int, int, int] = setting((256, 256, 256), "resampled matrix (z, y, x) over the scan's field of view, "
-                                         "voxels", minimum=1)
+    size: tuple[int, int, int] = setting(
+        (256, 256, 256), "resampled matrix (z, y, x) over the scan's field of view, voxels", minimum=1
+    )
     crop: int = setting(192, "slices per training crop and per inference window", minimum=1)
     margin: int = setting(2, "slices kept between every level and a crop's first and last slice", minimum=0)
     noise: float = setting(0.0, "SD of Gaussian noise added to training crops, z-score units", minimum=0)

@@ -25,13 +25,16 @@ class SynthesisConfig:
     """Data synthesis: GG and RET texture inserted into healthy slices inside random ellipses; lengths are pixels
     of a reference_size image and scale with the image size (a 128 px image gets semi-axes of 0.25..37.5 px)."""
 
-    ellipses: tuple[int, int] = setting((0, 3), "[min, max] ellipses per pattern and image, drawn uniformly "
-                                        "(each image gets at least one)", minimum=0)
-    semi_axis_px: tuple[float, float] = setting((1.0, 150.0), "[min, max] ellipse semi-axes, pixels",
-                                                minimum=0, exclusive=True)
+    ellipses: tuple[int, int] = setting(
+        (0, 3), "[min, max] ellipses per pattern and image, drawn uniformly (each image gets at least one)", minimum=0
+    )
+    semi_axis_px: tuple[float, float] = setting(
+        (1.0, 150.0), "[min, max] ellipse semi-axes, pixels", minimum=0, exclusive=True
+    )
     texture_rotation_deg: float = setting(180.0, "largest rotation of the texture either way, degrees", minimum=0)
-    texture_scale: tuple[float, float] = setting((0.95, 1.05), "[min, max] scale of the texture", minimum=0,
-                                                 exclusive=True)
+    texture_scale: tuple[float, float] = setting(
+        (0.95, 1.05), "[min, max] scale of the texture", minimum=0, exclusive=True
+    )
     fade_sigma_px: float = setting(3.0, "SD of the Gaussian that fades the lesion edges, pixels", minimum=0)
     reference_size: int = setting(512, "image size the pixel lengths refer to, pixels", minimum=1)
 
@@ -61,8 +64,10 @@ class AugmentConfig:
 
     def __post_init__(self):
         if self.rotation_deg < 0 or self.shift_px < 0 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"augmentation needs rotation >= 0, shift >= 0 and 0 < scale min <= max; got "
-                              f"{self.rotation_deg} deg, {self.shift_px} px, scale {self.scale}")
+            raise ConfigError(
+                f"augmentation needs rotation >= 0, shift >= 0 and 0 < scale min <= max; got "
+                f"{self.rotation_deg} deg, {self.shift_px} px, scale {self.scale}"
+            )
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,15 @@ class SNetData:
 
     image_size: int = setting(512, "side of the square slices, resized over their field of view, pixels", minimum=1)
     neighbours: bool = setting(True, "also train on the slices just above and below each level (same label)")
-    synthetic_fraction: float = setting(0.5, "share of each training batch made by data synthesis (when on)",
-                                        minimum=0, maximum=1)
-    bin_width: float = setting(float(SCORE_STEP), "width of the TOT groups of balanced sampling, %", minimum=0,
-                               exclusive=True)
-    balance_power: float = setting(1.0, "1: every TOT group drawn equally often; 0: uniform (see "
-                                   "sscjax.data.sampling)", minimum=0, maximum=1)
+    synthetic_fraction: float = setting(
+        0.5, "share of each training batch made by data synthesis (when on)", minimum=0, maximum=1
+    )
+    bin_width: float = setting(
+        float(SCORE_STEP), "width of the TOT groups of balanced sampling, %", minimum=0, exclusive=True
+    )
+    balance_power: float = setting(
+        1.0, "1: every TOT group drawn equally often; 0: uniform (see sscjax.data.sampling)", minimum=0, maximum=1
+    )
     augment: bool = setting(True, "randomly rotate, scale and shift every training sample")
     lesions: SynthesisConfig = field(default_factory=SynthesisConfig)
     affine: AugmentConfig = field(default_factory=AugmentConfig)
@@ -87,21 +95,20 @@ class ExplainConfig:
     """Replacement heat maps (ssc explain) and the scores derived from them; lengths are pixels of a reference_size
     image and scale with the S-Net's input size."""
 
-    patch_px: int = setting(64, "side of the square healthy-texture patch, pixels (a multiple of stride_px)",
-                            minimum=1)
+    patch_px: int = setting(64, "side of the square healthy-texture patch, pixels (a multiple of stride_px)", minimum=1)
     stride_px: int = setting(16, "step between patch positions, pixels", minimum=1)
     fade_px: int = setting(16, "width of the patch's linearly fading edge, pixels (at most patch_px / 2)", minimum=1)
     reference_size: int = setting(512, "image size the pixel lengths refer to, pixels", minimum=1)
-    chunk: int | None = setting(None, "patch positions per forward batch (memory, not maps); not set: 32, on a CPU 8 "
-                                "from 256 px", minimum=1)
+    chunk: int | None = setting(
+        None, "patch positions per forward batch (memory, not maps); not set: 32, on a CPU 8 from 256 px", minimum=1
+    )
     occlusion: Occlusion = setting("replace", '"replace" with healthy texture, or "constant" (classic occlusion)')
     constant: float = setting(0.0, "fill value of constant occlusion, window units")
-    threshold: float = setting(-1.0, "Delta P below which a pixel counts as diseased until calibrated, percentage "
-                               "points")
-    search: tuple[float, float] = setting((-4.0, 0.0), "[min, max] thresholds the calibration tries, percentage "
-                                          "points")
-    search_step: float = setting(0.1, "step between the thresholds tried, percentage points", minimum=0,
-                                 exclusive=True)
+    threshold: float = setting(
+        -1.0, "Delta P below which a pixel counts as diseased until calibrated, percentage points"
+    )
+    search: tuple[float, float] = setting((-4.0, 0.0), "[min, max] thresholds the calibration tries, percentage points")
+    search_step: float = setting(0.1, "step between the thresholds tried, percentage points", minimum=0, exclusive=True)
 
     def __post_init__(self):
         if self.patch_px % self.stride_px:
@@ -121,13 +128,20 @@ class SNetConfig:
     preset: str = setting("paper", "the preset these settings started from")
     data_dir: str = setting("data", "cohort folder (ssc train --data)")
     fold: int = setting(0, "cross-validation fold trained (ssc train --fold)", minimum=0)
-    pretrained: str | None = setting(None, f'ImageNet weights: a .pth/.safetensors/.npz file, "{LITE0_PACKAGE}", '
-                                     f'"{NO_PRETRAINING}" (random)')
+    pretrained: str | None = setting(
+        None, f'ImageNet weights: a .pth/.safetensors/.npz file, "{LITE0_PACKAGE}", "{NO_PRETRAINING}" (random)'
+    )
     balanced: bool = setting(True, "draw real slices balanced over their TOT scores (else uniformly)")
     synthesis: bool = setting(True, "make synthetic_fraction of every batch by data synthesis")
     data: SNetData = field(default_factory=SNetData)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig("convnext_tiny", {
-        "num_outputs": 3, "in_chans": 1, "normalize_input": True, "stochastic_depth_prob": 0.1}))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=500, batch_size=10, learning_rate=1e-4,
-                                                                   weight_decay=1e-4, predict_batch=10))
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            "convnext_tiny", {"num_outputs": 3, "in_chans": 1, "normalize_input": True, "stochastic_depth_prob": 0.1}
+        )
+    )
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=500, batch_size=10, learning_rate=1e-4, weight_decay=1e-4, predict_batch=10
+        )
+    )
     explain: ExplainConfig = field(default_factory=ExplainConfig)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sscjax.configs import MODEL_ARGUMENTS
 from sscjax.errors import ConfigError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
+else:  # Python 3.10
     import tomli as tomllib
 
 WIDTH = 120  # comment lines are wrapped at this width
@@ -69,7 +71,9 @@ def _table(config: Any, paper: Any, path: str) -> list[str]:
             lines += _entry(f.name, value, f.metadata["doc"], base)
     for value, base, key, doc in subtables:
         lines.append("")
-        lines += _table(value, base, key) if dataclasses.is_dataclass(value) else _arguments(value, base or {}, key, doc)
+        lines += (
+            _table(value, base, key) if dataclasses.is_dataclass(value) else _arguments(value, base or {}, key, doc)
+        )
     return lines
 
 
@@ -128,7 +132,7 @@ def assignment(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def assign(data: dict, assignments: list[str] | tuple[str, ...]) -> dict:
+def assign(data: dict, assignments: Sequence[str]) -> dict:
     """Plain config data with every `key.path=value` of `assignments` put in (checked later by `from_dict`)."""
     data = json.loads(json.dumps(data))
     for text in assignments:
@@ -137,6 +141,6 @@ def assign(data: dict, assignments: list[str] | tuple[str, ...]) -> dict:
         for depth, key in enumerate(path[:-1]):
             table = table.setdefault(key, {})
             if not isinstance(table, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(path[:depth + 1])} is a setting, not a table")
+                raise ConfigError(f"--set {text}: {'.'.join(path[: depth + 1])} is a setting, not a table")
         table[path[-1]] = value
     return data

@@ -38,21 +38,32 @@ class AffineParams:
 def draw_affine(rng: np.random.Generator, n: int, config: AugmentConfig) -> AffineParams:
     """Draw rotation, scale and shift of n images, uniformly within the configured bounds."""
     rotation = np.radians(config.rotation_deg)
-    return AffineParams(angle=rng.uniform(-rotation, rotation, size=n), scale=rng.uniform(*config.scale, size=n),
-                        shift=rng.uniform(-1.0, 1.0, size=(n, 2)))
+    return AffineParams(
+        angle=rng.uniform(-rotation, rotation, size=n),
+        scale=rng.uniform(*config.scale, size=n),
+        shift=rng.uniform(-1.0, 1.0, size=(n, 2)),
+    )
 
 
 def lung_boxes(lung: np.ndarray) -> np.ndarray:
     """(B, 4) bounding box (y0, y1, x0, x1) of each (B, H, W) mask, pixel centres inclusive; -1 where empty."""
-    rows, cols = lung.any(axis=2), lung.any(axis=1)
+    rows, cols = np.any(lung, axis=2), np.any(lung, axis=1)
     h, w = lung.shape[1:]
-    boxes = np.stack([rows.argmax(axis=1), h - 1 - rows[:, ::-1].argmax(axis=1),
-                      cols.argmax(axis=1), w - 1 - cols[:, ::-1].argmax(axis=1)], axis=1)
+    boxes = np.stack(
+        [
+            rows.argmax(axis=1),
+            h - 1 - rows[:, ::-1].argmax(axis=1),
+            cols.argmax(axis=1),
+            w - 1 - cols[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    )
     return np.where(rows.any(axis=1)[:, None], boxes, -1)
 
 
-def transforms(params: AffineParams, shape: tuple[int, int], config: AugmentConfig,
-               boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def transforms(
+    params: AffineParams, shape: tuple[int, int], config: AugmentConfig, boxes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Forward transforms p -> c + matrix (p - c) + shift in (y, x) pixels of (H, W) images: matrix (B, 2, 2),
     shift (B, 2); with lung `boxes` (see lung_boxes) and keep_lung_in_view the shifts keep each box in view."""
     h, w = shape
@@ -71,11 +82,12 @@ def transforms(params: AffineParams, shape: tuple[int, int], config: AugmentConf
     return matrix, shift
 
 
-def _source_coordinates(shape: tuple[int, int, int], matrix: np.ndarray, shift: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def _source_coordinates(
+    shape: tuple[int, int, int], matrix: np.ndarray, shift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W) source (y, x) that each output pixel samples (the inverse transform), in the frame of the
     fill-padded images (see `_sample`: 1 = the first row/column), clipped onto the fill border outside."""
-    b, h, w = shape
+    _b, h, w = shape
     centre = (np.array([h, w]) - 1) / 2
     inverse = np.linalg.inv(matrix)
     origin = centre - np.einsum("bij,bj->bi", inverse, centre + shift) + 1  # (B, 2)
@@ -111,7 +123,7 @@ def _sample(arrays: np.ndarray, coordinates: tuple[np.ndarray, np.ndarray], orde
     right -= top
     right *= fx
     top += right
-    bottom, right = np.take(flat[stride:], index), np.take(flat[stride + 1:], index)
+    bottom, right = np.take(flat[stride:], index), np.take(flat[stride + 1 :], index)
     right -= bottom
     right *= fx
     bottom += right
@@ -121,8 +133,9 @@ def _sample(arrays: np.ndarray, coordinates: tuple[np.ndarray, np.ndarray], orde
     return top
 
 
-def warp(images: np.ndarray, lung: np.ndarray | None, matrix: np.ndarray, shift: np.ndarray,
-         fill: float = AIR) -> tuple[np.ndarray, np.ndarray | None]:
+def warp(
+    images: np.ndarray, lung: np.ndarray | None, matrix: np.ndarray, shift: np.ndarray, fill: float = AIR
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Apply per-image forward transforms (see `transforms`) to images (bilinear) and lung masks (nearest)."""
     images = np.asarray(images, dtype=np.float32)
     coordinates = _source_coordinates(images.shape, matrix, shift)
@@ -132,8 +145,13 @@ def warp(images: np.ndarray, lung: np.ndarray | None, matrix: np.ndarray, shift:
     return warped, _sample(np.asarray(lung, dtype=np.uint8), coordinates, order=0, fill=0).astype(bool)
 
 
-def augment(images: np.ndarray, lung: np.ndarray | None, params: AffineParams, config: AugmentConfig,
-            boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def augment(
+    images: np.ndarray,
+    lung: np.ndarray | None,
+    params: AffineParams,
+    config: AugmentConfig,
+    boxes: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Randomly rotate, scale and shift a batch of images and their lung masks alike (lung None: images only;
     the lung boxes for keep_lung_in_view then come from `boxes`, see lung_boxes)."""
     if lung is not None:

@@ -18,8 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from sscjax.data.splits import (DEFAULT_FOLDS, DEFAULT_TEST_FRACTION, SPLITS_FILE, Splits, load_splits_file,
-                                 make_splits, read_splits, splits_problems, write_splits)
+from sscjax.data.splits import (
+    DEFAULT_FOLDS,
+    DEFAULT_TEST_FRACTION,
+    SPLITS_FILE,
+    Splits,
+    load_splits_file,
+    make_splits,
+    read_splits,
+    splits_problems,
+    write_splits,
+)
 from sscjax.domain import LEVEL_NAMES, LEVELS, PATTERNS, SCORES
 from sscjax.errors import CohortError, ScanError
 from sscjax.io import SCAN_EXTENSIONS, Geometry, atomic_write, extension_of, read_geometry, read_scan, scan_id
@@ -69,8 +78,11 @@ class Cohort:
 
     def level_rows(self, ids: Iterable[str] | None = None) -> list[LevelRow]:
         """One row per (scan, level), scans in the given order (default: all, sorted), levels 1..5."""
-        return [LevelRow(i, level, float(self.levels_mm[i][level - 1]), self.scores[i][level - 1])
-                for i in (self.ids if ids is None else ids) for level in LEVELS]
+        return [
+            LevelRow(i, level, float(self.levels_mm[i][level - 1]), self.scores[i][level - 1])
+            for i in (self.ids if ids is None else ids)
+            for level in LEVELS
+        ]
 
     def fingerprint(self) -> str:
         """A hash of the CSVs, splits.json and the names, sizes and modification times of the files under
@@ -114,11 +126,12 @@ def _row_numbers(row: dict[str, str], columns: tuple[str, ...], where: str, prob
     if bad:
         problems.append(f"{where}: not a number: {', '.join(bad)}")
         return None
-    return values
+    return [v for v in values if v is not None]
 
 
-def _read_table(path: Path, header: tuple[str, ...], problems: list[str], warnings: list[str]
-                ) -> list[tuple[int, dict[str, str]]] | None:
+def _read_table(
+    path: Path, header: tuple[str, ...], problems: list[str], warnings: list[str]
+) -> list[tuple[int, dict[str, str]]] | None:
     """The data rows of a CSV as (line number, {column: stripped text}); None if it cannot be used at all."""
     if not path.is_file():
         problems.append(f"{path}: missing (a CSV with columns {','.join(header)})")
@@ -134,8 +147,9 @@ def _read_table(path: Path, header: tuple[str, ...], problems: list[str], warnin
     missing = [c for c in header if c not in columns]
     repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
     if missing or repeated:
-        what = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
-               ([f"repeated column(s) {', '.join(repeated)}"] if repeated else [])
+        what = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + (
+            [f"repeated column(s) {', '.join(repeated)}"] if repeated else []
+        )
         problems.append(f"{path} line 1: {'; '.join(what)} (expected header {','.join(header)})")
         return None
     extra = [c for c in columns if c not in header]
@@ -150,10 +164,12 @@ def _read_table(path: Path, header: tuple[str, ...], problems: list[str], warnin
     return table
 
 
-def _parse_levels(path: Path, rows: list[tuple[int, dict[str, str]]], problems: list[str]
-                  ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def _parse_levels(
+    path: Path, rows: list[tuple[int, dict[str, str]]], problems: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """levels.csv rows -> ({id: five world z in mm}, {id: line})."""
-    levels, lines = {}, {}
+    levels: dict[str, np.ndarray] = {}
+    lines: dict[str, int] = {}
     for line, row in rows:
         sid = row["scan_id"]
         if not sid:
@@ -167,19 +183,27 @@ def _parse_levels(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
         if values is None:
             continue
         z = np.asarray(values, dtype=np.float64)
-        unordered = [f"L{k + 1} = {z[k]:g} is not above L{k + 2} = {z[k + 1]:g}"
-                     for k in range(len(LEVELS) - 1) if not z[k] > z[k + 1]]
+        unordered = [
+            f"L{k + 1} = {z[k]:g} is not above L{k + 2} = {z[k + 1]:g}"
+            for k in range(len(LEVELS) - 1)
+            if not z[k] > z[k + 1]
+        ]
         if unordered:
-            problems.append(f"{path} line {line}: levels out of anatomical order ({'; '.join(unordered)}); "
-                            "world z (mm, +z toward the head) must fall strictly from L1 to L5")
+            problems.append(
+                f"{path} line {line}: levels out of anatomical order ({'; '.join(unordered)}); "
+                "world z (mm, +z toward the head) must fall strictly from L1 to L5"
+            )
         levels[sid] = z
     return levels, lines
 
 
-def _parse_scores(path: Path, rows: list[tuple[int, dict[str, str]]], problems: list[str], warnings: list[str]
-                  ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def _parse_scores(
+    path: Path, rows: list[tuple[int, dict[str, str]]], problems: list[str], warnings: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """scores.csv rows -> ({id: (5, 3) TOT, GG, RET per level 1..5}, {id: first line})."""
-    scores, first_line, seen = {}, {}, {}
+    scores: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
+    seen: dict[tuple[str, int], int] = {}
     for line, row in rows:
         sid = row["scan_id"]
         if not sid:
@@ -204,19 +228,28 @@ def _parse_scores(path: Path, rows: list[tuple[int, dict[str, str]]], problems: 
             continue
         tot, gg, ret = values
         if tot < max(gg, ret) - SCORE_EPS or tot > gg + ret + SCORE_EPS:
-            warnings.append(f"{path} line {line}: TOT = {tot:g} lies outside [max(GG, RET), GG + RET] = "
-                            f"[{max(gg, ret):g}, {gg + ret:g}] (TOT is the union of GG and RET)")
+            warnings.append(
+                f"{path} line {line}: TOT = {tot:g} lies outside [max(GG, RET), GG + RET] = "
+                f"[{max(gg, ret):g}, {gg + ret:g}] (TOT is the union of GG and RET)"
+            )
         scores.setdefault(sid, np.full((len(LEVELS), len(SCORES)), np.nan))[key[1] - 1] = values
     for sid, line in first_line.items():
         lacking = [str(n) for n in LEVELS if (sid, n) not in seen]
         if lacking:
-            problems.append(f"{path} line {line}: scan '{sid}' lacks level(s) {', '.join(lacking)} "
-                            "(every scan needs one row for each level 1..5)")
+            problems.append(
+                f"{path} line {line}: scan '{sid}' lacks level(s) {', '.join(lacking)} "
+                "(every scan needs one row for each level 1..5)"
+            )
     return scores, first_line
 
 
-def _entries(folder: Path, names: Iterable[str] | None, allow_dirs: bool, problems: list[str],
-             extensions: tuple[str, ...] = VOLUME_EXTENSIONS) -> dict[str, Path]:
+def _entries(
+    folder: Path,
+    names: Iterable[str] | None,
+    allow_dirs: bool,
+    problems: list[str],
+    extensions: tuple[str, ...] = VOLUME_EXTENSIONS,
+) -> dict[str, Path]:
     """{id: path} of the image files (and DICOM folders if `allow_dirs`) in `folder`, restricted to `names`
     if given; broken links and two files for one id (the first is kept) are problems, other entries ignored."""
     found: dict[str, list[Path]] = {}
@@ -234,8 +267,9 @@ def _entries(folder: Path, names: Iterable[str] | None, allow_dirs: bool, proble
         found = {k: v for k, v in found.items() if k in names}
     for key, paths in found.items():
         if len(paths) > 1:
-            problems.append(f"{folder}: {len(paths)} files for id '{key}': {', '.join(p.name for p in paths)} "
-                            "(keep one)")
+            problems.append(
+                f"{folder}: {len(paths)} files for id '{key}': {', '.join(p.name for p in paths)} (keep one)"
+            )
     return {key: paths[0] for key, paths in found.items()}
 
 
@@ -243,13 +277,21 @@ def _scan_entries(folder: Path, problems: list[str]) -> dict[str, Path]:
     if not folder.is_dir():
         problems.append(f"{folder}: missing (the folder of scans: <id>.mha/.nii.gz/... files or <id>/ DICOM folders)")
         return {}
-    problems += [f"{p}: a single DICOM file is one slice, not a scan; put each series in its own folder "
-                 f"{folder.name}/<id>/" for p in sorted(folder.iterdir()) if p.is_file() and extension_of(p) == ".dcm"]
+    problems += [
+        f"{p}: a single DICOM file is one slice, not a scan; put each series in its own folder {folder.name}/<id>/"
+        for p in sorted(folder.iterdir())
+        if p.is_file() and extension_of(p) == ".dcm"
+    ]
     return _entries(folder, None, True, problems)
 
 
-def _cross_check_ids(root: Path, level_lines: dict[str, int], score_lines: dict[str, int],
-                     scan_paths: dict[str, Path], problems: list[str]) -> None:
+def _cross_check_ids(
+    root: Path,
+    level_lines: dict[str, int],
+    score_lines: dict[str, int],
+    scan_paths: dict[str, Path],
+    problems: list[str],
+) -> None:
     """Every id needs a levels.csv row, scores.csv rows and a scan."""
     levels, scores, scans = root / LEVELS_FILE, root / SCORES_FILE, root / SCANS_DIR
     for sid in sorted(level_lines.keys() - score_lines.keys()):
@@ -257,8 +299,9 @@ def _cross_check_ids(root: Path, level_lines: dict[str, int], score_lines: dict[
     for sid in sorted(score_lines.keys() - level_lines.keys()):
         problems.append(f"{levels}: no row for scan '{sid}' (it is in {SCORES_FILE} line {score_lines[sid]})")
     for sid in sorted((level_lines.keys() | score_lines.keys()) - scan_paths.keys()):
-        where = (f"{LEVELS_FILE} line {level_lines[sid]}" if sid in level_lines
-                 else f"{SCORES_FILE} line {score_lines[sid]}")
+        where = (
+            f"{LEVELS_FILE} line {level_lines[sid]}" if sid in level_lines else f"{SCORES_FILE} line {score_lines[sid]}"
+        )
         problems.append(f"{scans}: no scan for '{sid}' (listed in {where})")
     for sid in sorted(scan_paths.keys() - level_lines.keys() - score_lines.keys()):
         problems.append(f"{scan_paths[sid]}: no rows for this scan in {LEVELS_FILE} or {SCORES_FILE}")
@@ -286,8 +329,14 @@ def _in_scan(geometry: Geometry, z: float, n_slices: int) -> bool:
     return True
 
 
-def _check_scans(scan_paths: dict[str, Path], levels: dict[str, np.ndarray], level_lines: dict[str, int],
-                 levels_path: Path, problems: list[str], progress: Progress | None) -> dict[str, ScanHeader]:
+def _check_scans(
+    scan_paths: dict[str, Path],
+    levels: dict[str, np.ndarray],
+    level_lines: dict[str, int],
+    levels_path: Path,
+    problems: list[str],
+    progress: Progress | None,
+) -> dict[str, ScanHeader]:
     """Read and check every scan whole; levels must lie within half a slice of the scan's first/last slice."""
     headers = {}
     for done, (sid, path) in enumerate(sorted(scan_paths.items()), 1):
@@ -303,8 +352,10 @@ def _check_scans(scan_paths: dict[str, Path], levels: dict[str, np.ndarray], lev
         outside = [f"L{n} = {z:g} mm" for n, z in zip(LEVELS, levels[sid]) if not _in_scan(geometry, z, shape[0])]
         if outside:
             lo, hi = sorted(float(geometry.z_of_index(i)) for i in (0, shape[0] - 1))
-            problems.append(f"{levels_path} line {level_lines[sid]}: {', '.join(outside)} outside the scan {path} "
-                            f"(its slices span {lo:.2f} .. {hi:.2f} mm)")
+            problems.append(
+                f"{levels_path} line {level_lines[sid]}: {', '.join(outside)} outside the scan {path} "
+                f"(its slices span {lo:.2f} .. {hi:.2f} mm)"
+            )
     return headers
 
 
@@ -319,8 +370,14 @@ def geometry_differences(a: ScanHeader, b: ScanHeader, tol: float = GEOMETRY_TOL
     return found
 
 
-def _masks(root: Path, scan_paths: dict[str, Path], headers: dict[str, ScanHeader], check: bool,
-           problems: list[str], warnings: list[str]) -> dict[str, Path]:
+def _masks(
+    root: Path,
+    scan_paths: dict[str, Path],
+    headers: dict[str, ScanHeader],
+    check: bool,
+    problems: list[str],
+    warnings: list[str],
+) -> dict[str, Path]:
     """{id: lung mask path}; each mask must share its scan's geometry (checked when scans are opened)."""
     folder = root / MASKS_DIR
     if not folder.is_dir():
@@ -344,8 +401,10 @@ def _patterns(root: Path, require: bool, check: bool, problems: list[str]) -> di
     patterns = _entries(folder, PATTERNS, False, problems, SCAN_EXTENSIONS) if folder.is_dir() else {}
     missing = [name for name in PATTERNS if name not in patterns]
     if require and missing:
-        problems.append(f"{folder}: missing pattern(s) {', '.join(missing)} (files {PATTERNS_DIR}/<name>.mha etc., "
-                        "2D texture patches in HU stored as one-slice images)")
+        problems.append(
+            f"{folder}: missing pattern(s) {', '.join(missing)} (files {PATTERNS_DIR}/<name>.mha etc., "
+            "2D texture patches in HU stored as one-slice images)"
+        )
     for path in patterns.values() if check else ():
         header = _header(path, problems)
         if header is not None and header[1][0] != 1:
@@ -353,8 +412,13 @@ def _patterns(root: Path, require: bool, check: bool, problems: list[str]) -> di
     return patterns
 
 
-def load_cohort(root: str | Path, check_scans: bool = True, require_patterns: bool = False,
-                check_splits: bool = True, progress: Progress | None = None) -> Cohort:
+def load_cohort(
+    root: str | Path,
+    check_scans: bool = True,
+    require_patterns: bool = False,
+    check_splits: bool = True,
+    progress: Progress | None = None,
+) -> Cohort:
     """Load and validate a cohort folder; raise CohortError listing every problem found.
 
     check_scans: read each scan whole (geometry and values checked as every command checks them, `read_scan`),
@@ -377,8 +441,7 @@ def load_cohort(root: str | Path, check_scans: bool = True, require_patterns: bo
     scan_paths = _scan_entries(root / SCANS_DIR, problems)
     if level_table is not None and score_table is not None:
         _cross_check_ids(root, level_lines, score_lines, scan_paths, problems)
-    headers = (_check_scans(scan_paths, levels, level_lines, levels_path, problems, progress)
-               if check_scans else {})
+    headers = _check_scans(scan_paths, levels, level_lines, levels_path, problems, progress) if check_scans else {}
     masks = _masks(root, scan_paths, headers, check_scans, problems, warnings)
     patterns = _patterns(root, require_patterns, check_scans, problems)
     ids = sorted(level_lines.keys() | score_lines.keys() | scan_paths.keys())
@@ -393,16 +456,25 @@ def load_cohort(root: str | Path, check_scans: bool = True, require_patterns: bo
     return Cohort(root, ids, scan_paths, levels, scores, masks, patterns, warnings, headers, splits)
 
 
-def ensure_splits(cohort: Cohort, n_folds: int | None = None, seed: int = 0,
-                  test_fraction: float = DEFAULT_TEST_FRACTION, n_test: int | None = None) -> Splits:
+def ensure_splits(
+    cohort: Cohort,
+    n_folds: int | None = None,
+    seed: int = 0,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    n_test: int | None = None,
+) -> Splits:
     """The cohort's splits: read splits.json if present, else make them and write splits.json, so that every
     training run on the cohort uses the same test set and folds. `n_folds` None means the file's (or 4)."""
     path = Path(cohort.root) / SPLITS_FILE
     if path.exists():
         splits = read_splits(cohort.root, cohort.ids)
         if n_folds is not None and n_folds != splits.n_folds:
-            raise CohortError([f"{path}: holds {splits.n_folds} folds but {n_folds} were asked for "
-                               "(make new splits with `ssc data split --force`, or ask for the file's folds)"])
+            raise CohortError(
+                [
+                    f"{path}: holds {splits.n_folds} folds but {n_folds} were asked for "
+                    "(make new splits with `ssc data split --force`, or ask for the file's folds)"
+                ]
+            )
         return splits
     splits = make_splits(cohort.ids, n_folds or DEFAULT_FOLDS, test_fraction, n_test, seed)
     write_splits(cohort.root, splits)
@@ -430,8 +502,9 @@ def write_levels_csv(path: str | Path, levels_mm: dict[str, np.ndarray]) -> Path
 
 def write_scores_csv(path: str | Path, scores: dict[str, np.ndarray]) -> Path:
     """Write scores.csv (scan_id,level,TOT,GG,RET) from {id: (5, 3) scores}, atomically."""
-    rows = [[sid, str(level), *map(_format_number, scores[sid][level - 1])]
-            for sid in sorted(scores) for level in LEVELS]
+    rows = [
+        [sid, str(level), *map(_format_number, scores[sid][level - 1])] for sid in sorted(scores) for level in LEVELS
+    ]
     return _write_csv(Path(path), SCORES_HEADER, rows)
 
 
@@ -474,9 +547,14 @@ def cohort_summary(cohort: Cohort) -> dict:
     }
     if cohort.scan_headers:
         headers = [cohort.scan_headers[i] for i in cohort.ids]
-        summary["scans"] = {"shape_zyx": _range(np.array([shape for _, shape in headers])),
-                            "spacing_xyz_mm": _range(np.array([g.spacing for g, _ in headers]))}
+        summary["scans"] = {
+            "shape_zyx": _range(np.array([shape for _, shape in headers])),
+            "spacing_xyz_mm": _range(np.array([g.spacing for g, _ in headers])),
+        }
     if cohort.splits is not None:
-        summary["splits"] = {"seed": cohort.splits.seed, "test": len(cohort.splits.test),
-                             "folds": [len(f) for f in cohort.splits.folds]}
+        summary["splits"] = {
+            "seed": cohort.splits.seed,
+            "test": len(cohort.splits.test),
+            "folds": [len(f) for f in cohort.splits.folds],
+        }
     return summary

@@ -17,14 +17,24 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from sscjax.data.cohort import (LEVELS_FILE, SCANS_DIR, SCORES_FILE, VOLUME_EXTENSIONS, Cohort, Progress, load_cohort,
-                                write_levels_csv, write_scores_csv)
+from sscjax.data.cohort import (
+    LEVELS_FILE,
+    SCANS_DIR,
+    SCORES_FILE,
+    VOLUME_EXTENSIONS,
+    Cohort,
+    Progress,
+    load_cohort,
+    write_levels_csv,
+    write_scores_csv,
+)
 from sscjax.domain import LEVELS
 from sscjax.errors import CohortError, SscError
-from sscjax.io import extension_of, atomic_write, is_dicom_folder, read_geometry, scan_id
+from sscjax.io import atomic_write, extension_of, is_dicom_folder, read_geometry, scan_id
 
 POSITION_UNITS = ("mm", "index")
 # spreadsheet column suffix -> score (TOT, GG, RET order)
@@ -61,7 +71,7 @@ def _cell_text(value: object) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _cell_number(value: object) -> float | None:
+def _cell_number(value: Any) -> float | None:
     """The finite number in a cell (a number, or text holding one), or None."""
     if isinstance(value, bool):
         return None
@@ -97,7 +107,9 @@ def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
     if missing:
         raise SscError(f"{path} row 1: missing column(s) {', '.join(missing)}")
     column = {c: header[c.lower()] for c in GOH_COLUMNS}
-    patients, problems, seen = [], [], {}
+    patients: list[GohRow] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
     for number, cells in enumerate(rows[1:], start=2):
         cells = list(cells) + [None] * (len(rows[0]) - len(cells))
         if all(_cell_text(c) == "" for c in cells):
@@ -112,8 +124,11 @@ def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
             continue
         seen[key] = number
         values = {name: _cell_number(cells[column[name]]) for name in GOH_COLUMNS[1:]}
-        bad = [f"{name} = {_cell_text(cells[column[name]]) or 'empty'!r}" for name in GOH_COLUMNS[1:]
-               if values[name] is None]
+        bad = [
+            f"{name} = {_cell_text(cells[column[name]]) or 'empty'!r}"
+            for name in GOH_COLUMNS[1:]
+            if values[name] is None
+        ]
         if bad:
             problems.append(f"{path} row {number}: not a number: {', '.join(bad)}")
             continue
@@ -150,13 +165,16 @@ def find_patient_scans(scans_dir: str | Path) -> dict[str, tuple[str, Path]]:
     for entry in sorted(p for p in scans_dir.iterdir() if not p.name.startswith(".")):
         if entry.is_file() and extension_of(entry) in VOLUME_EXTENSIONS:
             sid, path = scan_id(entry), entry
-        elif entry.is_dir() and (path := _scan_in(entry)) is not None:
-            sid = entry.name
+        elif entry.is_dir() and (inner := _scan_in(entry)) is not None:
+            sid, path = entry.name, inner
         else:
             continue
         found.setdefault(patient_key(sid), []).append((sid, path))
-    clashes = [f"{scans_dir}: several scans for patient {key}: {', '.join(str(p) for _, p in hits)}"
-               for key, hits in found.items() if len(hits) > 1]
+    clashes = [
+        f"{scans_dir}: several scans for patient {key}: {', '.join(str(p) for _, p in hits)}"
+        for key, hits in found.items()
+        if len(hits) > 1
+    ]
     if clashes:
         raise CohortError(clashes)
     return {key: hits[0] for key, hits in found.items()}
@@ -173,6 +191,7 @@ def _place_mhd(source: Path, target: Path, copy: bool) -> None:
     if data_file is None or data_file == "LOCAL":
         _place(source, target, copy)
         return
+    assert match is not None  # data_file came from it
     if data_file.startswith("LIST") or "%" in data_file:
         raise SscError(f"{source}: .mhd with a list of data files is not supported; convert it to .mha or .nii.gz")
     data = source.parent / data_file
@@ -185,7 +204,7 @@ def _place_mhd(source: Path, target: Path, copy: bool) -> None:
     else:
         reference = os.path.relpath(data, target.parent)
     with atomic_write(target) as tmp:
-        tmp.write_text(text[: match.start(2)] + reference + text[match.end(2):])
+        tmp.write_text(text[: match.start(2)] + reference + text[match.end(2) :])
 
 
 def _place(source: Path, target: Path, copy: bool) -> None:
@@ -205,9 +224,16 @@ def _world_z(positions: np.ndarray, unit: str, scan: Path) -> np.ndarray:
     return np.asarray(geometry.z_of_index(positions), dtype=np.float64)
 
 
-def import_goh(xlsx: str | Path, scans_dir: str | Path, out_dir: str | Path, positions: str = "mm",
-               copy: bool = False, skip_missing: bool = False, sheet: str | None = None,
-               progress: Progress | None = None) -> GohImport:
+def import_goh(
+    xlsx: str | Path,
+    scans_dir: str | Path,
+    out_dir: str | Path,
+    positions: str = "mm",
+    copy: bool = False,
+    skip_missing: bool = False,
+    sheet: str | None = None,
+    progress: Progress | None = None,
+) -> GohImport:
     """Write a cohort folder from a Goh-score spreadsheet and a folder of scans, then validate it.
 
     Patients are matched to scans by number (PatID 12 <-> '12', '012', 'Pat_012'); the cohort uses the
@@ -241,8 +267,12 @@ def import_goh(xlsx: str | Path, scans_dir: str | Path, out_dir: str | Path, pos
         place(path.resolve(), scan_folder / f"{sid}{ext}", copy)
     write_levels_csv(out_dir / LEVELS_FILE, levels)
     write_scores_csv(out_dir / SCORES_FILE, scores)
-    result = GohImport(out_dir, sorted(levels), [p.pat_id for p in skipped],
-                       sorted(path for key, (_, path) in scans.items() if key not in used))
+    result = GohImport(
+        out_dir,
+        sorted(levels),
+        [p.pat_id for p in skipped],
+        sorted(path for key, (_, path) in scans.items() if key not in used),
+    )
     try:
         result.cohort = load_cohort(out_dir, progress=progress)
     except CohortError as e:

@@ -37,7 +37,8 @@ class PreparedVolume:
 
 def prepare_volume(scan: Scan, size: tuple[int, int, int]) -> PreparedVolume:
     """Resample a scan to `size` over its field of view, clip HU, round to int16."""
-    resampled = resample(scan, tuple(size), order=1)
+    z, y, x = size
+    resampled = resample(scan, (z, y, x), order=1)
     array = np.rint(clip_hu(resampled.array)).astype(np.int16)
     return PreparedVolume(array, resampled.geometry, scan.geometry, scan.shape)
 
@@ -104,14 +105,23 @@ def load_prepared(source: str | Path, scan_id: str, cache: str | Path, size: tup
         prepared = prepare_volume(read_scan(source), size)
         with atomic_write(array_path) as tmp:
             np.save(tmp, prepared.array)
-        meta = {"version": CACHE_VERSION, "source": str(source.absolute()), "size": list(size),
-                "signature": _signature(source), "sha256": _content_hash(source),
-                "geometry": _geometry_dict(prepared.geometry),
-                "source_geometry": _geometry_dict(prepared.source_geometry),
-                "source_shape": list(prepared.source_shape)}
+        meta = {
+            "version": CACHE_VERSION,
+            "source": str(source.absolute()),
+            "size": list(size),
+            "signature": _signature(source),
+            "sha256": _content_hash(source),
+            "geometry": _geometry_dict(prepared.geometry),
+            "source_geometry": _geometry_dict(prepared.source_geometry),
+            "source_shape": list(prepared.source_shape),
+        }
         write_json(meta_path, meta)
-    return PreparedVolume(np.load(array_path, mmap_mode="r"), _geometry(meta["geometry"]),
-                          _geometry(meta["source_geometry"]), tuple(meta["source_shape"]))
+    return PreparedVolume(
+        np.load(array_path, mmap_mode="r"),
+        _geometry(meta["geometry"]),
+        _geometry(meta["source_geometry"]),
+        tuple(meta["source_shape"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -131,16 +141,23 @@ class LevelSet:
         return np.asarray([abs(v.geometry.z_step) for v in self.volumes])
 
 
-def level_set(scan_paths: dict[str, Path], levels_mm: dict[str, np.ndarray], ids: list[str], cache: str | Path,
-              size: tuple[int, int, int], progress: Callable[[int, int], None] | None = None) -> LevelSet:
+def level_set(
+    scan_paths: dict[str, Path],
+    levels_mm: dict[str, np.ndarray],
+    ids: list[str],
+    cache: str | Path,
+    size: tuple[int, int, int],
+    progress: Callable[[int, int], None] | None = None,
+) -> LevelSet:
     """Prepare (or load from the cache) the scans `ids`; labels from their world z levels (mm)."""
     volumes = []
     for done, i in enumerate(ids, 1):
         volumes.append(load_prepared(scan_paths[i], i, cache, size))
         if progress is not None:
             progress(done, len(ids))
-    positions = np.asarray([v.geometry.index_of_z(np.asarray(levels_mm[i], dtype=np.float64))
-                            for i, v in zip(ids, volumes)]).reshape(len(ids), N_LEVELS)
+    positions = np.asarray(
+        [v.geometry.index_of_z(np.asarray(levels_mm[i], dtype=np.float64)) for i, v in zip(ids, volumes)]
+    ).reshape(len(ids), N_LEVELS)
     return LevelSet(list(ids), volumes, positions.astype(np.float32))
 
 
@@ -162,11 +179,14 @@ def check_crops(levels: LevelSet, crop: int, margin: int) -> None:
     if any(v.array.shape[0] < crop for v in levels.volumes):
         raise ConfigError(f"crop of {crop} slices is longer than the resampled volumes")
     lo, hi = crop_bounds(levels.positions, crop, levels.volumes[0].array.shape[0], margin)
-    bad = [f"{i} (levels span {np.ptp(p):.0f} slices)"
-           for i, p, a, b in zip(levels.ids, levels.positions, lo, hi) if a > b]
+    bad = [
+        f"{i} (levels span {np.ptp(p):.0f} slices)" for i, p, a, b in zip(levels.ids, levels.positions, lo, hi) if a > b
+    ]
     if bad:
-        raise ConfigError(f"the five levels of {len(bad)} scan(s) do not fit in a {crop}-slice crop with a "
-                          f"{margin}-slice margin: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        raise ConfigError(
+            f"the five levels of {len(bad)} scan(s) do not fit in a {crop}-slice crop with a "
+            f"{margin}-slice margin: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+        )
 
 
 def zscored_crops(volumes: list[np.ndarray], starts: np.ndarray, crop: int) -> np.ndarray:
@@ -175,7 +195,7 @@ def zscored_crops(volumes: list[np.ndarray], starts: np.ndarray, crop: int) -> n
     into the output; no float64 copy of the batch is made."""
     out = np.empty((len(starts), crop, *np.shape(volumes[0])[1:], 1), np.float32)
     for i, (volume, start) in enumerate(zip(volumes, starts)):
-        block = np.asarray(volume[start:start + crop])
+        block = np.asarray(volume[start : start + crop])
         flat = block.reshape(-1)
         accumulate = np.int64 if np.issubdtype(flat.dtype, np.integer) else np.float64
         mean = flat.sum(dtype=accumulate) / flat.size

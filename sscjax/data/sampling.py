@@ -36,8 +36,9 @@ class Sampler:
     """Draws sample indices: balanced over TOT groups (a group, uniform or tempered by `power`, then a uniform
     member) or uniform."""
 
-    def __init__(self, tot: np.ndarray, balanced: bool = True, bin_width: float = DEFAULT_BIN_WIDTH,
-                 power: float = 1.0):
+    def __init__(
+        self, tot: np.ndarray, balanced: bool = True, bin_width: float = DEFAULT_BIN_WIDTH, power: float = 1.0
+    ):
         groups = score_groups(tot, bin_width)
         if len(groups) == 0:
             raise ConfigError("cannot sample from an empty set of slices")

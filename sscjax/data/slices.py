@@ -91,7 +91,7 @@ class SliceSet:
 def resize_slices(slices: np.ndarray, size: int, order: int) -> np.ndarray:
     """(n, h, w) -> (n, size, size) over the same field of view, pixel centres aligned (order 1 linear with a
     Gaussian anti-alias filter when shrinking, 0 nearest); unchanged if already that size."""
-    n, h, w = slices.shape
+    _n, h, w = slices.shape
     if (h, w) == (size, size):
         return slices
     factors = np.array([h / size, w / size])
@@ -100,8 +100,9 @@ def resize_slices(slices: np.ndarray, size: int, order: int) -> np.ndarray:
     return ndimage.zoom(slices, (1, size / h, size / w), order=order, mode="nearest", grid_mode=True)
 
 
-def extract_level_slices(scan: Scan, lung: np.ndarray, levels_mm: np.ndarray, scores: np.ndarray,
-                         image_size: int) -> dict[str, np.ndarray]:
+def extract_level_slices(
+    scan: Scan, lung: np.ndarray, levels_mm: np.ndarray, scores: np.ndarray, image_size: int
+) -> dict[str, np.ndarray]:
     """The level slices of one scan and their neighbours, as SliceSet fields (scan_id excepted).
 
     levels_mm: (5,) world z of L1..L5; scores: (5, 3) TOT, GG, RET per level; lung: (z, y, x) mask of the scan.
@@ -140,10 +141,12 @@ def _lung_volume(scan: Scan, mask_path: Path | None) -> np.ndarray:
     mask = read_image(mask_path, dtype=np.uint8)
     tol = MASK_GEOMETRY_TOL * np.asarray(scan.geometry.spacing)
     if mask.shape != scan.shape or not np.all(np.abs(np.subtract(mask.geometry.origin, scan.geometry.origin)) <= tol):
-        raise ScanError(f"{mask_path}: lung mask (shape {mask.shape}, origin "
-                        f"{np.round(mask.geometry.origin, 2).tolist()}) "
-                        f"does not cover its scan {scan.source} (shape {scan.shape}, origin "
-                        f"{np.round(scan.geometry.origin, 2).tolist()})")
+        raise ScanError(
+            f"{mask_path}: lung mask (shape {mask.shape}, origin "
+            f"{np.round(mask.geometry.origin, 2).tolist()}) "
+            f"does not cover its scan {scan.source} (shape {scan.shape}, origin "
+            f"{np.round(scan.geometry.origin, 2).tolist()})"
+        )
     return mask.array
 
 
@@ -182,12 +185,19 @@ def _cached_scan_slices(cohort: Cohort, sid: str, cache_dir: Path, image_size: i
     lung = _lung_volume(scan, cohort.lung_mask_paths.get(sid))
     arrays = extract_level_slices(scan, lung, cohort.levels_mm[sid], cohort.scores[sid], image_size)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, key=np.asarray(key), **arrays)
+        np.savez(f, key=np.asarray(key), **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays may fill allow_pickle
     return arrays
 
 
-def load_slices(cohort: Cohort, cache_dir: str | Path, *, image_size: int = 512, neighbours: bool = True,
-                ids: Iterable[str] | None = None, progress: Progress | None = None) -> SliceSet:
+def load_slices(
+    cohort: Cohort,
+    cache_dir: str | Path,
+    *,
+    image_size: int = 512,
+    neighbours: bool = True,
+    ids: Iterable[str] | None = None,
+    progress: Progress | None = None,
+) -> SliceSet:
     """The SliceSet of a cohort's scans (default all; samples ordered by scan id, level, offset).
 
     neighbours=False keeps only the level slices (validation, test). The cache always holds the neighbours too.
@@ -195,8 +205,10 @@ def load_slices(cohort: Cohort, cache_dir: str | Path, *, image_size: int = 512,
     """
     cache_dir = Path(cache_dir)
     if cache_dir.resolve().is_relative_to(Path(cohort.root).resolve()):
-        raise ConfigError(f"{cache_dir}: the slice cache must lie outside the cohort folder {cohort.root} "
-                          "(inputs are never modified); use a work folder")
+        raise ConfigError(
+            f"{cache_dir}: the slice cache must lie outside the cohort folder {cohort.root} "
+            "(inputs are never modified); use a work folder"
+        )
     wanted = sorted(cohort.ids if ids is None else ids)
     unknown = sorted(set(wanted) - set(cohort.ids))
     if unknown:
@@ -214,7 +226,14 @@ def load_slices(cohort: Cohort, cache_dir: str | Path, *, image_size: int = 512,
 def empty_slice_set(image_size: int) -> SliceSet:
     """A SliceSet of no samples (shapes and dtypes as a real one)."""
     return SliceSet(
-        images=np.zeros((0, image_size, image_size), np.float32), lung=np.zeros((0, image_size, image_size), bool),
-        scores=np.zeros((0, 3), np.float32), scan_id=np.zeros(0, str), level=np.zeros(0, np.int8),
-        offset=np.zeros(0, np.int8), slice_index=np.zeros(0, np.int32), z_mm=np.zeros(0),
-        spacing_yx=np.zeros((0, 2)), native_shape=np.zeros((0, 2), np.int32))
+        images=np.zeros((0, image_size, image_size), np.float32),
+        lung=np.zeros((0, image_size, image_size), bool),
+        scores=np.zeros((0, 3), np.float32),
+        scan_id=np.zeros(0, str),
+        level=np.zeros(0, np.int8),
+        offset=np.zeros(0, np.int8),
+        slice_index=np.zeros(0, np.int32),
+        z_mm=np.zeros(0),
+        spacing_yx=np.zeros((0, 2)),
+        native_shape=np.zeros((0, 2), np.int32),
+    )

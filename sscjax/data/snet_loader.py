@@ -48,15 +48,29 @@ class SNetLoader:
     """Training batches {"image": (b, H, W, 1) float32 in window units, "target": (b, 3) float32 TOT, GG, RET %,
     "synthetic": (b,) bool} for step = 0, 1, ...; b = batch_size / process_count rows on each host."""
 
-    def __init__(self, slices: SliceSet, batch_size: int, seed: int, *, patterns: Patterns | None = None,
-                 synthetic_fraction: float = 0.5, balanced: bool = True, synthesis: bool = True,
-                 augment: bool = True, bin_width: float = DEFAULT_BIN_WIDTH, balance_power: float = 1.0,
-                 synthesis_config: SynthesisConfig = SynthesisConfig(),
-                 augment_config: AugmentConfig = AugmentConfig(), process_index: int = 0, process_count: int = 1,
-                 block_pixels: int = BLOCK_PIXELS):
+    def __init__(
+        self,
+        slices: SliceSet,
+        batch_size: int,
+        seed: int,
+        *,
+        patterns: Patterns | None = None,
+        synthetic_fraction: float = 0.5,
+        balanced: bool = True,
+        synthesis: bool = True,
+        augment: bool = True,
+        bin_width: float = DEFAULT_BIN_WIDTH,
+        balance_power: float = 1.0,
+        synthesis_config: SynthesisConfig = SynthesisConfig(),
+        augment_config: AugmentConfig = AugmentConfig(),
+        process_index: int = 0,
+        process_count: int = 1,
+        block_pixels: int = BLOCK_PIXELS,
+    ):
         if batch_size < 1 or batch_size % process_count:
-            raise ConfigError(f"batch size {batch_size} must be positive and divisible by the "
-                              f"{process_count} processes")
+            raise ConfigError(
+                f"batch size {batch_size} must be positive and divisible by the {process_count} processes"
+            )
         if not 0 <= process_index < process_count:
             raise ConfigError(f"process index {process_index} outside 0..{process_count - 1}")
         if not 0 <= synthetic_fraction <= 1:
@@ -64,7 +78,7 @@ class SNetLoader:
         self.slices = slices
         self.batch_size = batch_size
         self.seed = seed
-        self.n_synthetic = int(round(batch_size * synthetic_fraction)) if synthesis else 0
+        self.n_synthetic = round(batch_size * synthetic_fraction) if synthesis else 0
         self.augment = augment
         self.block_pixels = block_pixels
         self.synthesis_config = synthesis_config
@@ -92,17 +106,25 @@ class SNetLoader:
         affine = draw_affine(rng, n, self.augment_config)
         order = rng.permutation(n)
         synthetic = order < n_syn
-        return BatchPlan(source=np.concatenate([synthetic_source, real_source])[order], synthetic=synthetic,
-                         synthesis_row=np.where(synthetic, order, -1), synthesis=synthesis, affine=affine)
+        return BatchPlan(
+            source=np.concatenate([synthetic_source, real_source])[order],
+            synthetic=synthetic,
+            synthesis_row=np.where(synthetic, order, -1),
+            synthesis=synthesis,
+            affine=affine,
+        )
 
     def render(self, plan: BatchPlan, rows: np.ndarray) -> Batch:
         """The given rows of a planned global batch, computed in blocks of about `block_pixels` pixels."""
         rows = np.asarray(rows)
         size = self.slices.images.shape[1] * self.slices.images.shape[2]
         per_block = max(1, self.block_pixels // size)
-        blocks = [self._render_block(plan, rows[i:i + per_block]) for i in range(0, len(rows), per_block)]
-        return {"image": np.concatenate([b[0] for b in blocks])[..., None],
-                "target": np.concatenate([b[1] for b in blocks]), "synthetic": plan.synthetic[rows]}
+        blocks = [self._render_block(plan, rows[i : i + per_block]) for i in range(0, len(rows), per_block)]
+        return {
+            "image": np.concatenate([b[0] for b in blocks])[..., None],
+            "target": np.concatenate([b[1] for b in blocks]),
+            "synthetic": plan.synthetic[rows],
+        }
 
     def _render_block(self, plan: BatchPlan, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images and targets of some rows: synthesis on the synthetic ones, then augmentation, all vectorised."""
@@ -111,9 +133,15 @@ class SNetLoader:
         target = self.slices.scores[source].astype(np.float32)
         made = np.flatnonzero(synthetic)
         if len(made):
-            result = synthesize(images[made], self.slices.lung[source[made]], target[made],
-                                plan.synthesis.take(plan.synthesis_row[rows][made]),
-                                self.patterns, self.synthesis_config, self.texture_step[source[made]])
+            result = synthesize(
+                images[made],
+                self.slices.lung[source[made]],
+                target[made],
+                plan.synthesis.take(plan.synthesis_row[rows][made]),
+                self.patterns,
+                self.synthesis_config,
+                self.texture_step[source[made]],
+            )
             images[made], target[made] = result.images, result.targets
         if self.augment:
             images, _ = augment(images, None, plan.affine.take(rows), self.augment_config, self.boxes[source])
@@ -169,8 +197,9 @@ class Prefetcher:
         self.close()
 
 
-def prefetch(loader: SNetLoader, start_step: int = 0, n_ahead: int = 3, stop_step: int | None = None,
-             workers: int = 1) -> Prefetcher:
+def prefetch(
+    loader: SNetLoader, start_step: int = 0, n_ahead: int = 3, stop_step: int | None = None, workers: int = 1
+) -> Prefetcher:
     """Batches start_step, start_step + 1, ... of `loader`, prepared n_ahead ahead in background threads."""
     return Prefetcher(loader, start_step, n_ahead, stop_step, workers)
 
@@ -184,8 +213,12 @@ def valid_batches(slices: SliceSet, batch_size: int, process_index: int = 0, pro
     index = np.flatnonzero(slices.offset == 0)
     rows = np.arange(batch_size).reshape(process_count, -1)[process_index]
     for start in range(0, len(index), batch_size):
-        chunk = index[start:start + batch_size]
+        chunk = index[start : start + batch_size]
         padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])])[rows]
         valid = (np.arange(batch_size) < len(chunk))[rows]
-        yield {"image": slices.images[padded][..., None], "target": slices.scores[padded].astype(np.float32),
-               "index": padded, "valid": valid}
+        yield {
+            "image": slices.images[padded][..., None],
+            "target": slices.scores[padded].astype(np.float32),
+            "index": padded,
+            "valid": valid,
+        }

@@ -51,8 +51,13 @@ class Splits:
         return train, list(self.folds[k])
 
     def to_json(self) -> dict:
-        return {"version": SPLITS_VERSION, "seed": self.seed, "n_folds": self.n_folds,
-                "test": list(self.test), "folds": [list(f) for f in self.folds]}
+        return {
+            "version": SPLITS_VERSION,
+            "seed": self.seed,
+            "n_folds": self.n_folds,
+            "test": list(self.test),
+            "folds": [list(f) for f in self.folds],
+        }
 
 
 def _repeated(ids: list[str]) -> list[str]:
@@ -64,8 +69,9 @@ def _shuffle_key(seed: int, scan_id: str) -> str:
     return hashlib.sha256(f"{seed}\0{scan_id}".encode()).hexdigest()
 
 
-def n_test_patients(n_ids: int, n_folds: int, test_fraction: float = DEFAULT_TEST_FRACTION,
-                    n_test: int | None = None) -> int:
+def n_test_patients(
+    n_ids: int, n_folds: int, test_fraction: float = DEFAULT_TEST_FRACTION, n_test: int | None = None
+) -> int:
     """How many patients go to the test set: `n_test`, or round(test_fraction * n) but at least 1 when
     test_fraction > 0, and never so many that a fold would be empty."""
     if n_test is None:
@@ -76,13 +82,19 @@ def n_test_patients(n_ids: int, n_folds: int, test_fraction: float = DEFAULT_TES
             n_test = max(1, n_test)
         n_test = min(n_test, n_ids - n_folds)
     if n_test < 0 or n_test > n_ids - n_folds:
-        raise ConfigError(f"{n_test} test patients leave fewer than {n_folds} patients for {n_folds} folds "
-                          f"(the cohort has {n_ids})")
+        raise ConfigError(
+            f"{n_test} test patients leave fewer than {n_folds} patients for {n_folds} folds (the cohort has {n_ids})"
+        )
     return n_test
 
 
-def make_splits(ids: Iterable[str], n_folds: int = DEFAULT_FOLDS, test_fraction: float = DEFAULT_TEST_FRACTION,
-                n_test: int | None = None, seed: int = 0) -> Splits:
+def make_splits(
+    ids: Iterable[str],
+    n_folds: int = DEFAULT_FOLDS,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    n_test: int | None = None,
+    seed: int = 0,
+) -> Splits:
     """Split scan ids into a test set and `n_folds` folds whose sizes differ by at most one.
 
     The order comes from hashing (seed, id), so the same ids and seed give the same splits whatever the
@@ -95,8 +107,9 @@ def make_splits(ids: Iterable[str], n_folds: int = DEFAULT_FOLDS, test_fraction:
     if n_folds < 2:
         raise ConfigError(f"{n_folds} fold(s): cross-validation needs at least 2")
     if len(ids) < n_folds + 1:
-        raise CohortError([f"{len(ids)} patient(s) are too few for a test set and {n_folds} folds "
-                           f"(at least {n_folds + 1} needed)"])
+        raise CohortError(
+            [f"{len(ids)} patient(s) are too few for a test set and {n_folds} folds (at least {n_folds + 1} needed)"]
+        )
     order = sorted(ids, key=lambda i: (_shuffle_key(seed, i), i))
     n_test = n_test_patients(len(ids), n_folds, test_fraction, n_test)
     folds = [sorted(part.tolist()) for part in np.array_split(np.asarray(order[n_test:], dtype=object), n_folds)]
@@ -115,8 +128,11 @@ def _parse(data: object, where: str) -> tuple[Splits | None, list[str]]:
         problems.append(f"{where}: 'seed' must be an integer, not {seed!r}")
     if not (isinstance(test, list) and all(isinstance(i, str) for i in test)):
         problems.append(f"{where}: 'test' must be a list of scan ids (strings)")
-    if not (isinstance(folds, list) and len(folds) >= 2
-            and all(isinstance(f, list) and f and all(isinstance(i, str) for i in f) for f in folds)):
+    if not (
+        isinstance(folds, list)
+        and len(folds) >= 2
+        and all(isinstance(f, list) and f and all(isinstance(i, str) for i in f) for f in folds)
+    ):
         problems.append(f"{where}: 'folds' must be a list of at least 2 non-empty lists of scan ids (strings)")
     if "n_folds" in data and isinstance(folds, list) and data["n_folds"] != len(folds):
         problems.append(f"{where}: 'n_folds' is {data['n_folds']} but 'folds' holds {len(folds)} lists")
@@ -160,6 +176,7 @@ def read_splits(root: str | Path, ids: Iterable[str]) -> Splits:
         problems = splits_problems(splits, ids, str(path))
     if problems:
         raise CohortError(problems)
+    assert splits is not None  # no splits always comes with problems
     return splits
 
 

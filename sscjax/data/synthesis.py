@@ -47,16 +47,17 @@ class Patterns:
         if step <= 1:
             return self
         sigma = (step - 1) / 2
-        blur = [ndimage.gaussian_filter(p, sigma, mode="mirror") for p in (self.gg, self.ret)]
-        return Patterns(*blur, self.spacing_mm)
+        gg, ret = [ndimage.gaussian_filter(p, sigma, mode="mirror") for p in (self.gg, self.ret)]
+        return Patterns(gg, ret, self.spacing_mm)
 
 
 def load_patterns(paths: Mapping[str, str | Path]) -> Patterns:
     """Read the gg and ret patches (one-slice images in HU, e.g. a cohort's `pattern_paths`)."""
     missing = [name for name in LESION_PATTERNS if name not in paths]
     if missing:
-        raise ConfigError(f"data synthesis needs the texture patches {', '.join(missing)} "
-                          "(patterns/<name>.mha in the cohort)")
+        raise ConfigError(
+            f"data synthesis needs the texture patches {', '.join(missing)} (patterns/<name>.mha in the cohort)"
+        )
     patches, spacings = [], []
     for name in LESION_PATTERNS:
         image = read_image(paths[name], dtype=np.float32)
@@ -164,12 +165,23 @@ def _lung_window(lung: np.ndarray, margin: int) -> tuple[slice, slice]:
     """(rows, columns) of the bounding box of all lung pixels of a batch, widened by margin (within the image)."""
     rows, cols = np.flatnonzero(lung.any(axis=(0, 2))), np.flatnonzero(lung.any(axis=(0, 1)))
     h, w = lung.shape[1:]
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
+        slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)),
+    )
 
 
-def texture_values(patch: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray, shape: tuple[int, int],
-                   angle: np.ndarray, scale: np.ndarray, phase: np.ndarray, step: np.ndarray) -> np.ndarray:
+def texture_values(
+    patch: np.ndarray,
+    b: np.ndarray,
+    y: np.ndarray,
+    x: np.ndarray,
+    shape: tuple[int, int],
+    angle: np.ndarray,
+    scale: np.ndarray,
+    phase: np.ndarray,
+    step: np.ndarray,
+) -> np.ndarray:
     """The mirror-tiled patch, rotated and scaled about the image centre, at image pixels (b, y, x):
     one bilinear interpolation for the whole batch. angle, scale, step: (B,); phase (B, 2)."""
     centre = (np.asarray(shape) - 1) / 2
@@ -182,23 +194,34 @@ def texture_values(patch: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarra
     return ndimage.map_coordinates(patch, np.stack([u, v]), order=1, mode="mirror").astype(np.float32)
 
 
-def synthesize(images: np.ndarray, lung: np.ndarray, scores: np.ndarray, params: SynthesisParams,
-               patterns: Patterns, config: SynthesisConfig, texture_step: np.ndarray | float = 1.0) -> Synthesis:
+def synthesize(
+    images: np.ndarray,
+    lung: np.ndarray,
+    scores: np.ndarray,
+    params: SynthesisParams,
+    patterns: Patterns,
+    config: SynthesisConfig,
+    texture_step: np.ndarray | float = 1.0,
+) -> Synthesis:
     """Insert GG and RET texture into B healthy slices (images (B, H, W) in window units, lung (B, H, W),
     scores (B, 3): TOT must be 0); texture_step: patch pixels per image pixel, per image or one for all."""
     images = np.asarray(images, dtype=np.float32)
     lung = np.asarray(lung, dtype=bool)
     b, h, w = images.shape
     if len(params) != b or lung.shape != images.shape or np.shape(scores) != (b, 3):
-        raise ValueError(f"synthesis inputs disagree: images {images.shape}, lung {lung.shape}, "
-                         f"scores {np.shape(scores)}, {len(params)} parameter sets")
+        raise ValueError(
+            f"synthesis inputs disagree: images {images.shape}, lung {lung.shape}, "
+            f"scores {np.shape(scores)}, {len(params)} parameter sets"
+        )
     if np.any(np.asarray(scores)[:, 0] != 0):
-        raise ValueError(f"data synthesis starts from healthy slices only; got TOT = "
-                         f"{np.asarray(scores)[:, 0].tolist()}")
+        raise ValueError(
+            f"data synthesis starts from healthy slices only; got TOT = {np.asarray(scores)[:, 0].tolist()}"
+        )
     lung_area = np.count_nonzero(lung, axis=(1, 2))
     if np.any(lung_area == 0):
-        raise ValueError(f"data synthesis needs lung on every slice; images "
-                         f"{np.flatnonzero(lung_area == 0).tolist()} have none")
+        raise ValueError(
+            f"data synthesis needs lung on every slice; images {np.flatnonzero(lung_area == 0).tolist()} have none"
+        )
     px = max(h, w) / config.reference_size
     sigma = config.fade_sigma_px * px
     # Work inside the lungs' common bounding box, widened by the fade filter's reach: exactly the same result
@@ -212,9 +235,20 @@ def synthesize(images: np.ndarray, lung: np.ndarray, scores: np.ndarray, params:
     changed = lesions.any(axis=0)
     bi, yi, xi = np.nonzero(changed)
     step = np.broadcast_to(np.asarray(texture_step, dtype=np.float64), (b,))
-    textures = [texture_values(patch, bi, yi + top, xi + left, (h, w), params.texture_angle[:, p],
-                               params.texture_scale[:, p], params.texture_phase[:, p], step)
-                for p, patch in ((GG, patterns.gg), (RET, patterns.ret))]
+    textures = [
+        texture_values(
+            patch,
+            bi,
+            yi + top,
+            xi + left,
+            (h, w),
+            params.texture_angle[:, p],
+            params.texture_scale[:, p],
+            params.texture_phase[:, p],
+            step,
+        )
+        for p, patch in ((GG, patterns.gg), (RET, patterns.ret))
+    ]
     wg, wr = (weights[p, bi, yi, xi] * lesions[p, bi, yi, xi] for p in (GG, RET))
     mixed = (wg * textures[GG] + wr * textures[RET]) / (wg + wr)  # wg + wr > 0 on every lesion pixel
     weight = 1 - (1 - wg) * (1 - wr)

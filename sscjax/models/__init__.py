@@ -1,4 +1,4 @@
-"""Networks (3D VGG L-Net, ConvNeXt and EfficientNet-Lite0 S-Net backbones), a registry over them,
+"""Networks (3D VGG L-Net, ConvNeXt, VGG11-bn and EfficientNet-Lite0 S-Net backbones), a registry over them,
 PyTorch weight conversion and our own weight files.
 
 Input normalisation of pretrained 2D backbones (`normalize_input=True`, see `pretrained_input_norm`):
@@ -27,13 +27,14 @@ from sscjax.errors import ConfigError, ModelError
 from sscjax.models.convert import assign_state, check_npz, read_state_dict, torchvision_convnext_keys
 from sscjax.models.convnext import CONVNEXT_VARIANTS, ConvNeXt, torchvision_config
 from sscjax.models.efficientnet import EfficientNetLite0
-from sscjax.models.layers import at_path, torch_names
+from sscjax.models.layers import InputNorm, at_path, torch_names
 from sscjax.models.levelnet import LevelNet
-from sscjax.models.vgg3d import VGG_STAGES, VGG3D
+from sscjax.models.vgg2d import VGG11BN
+from sscjax.models.vgg3d import VGG3D, VGG_STAGES
 
-IMAGENET_RGB = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-IMAGENET_GREY = ((0.449,), (0.226,))
-TF_LITE = ((127 / 255,), (128 / 255,))
+IMAGENET_RGB: InputNorm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_GREY: InputNorm = ((0.449,), (0.226,))
+TF_LITE: InputNorm = ((127 / 255,), (128 / 255,))
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,14 @@ ARCHS = {
     **{f"vgg{d}_3d": Arch(VGG3D, "num_outputs", 1, {"depth": d}) for d in VGG_STAGES},
     "levelnet": Arch(LevelNet, "num_outputs", 1),  # slice-wise heat maps + soft-argmax (models/levelnet.py)
     "convnext": Arch(ConvNeXt, "num_classes", 3),  # custom sizes: options widths=..., depths=...
-    **{f"convnext_{name}": Arch(ConvNeXt, "num_classes", 3, {
-        "widths": widths, "depths": depths, "stochastic_depth_prob": sd_prob})
-       for name, (widths, depths, sd_prob) in CONVNEXT_VARIANTS.items()},
+    **{
+        f"convnext_{name}": Arch(
+            ConvNeXt, "num_classes", 3, {"widths": widths, "depths": depths, "stochastic_depth_prob": sd_prob}
+        )
+        for name, (widths, depths, sd_prob) in CONVNEXT_VARIANTS.items()
+    },
     "efficientnet_lite0": Arch(EfficientNetLite0, "num_classes", 3),
+    "vgg11_bn": Arch(VGG11BN, "num_classes", 3),  # torchvision's 2D VGG11-bn; custom sizes: widths=..., fc1_width=...
 }
 
 
@@ -75,8 +80,15 @@ def pretrained_input_norm(arch: str, in_chans: int) -> tuple[tuple[float, ...], 
     return (mean * in_chans, std * in_chans) if len(mean) == 1 else (mean, std)
 
 
-def create_model(arch: str, num_outputs: int, *, in_chans: int | None = None, rngs: nnx.Rngs,
-                 normalize_input: bool = False, **options: Any) -> nnx.Module:
+def create_model(
+    arch: str,
+    num_outputs: int,
+    *,
+    in_chans: int | None = None,
+    rngs: nnx.Rngs,
+    normalize_input: bool = False,
+    **options: Any,
+) -> nnx.Module:
     """A freshly initialised network from the registry (`ARCHS`), in training mode.
 
     in_chans None: the architecture's natural input (1 for the 3D L-Nets, 3 for the 2D backbones).
@@ -87,8 +99,7 @@ def create_model(arch: str, num_outputs: int, *, in_chans: int | None = None, rn
     in_chans = spec.in_chans if in_chans is None else in_chans
     if normalize_input:
         options["input_norm"] = pretrained_input_norm(arch, in_chans)
-    kwargs = {**spec.defaults, **options, spec.outputs_arg: num_outputs, "in_chans": in_chans,
-              "rngs": rngs}
+    kwargs = {**spec.defaults, **options, spec.outputs_arg: num_outputs, "in_chans": in_chans, "rngs": rngs}
     try:
         inspect.signature(spec.cls.__init__).bind(None, **kwargs)
     except TypeError as e:
@@ -96,26 +107,35 @@ def create_model(arch: str, num_outputs: int, *, in_chans: int | None = None, rn
     return spec.cls(**kwargs)
 
 
-def abstract_model(arch: str, num_outputs: int, *, in_chans: int | None = None, seed: int = 0,
-                   **options: Any) -> nnx.Module:
+def abstract_model(
+    arch: str, num_outputs: int, *, in_chans: int | None = None, seed: int = 0, **options: Any
+) -> nnx.Module:
     """`create_model` without computing the random initial weights (fast): for loading weights into.
 
     Parameters and batch statistics are shapes only until set; the random streams (dropout,
     stochastic depth) get concrete keys derived from `seed`.
     """
-    model = nnx.eval_shape(lambda: create_model(arch, num_outputs, in_chans=in_chans,
-                                                rngs=nnx.Rngs(seed), **options))
+    model = nnx.eval_shape(lambda: create_model(arch, num_outputs, in_chans=in_chans, rngs=nnx.Rngs(seed), **options))
     for i, (_, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.RngState))):
-        var.set_value(jax.random.fold_in(jax.random.key(seed), i) if isinstance(var, nnx.RngKey)
-                      else jnp.zeros(var.shape, var.dtype))
+        var.set_value(
+            jax.random.fold_in(jax.random.key(seed), i)
+            if isinstance(var, nnx.RngKey)
+            else jnp.zeros(var.shape, var.dtype)
+        )
     return model
 
 
-def _load_torch(path: str | Path, arch: str, num_classes: int | None, in_chans: int,
-                normalize_input: bool, seed: int, options: dict[str, Any]
-                ) -> tuple[nnx.Module, dict[str, Any]]:
+def _load_torch(
+    path: str | Path,
+    arch: str,
+    num_classes: int | None,
+    in_chans: int,
+    normalize_input: bool,
+    seed: int,
+    options: dict[str, Any],
+) -> tuple[nnx.Module, dict[str, Any]]:
     """`load_torch_weights`, also returning the metadata that rebuilds the network."""
-    cls = _arch(arch).cls
+    cls: Any = _arch(arch).cls  # a convertible network has torch_layers, torch_head and torch_stem
     if not hasattr(cls, "torch_layers"):
         convertible = [name for name, spec in ARCHS.items() if hasattr(spec.cls, "torch_layers")]
         raise ModelError(f"{arch} has no PyTorch weights to convert (convertible: {', '.join(convertible)})")
@@ -136,23 +156,30 @@ def _load_torch(path: str | Path, arch: str, num_classes: int | None, in_chans: 
         state[cls.torch_stem] = state[cls.torch_stem].sum(axis=1, keepdims=True)
     if normalize_input:
         options = {**options, "normalize_input": True}
-    model = abstract_model(arch, out, in_chans=in_chans, seed=seed, **options)
+    model: Any = abstract_model(arch, out, in_chans=in_chans, seed=seed, **options)
     names = torch_names(model, model.torch_layers())
     if num_classes is not None:
         names = {k: v for k, v in names.items() if v[0][0] != "head"}
     assign_state(model, state, names, str(path))
     if num_classes is not None:
-        model.head = nnx.Linear(model.head.in_features, num_classes,
-                                kernel_init=nnx.initializers.normal(0.02), rngs=nnx.Rngs(seed))
+        model.head = nnx.Linear(
+            model.head.in_features, num_classes, kernel_init=nnx.initializers.normal(0.02), rngs=nnx.Rngs(seed)
+        )
     model.eval()
-    meta = {"arch": arch, "num_classes": out, "in_chans": in_chans, "options": options,
-            "source": str(path)}
+    meta = {"arch": arch, "num_classes": out, "in_chans": in_chans, "options": options, "source": str(path)}
     return model, json.loads(json.dumps(meta))
 
 
-def load_torch_weights(path: str | Path, arch: str, num_classes: int | None = None,
-                       in_chans: int = 3, *, normalize_input: bool = False, seed: int = 0,
-                       **options: Any) -> nnx.Module:
+def load_torch_weights(
+    path: str | Path,
+    arch: str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    *,
+    normalize_input: bool = False,
+    seed: int = 0,
+    **options: Any,
+) -> nnx.Module:
     """A 2D backbone with the weights of a PyTorch (.pth) or .safetensors file, in evaluation mode.
 
     Accepts torchvision, timm and original-release ConvNeXt state dicts (bare, or under "model" or
@@ -163,9 +190,16 @@ def load_torch_weights(path: str | Path, arch: str, num_classes: int | None = No
     return _load_torch(path, arch, num_classes, in_chans, normalize_input, seed, options)[0]
 
 
-def convert_weights(src: str | Path, dst: str | Path, arch: str, num_classes: int | None = None,
-                    in_chans: int = 3, *, normalize_input: bool = False,
-                    seed: int = 0) -> tuple[nnx.Module, dict[str, Any]]:
+def convert_weights(
+    src: str | Path,
+    dst: str | Path,
+    arch: str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    *,
+    normalize_input: bool = False,
+    seed: int = 0,
+) -> tuple[nnx.Module, dict[str, Any]]:
     """Convert a PyTorch weight file to our .npz (`load_torch_weights` then `save_weights`)."""
     model, meta = _load_torch(src, arch, num_classes, in_chans, normalize_input, seed, {})
     save_weights(dst, model, meta)
@@ -196,7 +230,7 @@ def save_weights(path: str | Path, model: nnx.Module, meta: dict[str, Any]) -> P
         raise ModelError(f"{path}: weight metadata lacks {', '.join(lacking)}")
     arrays = {k: np.asarray(at_path(model, p).get_value()) for k, p in _weight_paths(model).items()}
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
+        np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays may fill allow_pickle
     return Path(path)
 
 
@@ -213,8 +247,9 @@ def load_weights(path: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[s
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ModelError(f"{path}: not an sscjax weights file ({e})") from None
     try:
-        model = abstract_model(meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], seed=seed,
-                               **meta.get("options", {}))
+        model = abstract_model(
+            meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], seed=seed, **meta.get("options", {})
+        )
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ModelError(f"{path}: its metadata does not describe a network ({type(e).__name__}: {e})") from None
     assign_state(model, arrays, {k: (p, "same") for k, p in _weight_paths(model).items()}, str(path))

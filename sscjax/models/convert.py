@@ -29,13 +29,28 @@ from sscjax.errors import ModelError
 from sscjax.models.layers import at_path
 
 STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # A zip entry may inflate to at most this many times its compressed size (plus ZIP_SLACK bytes): torch stores
@@ -67,11 +82,12 @@ class TensorRef:
         """A copy of the tensor's elements; ValueError if they do not all lie inside the storage."""
         flat = storages[self.storage.key]
         start = self.storage.offset + self.offset
-        if not all(isinstance(v, int) and v >= 0 for v in (*self.shape, *self.stride)) or len(self.shape) != len(self.stride):
+        if not all(isinstance(v, int) and v >= 0 for v in (*self.shape, *self.stride)) or len(self.shape) != len(
+            self.stride
+        ):
             raise ValueError(f"tensor of shape {self.shape!r:.80} and stride {self.stride!r:.80} is malformed")
         if math.prod(self.shape) > flat.size:  # a stride-0 view may not make more elements than its storage has
-            raise ValueError(f"tensor {self.shape} has more elements than its storage {self.storage.key} "
-                             f"({flat.size})")
+            raise ValueError(f"tensor {self.shape} has more elements than its storage {self.storage.key} ({flat.size})")
         if 0 in self.shape:
             return np.zeros(self.shape, flat.dtype)
         last = start + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
@@ -98,6 +114,16 @@ SAFE_GLOBALS = {
 }
 
 
+class RefusedGlobalError(ModelError):
+    """A pickle that names a global other than a tensor or a plain container (a pickled model, or worse)."""
+
+    def __init__(self, path: Path, global_name: str):
+        self.global_name = global_name
+        super().__init__(
+            f"{path}: refused to unpickle the global '{global_name}' (only tensors and plain containers are loaded)"
+        )
+
+
 class TensorUnpickler(pickle.Unpickler):
     """Unpickles torch state dicts into TensorRefs; refuses every global not in SAFE_GLOBALS."""
 
@@ -109,13 +135,11 @@ class TensorUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in SAFE_GLOBALS:
-            raise ModelError(f"{self.path}: refused to unpickle the global '{module}.{name}' "
-                             "(only tensors and plain containers are loaded)")
+            raise RefusedGlobalError(self.path, f"{module}.{name}")
         return SAFE_GLOBALS[module, name]
 
     def persistent_load(self, pid: Any) -> StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], np.dtype)):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], np.dtype)):
             raise ModelError(f"{self.path}: unknown persistent id {pid!r:.80}")
         key, view = str(pid[2]), (pid[5] if len(pid) > 5 else None)
         self.storage_dtypes[key] = pid[1]
@@ -137,8 +161,10 @@ def _materialise(obj: Any, storages: dict[str, np.ndarray]) -> Any:
 
 def _check_inflation(info: zipfile.ZipInfo, source: Path) -> None:
     if info.file_size > MAX_INFLATION * info.compress_size + ZIP_SLACK:
-        raise ModelError(f"{source}: the entry {info.filename} would inflate from {info.compress_size:,} to "
-                         f"{info.file_size:,} bytes; refused (not a weights file)")
+        raise ModelError(
+            f"{source}: the entry {info.filename} would inflate from {info.compress_size:,} to "
+            f"{info.file_size:,} bytes; refused (not a weights file)"
+        )
 
 
 def check_npz(path: Path) -> None:
@@ -149,12 +175,15 @@ def check_npz(path: Path) -> None:
             _check_inflation(info, path)
             with archive.open(info) as f:
                 version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(f)
             if math.prod(shape) * dtype.itemsize > info.file_size:
-                raise ModelError(f"{path}: the array {info.filename} declares shape {shape}, more than its "
-                                 f"{info.file_size:,} bytes hold")
+                raise ModelError(
+                    f"{path}: the array {info.filename} declares shape {shape}, more than its "
+                    f"{info.file_size:,} bytes hold"
+                )
 
 
 def zip_entry(archive: zipfile.ZipFile, name: str, source: Path, size: int | None = None) -> bytes:
@@ -163,8 +192,9 @@ def zip_entry(archive: zipfile.ZipFile, name: str, source: Path, size: int | Non
     info = archive.getinfo(name)
     _check_inflation(info, source)
     if size is not None and info.file_size != size:
-        raise ModelError(f"{source}: the entry {name} holds {info.file_size:,} bytes, its tensor storage needs "
-                         f"{size:,}")
+        raise ModelError(
+            f"{source}: the entry {name} holds {info.file_size:,} bytes, its tensor storage needs {size:,}"
+        )
     with archive.open(info) as f:
         data = f.read(info.file_size + 1)
     if len(data) != info.file_size:
@@ -215,14 +245,20 @@ def _safetensors_entry(info: Any, name: str, data_size: int, path: Path) -> tupl
     if info["dtype"] not in SAFETENSORS_DTYPES:
         raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']!r:.40}")
     shape, offsets = info["shape"], info["data_offsets"]
-    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, *offsets))):
+    if not (
+        isinstance(shape, list)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, *offsets))
+    ):
         raise ModelError(f"{path}: tensor {name} has a malformed shape or data_offsets")
     dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
     begin, end = offsets
     if not begin <= end <= data_size or end - begin != math.prod(shape) * dtype.itemsize:
-        raise ModelError(f"{path}: tensor {name} of shape {shape} does not fit its offsets {offsets} in the "
-                         f"file's {data_size:,} data bytes")
+        raise ModelError(
+            f"{path}: tensor {name} of shape {shape} does not fit its offsets {offsets} in the "
+            f"file's {data_size:,} data bytes"
+        )
     return dtype, shape, begin, end
 
 
@@ -233,11 +269,11 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
         raise ModelError(f"{path}: the header claims {n:,} bytes, the file has {len(data) - 8:,} after its length")
-    header = json.loads(data[8: 8 + n])
+    header = json.loads(data[8 : 8 + n])
     if not isinstance(header, dict):
         raise ModelError(f"{path}: the safetensors header is not a mapping of tensor names")
     header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n:]
+    body = memoryview(data)[8 + n :]
     out = {}
     for name, info in header.items():
         dtype, shape, begin, end = _safetensors_entry(info, name, len(body), path)
@@ -256,7 +292,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, np.ndarray]:
     if not isinstance(obj, dict) or not obj:
         raise ModelError(f"{path}: holds no tensors")
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -271,8 +307,20 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         obj = _read_zip_pth(path) if zipfile.is_zipfile(path) else _read_legacy_pth(path)
     except ModelError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            RecursionError, struct.error, zipfile.BadZipFile, json.JSONDecodeError, OSError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+        struct.error,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+        OSError,
+    ) as e:
         raise ModelError(f"{path}: unreadable weights file ({type(e).__name__}: {e})") from e
     return _unwrap(obj, path)
 
@@ -280,8 +328,10 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 # timm and the original ConvNeXt release -> torchvision key names (torchvision keys match no rule)
 CONVNEXT_RENAMES = (
     (r"^stem\.([01])\.", lambda m: f"features.0.{m[1]}."),
-    (r"^(?:downsample_layers\.(\d+)|stages\.(\d+)\.downsample)\.([01])\.",
-     lambda m: f"features.{2 * int(m[1] or m[2])}.{m[3]}."),
+    (
+        r"^(?:downsample_layers\.(\d+)|stages\.(\d+)\.downsample)\.([01])\.",
+        lambda m: f"features.{2 * int(m[1] or m[2])}.{m[3]}.",
+    ),
     (r"^stages\.(\d+)\.(?:blocks\.)?(\d+)\.", lambda m: f"features.{2 * int(m[1]) + 1}.{m[2]}."),
     (r"^(features\.\d+\.\d+)\.(?:conv_dw|dwconv)\.", r"\1.block.0."),
     (r"^(features\.\d+\.\d+)\.norm\.", r"\1.block.2."),
@@ -304,17 +354,16 @@ def torchvision_convnext_keys(state: dict[str, np.ndarray], source: str) -> dict
         for pattern, replacement in CONVNEXT_RENAMES:
             key = re.sub(pattern, replacement, key)
         if key in renamed:
-            raise ModelError(f"{source}: two tensors are both {key} in torchvision's naming "
-                             f"(one is {original})")
+            raise ModelError(f"{source}: two tensors are both {key} in torchvision's naming (one is {original})")
         renamed[key] = value
     return renamed
 
 
 def _to_nnx(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Array -> NNX layout (conv OIHW -> HWIO, linear (out, in) -> (in, out), "same": as is);
+    """Array -> NNX layout (conv OIHW -> HWIO and OIDHW -> DHWIO, linear (out, in) -> (in, out), "same": as is);
     None if it does not fit."""
-    if layout == "conv" and a.ndim == 4:
-        a = a.transpose(2, 3, 1, 0)
+    if layout == "conv" and a.ndim in (4, 5):
+        a = a.transpose(*range(2, a.ndim), 1, 0)
     elif layout == "linear" and a.ndim == 2:
         a = a.T
     elif layout == "vector" and a.ndim > 1 and all(d == 1 for d in a.shape[1:]):
@@ -324,7 +373,7 @@ def _to_nnx(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray | 
 
 def _torch_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     if layout == "conv":
-        return (shape[3], shape[2], shape[0], shape[1])
+        return (shape[-1], shape[-2], *shape[:-2])
     return tuple(shape[::-1]) if layout == "linear" else tuple(shape)
 
 
@@ -333,8 +382,9 @@ def _listing(label: str, items: list[str]) -> str:
     return f"{label} {len(items)}: {', '.join(items[:MAX_LISTED])}{more}"
 
 
-def assign_state(model: nnx.Module, state: dict[str, np.ndarray],
-                 names: dict[str, tuple[tuple, str]], source: str) -> None:
+def assign_state(
+    model: nnx.Module, state: dict[str, np.ndarray], names: dict[str, tuple[tuple, str]], source: str
+) -> None:
     """Copy named arrays into `model` (`names`: key -> (NNX path, layout of the array)).
 
     Every missing or unexpected key and every shape mismatch is reported by name in one ModelError;
@@ -349,12 +399,14 @@ def assign_state(model: nnx.Module, state: dict[str, np.ndarray],
         var = at_path(model, path)
         value = _to_nnx(state[key], layout, var.shape)
         if value is None:
-            wrong.append(f"{key} is {tuple(state[key].shape)}, the model needs "
-                         f"{_torch_shape(layout, var.shape)}")
+            wrong.append(f"{key} is {tuple(state[key].shape)}, the model needs {_torch_shape(layout, var.shape)}")
         else:
             values.append((var, value))
-    problems = [_listing(label, items) for label, items in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    problems = [
+        _listing(label, items)
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if items
+    ]
     if problems:
         raise ModelError(f"{source}: the weights do not fit the model; " + "; ".join(problems))
     for var, value in values:

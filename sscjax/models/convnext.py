@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import count, takewhile
+from itertools import count, pairwise
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sscjax.models.layers import (DepthwiseConv2d, DepthwiseImpl, InputNorm, apply_input_norm,
-                                  as_input_norm)
+from sscjax.models.layers import DepthwiseConv2d, DepthwiseImpl, InputNorm, apply_input_norm, as_input_norm
 
 # variant -> (stage widths, stage depths, torchvision's default stochastic depth probability)
 CONVNEXT_VARIANTS = {
@@ -32,15 +31,13 @@ def layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 def conv(cin: int, cout: int, size: int, rngs: nnx.Rngs) -> nnx.Conv:
     """size x size convolution with stride size and no padding (stem and downsampling)."""
-    return nnx.Conv(cin, cout, (size, size), strides=size, padding=((0, 0), (0, 0)),
-                    kernel_init=_init, rngs=rngs)
+    return nnx.Conv(cin, cout, (size, size), strides=size, padding=((0, 0), (0, 0)), kernel_init=_init, rngs=rngs)
 
 
 class ConvNeXtBlock(nnx.Module):
     """dw7x7 -> LayerNorm -> Linear 4x -> exact GELU -> Linear -> layer scale -> stochastic depth, + x."""
 
-    def __init__(self, dim: int, drop_prob: float, depthwise: DepthwiseImpl | None, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, drop_prob: float, depthwise: DepthwiseImpl | None, *, rngs: nnx.Rngs):
         self.dwconv = DepthwiseConv2d(dim, 7, padding=((3, 3), (3, 3)), impl=depthwise, rngs=rngs)
         self.norm = layer_norm(dim, rngs)
         self.fc1 = nnx.Linear(dim, 4 * dim, kernel_init=_init, rngs=rngs)
@@ -76,10 +73,18 @@ class ConvNeXt(nnx.Module):
     torch_stem = "features.0.0.weight"
     torch_head = ("classifier.2.weight", "classifier.2.bias")
 
-    def __init__(self, widths: Sequence[int] = (96, 192, 384, 768),
-                 depths: Sequence[int] = (3, 3, 9, 3), *, num_classes: int = 1000, in_chans: int = 3,
-                 stochastic_depth_prob: float = 0.0, depthwise: DepthwiseImpl | None = None,
-                 input_norm: InputNorm | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        widths: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (3, 3, 9, 3),
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stochastic_depth_prob: float = 0.0,
+        depthwise: DepthwiseImpl | None = None,
+        input_norm: InputNorm | None = None,
+        rngs: nnx.Rngs,
+    ):
         self.stem_conv = conv(in_chans, widths[0], 4, rngs)
         self.stem_norm = layer_norm(widths[0], rngs)
         n_blocks, index = sum(depths), 0
@@ -92,8 +97,7 @@ class ConvNeXt(nnx.Module):
                 index += 1
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
-        self.downsamples = nnx.List(
-            [Downsample(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.downsamples = nnx.List([Downsample(a, b, rngs=rngs) for a, b in pairwise(widths)])
         self.head_norm = layer_norm(widths[-1], rngs)
         self.head = nnx.Linear(widths[-1], num_classes, kernel_init=_init, rngs=rngs)
         self.input_norm = as_input_norm(input_norm)
@@ -118,8 +122,12 @@ class ConvNeXt(nnx.Module):
 
     def torch_layers(self) -> dict[str, tuple]:
         """torchvision module names -> NNX paths (see layers.torch_names)."""
-        layers = {"features.0.0": ("stem_conv",), "features.0.1": ("stem_norm",),
-                  "classifier.0": ("head_norm",), "classifier.2": ("head",)}
+        layers: dict[str, tuple] = {
+            "features.0.0": ("stem_conv",),
+            "features.0.1": ("stem_norm",),
+            "classifier.0": ("head_norm",),
+            "classifier.2": ("head",),
+        }
         for s, stage in enumerate(self.stages):
             if s:
                 layers[f"features.{2 * s}.0"] = ("downsamples", s - 1, "norm")
@@ -134,10 +142,10 @@ class ConvNeXt(nnx.Module):
 
 def torchvision_config(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Stage widths and depths read off a state dict in torchvision's naming (empty if none)."""
-    widths, depths = [], []
+    widths: list[int] = []
+    depths: list[int] = []
     while f"features.{2 * len(widths) + 1}.0.block.0.weight" in state:
         stage = 2 * len(widths) + 1
         widths.append(int(state[f"features.{stage}.0.block.0.weight"].shape[0]))
-        depths.append(sum(1 for _ in takewhile(
-            lambda b: f"features.{stage}.{b}.layer_scale" in state, count())))
+        depths.append(next(b for b in count() if f"features.{stage}.{b}.layer_scale" not in state))
     return {"widths": tuple(widths), "depths": tuple(depths)} if widths else {}

@@ -10,20 +10,25 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from sscjax.models.layers import (DepthwiseConv2d, DepthwiseImpl, InputNorm, apply_input_norm,
-                                  as_input_norm)
+from sscjax.models.layers import DepthwiseConv2d, DepthwiseImpl, InputNorm, apply_input_norm, as_input_norm
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage of EfficientNet-Lite0
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM, HEAD = 32, 1280
 BN_EPS, BN_MOMENTUM = 1e-3, 0.99  # TF momentum 0.99 = torch momentum 0.01
 
 
 def batch_norm(dim: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """BatchNorm with the source's eps and momentum."""
-    return nnx.BatchNorm(dim, momentum=BN_MOMENTUM, epsilon=BN_EPS, use_fast_variance=False,
-                         rngs=rngs)
+    return nnx.BatchNorm(dim, momentum=BN_MOMENTUM, epsilon=BN_EPS, use_fast_variance=False, rngs=rngs)
 
 
 def pointwise(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -35,14 +40,31 @@ class MBConv(nnx.Module):
     """Inverted residual: [1x1 expand -> BN -> ReLU6] -> depthwise k x k -> BN -> ReLU6 -> 1x1 -> BN,
     plus the input (after per-sample drop connect) when stride is 1 and the width is kept."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int,
-                 drop_prob: float, depthwise: DepthwiseImpl | None, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        drop_prob: float,
+        depthwise: DepthwiseImpl | None,
+        *,
+        rngs: nnx.Rngs,
+    ):
         mid = cin * expand
         self.expand_conv = pointwise(cin, mid, rngs) if expand != 1 else None
         self.expand_bn = batch_norm(mid, rngs) if expand != 1 else None
-        self.dwconv = DepthwiseConv2d(mid, kernel, stride=stride, padding="SAME", use_bias=False,
-                                      impl=depthwise, kernel_init=nnx.initializers.he_normal(),
-                                      rngs=rngs)
+        self.dwconv = DepthwiseConv2d(
+            mid,
+            kernel,
+            stride=stride,
+            padding="SAME",
+            use_bias=False,
+            impl=depthwise,
+            kernel_init=nnx.initializers.he_normal(),
+            rngs=rngs,
+        )
         self.dw_bn = batch_norm(mid, rngs)
         self.project_conv = pointwise(mid, cout, rngs)
         self.project_bn = batch_norm(cout, rngs)
@@ -52,6 +74,7 @@ class MBConv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x
         if self.expand_conv is not None:
+            assert self.expand_bn is not None  # made together with expand_conv
             y = jax.nn.relu6(self.expand_bn(self.expand_conv(y)))
         y = jax.nn.relu6(self.dw_bn(self.dwconv(y)))
         y = self.project_bn(self.project_conv(y))
@@ -68,19 +91,26 @@ class EfficientNetLite0(nnx.Module):
     torch_stem = "_conv_stem.weight"
     torch_head = ("_fc.weight", "_fc.bias")
 
-    def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, dropout_rate: float = 0.2,
-                 drop_connect_rate: float = 0.2, depthwise: DepthwiseImpl | None = None,
-                 input_norm: InputNorm | None = None, rngs: nnx.Rngs):
-        self.stem_conv = nnx.Conv(in_chans, STEM, (3, 3), strides=2, padding="SAME", use_bias=False,
-                                  rngs=rngs)
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout_rate: float = 0.2,
+        drop_connect_rate: float = 0.2,
+        depthwise: DepthwiseImpl | None = None,
+        input_norm: InputNorm | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.stem_conv = nnx.Conv(in_chans, STEM, (3, 3), strides=2, padding="SAME", use_bias=False, rngs=rngs)
         self.stem_bn = batch_norm(STEM, rngs)
         n_blocks = sum(stage[0] for stage in LITE0_STAGES)
-        blocks, cin = [], STEM
+        blocks: list[MBConv] = []
+        cin = STEM
         for repeats, kernel, stride, expand, cout in LITE0_STAGES:
             for r in range(repeats):
                 p = drop_connect_rate * len(blocks) / n_blocks
-                blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand, p,
-                                     depthwise, rngs=rngs))
+                blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand, p, depthwise, rngs=rngs))
                 cin = cout
         self.blocks = nnx.List(blocks)
         self.head_conv = pointwise(cin, HEAD, rngs)
@@ -102,10 +132,21 @@ class EfficientNetLite0(nnx.Module):
 
     def torch_layers(self) -> dict[str, tuple]:
         """Source module names -> NNX paths (see layers.torch_names)."""
-        layers = {"_conv_stem": ("stem_conv",), "_bn0": ("stem_bn",), "_conv_head": ("head_conv",),
-                  "_bn1": ("head_bn",), "_fc": ("head",)}
-        parts = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv",
-                 "_bn1": "dw_bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
+        layers: dict[str, tuple] = {
+            "_conv_stem": ("stem_conv",),
+            "_bn0": ("stem_bn",),
+            "_conv_head": ("head_conv",),
+            "_bn1": ("head_bn",),
+            "_fc": ("head",),
+        }
+        parts = {
+            "_expand_conv": "expand_conv",
+            "_bn0": "expand_bn",
+            "_depthwise_conv": "dwconv",
+            "_bn1": "dw_bn",
+            "_project_conv": "project_conv",
+            "_bn2": "project_bn",
+        }
         for i, block in enumerate(self.blocks):
             for torch_part, part in parts.items():
                 if getattr(block, part) is not None:

@@ -5,7 +5,7 @@ variables."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,10 @@ InputNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per input
 
 def as_input_norm(input_norm: Any) -> InputNorm | None:
     """(mean, std) as tuples of floats (hashable static module data, also from JSON lists)."""
-    return None if input_norm is None else tuple(tuple(map(float, v)) for v in input_norm)
+    if input_norm is None:
+        return None
+    mean, std = input_norm
+    return tuple(map(float, mean)), tuple(map(float, std))
 
 
 def apply_input_norm(x: jax.Array, input_norm: InputNorm | None) -> jax.Array:
@@ -30,7 +33,7 @@ def apply_input_norm(x: jax.Array, input_norm: InputNorm | None) -> jax.Array:
 
 
 def default_depthwise_impl() -> DepthwiseImpl:
-    """"shifted" on CPU, where XLA's grouped convolution is ~13x slower; "grouped" on GPU/TPU."""
+    """ "shifted" on CPU, where XLA's grouped convolution is ~13x slower; "grouped" on GPU/TPU."""
     return "shifted" if jax.default_backend() == "cpu" else "grouped"
 
 
@@ -42,9 +45,18 @@ class DepthwiseConv2d(nnx.Module):
     explicit ((top, bottom), (left, right)) or "SAME" (TensorFlow's rule, from the input size).
     """
 
-    def __init__(self, channels: int, kernel_size: int, *, stride: int = 1, padding: Padding,
-                 use_bias: bool = True, impl: DepthwiseImpl | None = None, rngs: nnx.Rngs,
-                 kernel_init: nnx.Initializer = nnx.initializers.normal(0.02)):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: Padding,
+        use_bias: bool = True,
+        impl: DepthwiseImpl | None = None,
+        rngs: nnx.Rngs,
+        kernel_init: nnx.Initializer = nnx.initializers.normal(0.02),
+    ):
         self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel_size, kernel_size, 1, channels)))
         self.bias = nnx.Param(jnp.zeros((channels,))) if use_bias else None
         self.stride = stride
@@ -53,23 +65,37 @@ class DepthwiseConv2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel.shape[0]
-        pads = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (k, k), (self.stride,) * 2, "SAME")
-                     if self.padding == "SAME" else self.padding)
+        pads = tuple(
+            jax.lax.padtype_to_pads(x.shape[1:3], (k, k), (self.stride,) * 2, "SAME")
+            if self.padding == "SAME"
+            else self.padding
+        )
         kernel = self.kernel[...]
         if self.impl == "grouped":
             y = jax.lax.conv_general_dilated(
-                x, kernel, (self.stride,) * 2, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=x.shape[-1])
+                x,
+                kernel,
+                (self.stride,) * 2,
+                pads,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=x.shape[-1],
+            )
         else:
             xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
             h_out = (xp.shape[1] - k) // self.stride + 1
             w_out = (xp.shape[2] - k) // self.stride + 1
-            y = sum(
-                jax.lax.slice(xp, (0, i, j, 0),
-                              (xp.shape[0], i + self.stride * (h_out - 1) + 1,
-                               j + self.stride * (w_out - 1) + 1, xp.shape[3]),
-                              (1, self.stride, self.stride, 1)) * kernel[i, j, 0]
-                for i in range(k) for j in range(k))
+            taps = (
+                jax.lax.slice(
+                    xp,
+                    (0, i, j, 0),
+                    (xp.shape[0], i + self.stride * (h_out - 1) + 1, j + self.stride * (w_out - 1) + 1, xp.shape[3]),
+                    (1, self.stride, self.stride, 1),
+                )
+                * kernel[i, j, 0]
+                for i in range(k)
+                for j in range(k)
+            )
+            y = cast(jax.Array, sum(taps))  # k * k > 0 terms: never sum's 0 for no terms
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -93,16 +119,21 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, impl: Conv3dImpl) -> jax.Array:
     p = k // 2
     n, d, h, w, c = x.shape
     if impl == "xla":
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), ((p, p),) * 3,
-                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1, 1), ((p, p),) * 3, dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+        )
     xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
-    conv2d = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding=((p, p), (p, p)),
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv2d = functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=(1, 1),
+        padding=((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     if impl == "stacked":
-        taps = jnp.concatenate([xp[:, i:i + d] for i in range(k)], axis=-1).reshape(n * d, h, w, k * c)
+        taps = jnp.concatenate([xp[:, i : i + d] for i in range(k)], axis=-1).reshape(n * d, h, w, k * c)
         y = conv2d(taps, jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(k, k, k * c, -1))
     else:
-        y = sum(conv2d(xp[:, i:i + d].reshape(n * d, h, w, c), kernel[i]) for i in range(k))
+        y = cast(jax.Array, sum(conv2d(xp[:, i : i + d].reshape(n * d, h, w, c), kernel[i]) for i in range(k)))
     return y.reshape(n, d, h, w, -1)
 
 
@@ -119,9 +150,10 @@ def max_pool3d(x: jax.Array, size: int, stride: int) -> jax.Array:
 
 def at_path(module: nnx.Module, path: tuple) -> Any:
     """The submodule or variable at an NNX state path (attribute names and list indices)."""
+    node: Any = module
     for part in path:
-        module = module[part] if isinstance(part, int) else getattr(module, part)
-    return module
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
 
 
 def torch_names(model: nnx.Module, layers: dict[str, tuple]) -> dict[str, tuple[tuple, str]]:
@@ -141,8 +173,11 @@ def torch_names(model: nnx.Module, layers: dict[str, tuple]) -> dict[str, tuple[
         elif isinstance(layer, (nnx.Conv, DepthwiseConv2d)):
             leaves = {"weight": ("kernel", "conv")}
         else:  # LayerNorm, BatchNorm
-            leaves = {"weight": ("scale", "vector"), "running_mean": ("mean", "vector"),
-                      "running_var": ("var", "vector")}
+            leaves = {
+                "weight": ("scale", "vector"),
+                "running_mean": ("mean", "vector"),
+                "running_var": ("var", "vector"),
+            }
         leaves["bias"] = ("bias", "vector")
         for tensor, (leaf, layout) in leaves.items():
             if getattr(layer, leaf, None) is not None:

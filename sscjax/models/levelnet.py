@@ -32,8 +32,9 @@ class ContextBlock(nnx.Module):
     """A residual dilated 1D convolution over z (kernel 3) -> ReLU -> LayerNorm."""
 
     def __init__(self, width: int, dilation: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(width, width, (3,), kernel_dilation=(dilation,), padding=((dilation, dilation),),
-                             rngs=rngs)
+        self.conv = nnx.Conv(
+            width, width, (3,), kernel_dilation=(dilation,), padding=((dilation, dilation),), rngs=rngs
+        )
         self.norm = nnx.LayerNorm(width, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,8 +48,16 @@ class LevelNet(nnx.Module):
     sum(2 * dilations) slices up and down).
     """
 
-    def __init__(self, num_outputs: int = 5, base: int = 8, stages: int = 4,
-                 dilations: tuple[int, ...] = (1, 2, 4, 8, 16), *, in_chans: int = 1, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_outputs: int = 5,
+        base: int = 8,
+        stages: int = 4,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 16),
+        *,
+        in_chans: int = 1,
+        rngs: nnx.Rngs,
+    ):
         widths = [base * 2**s for s in range(stages)]
         self.encoder = nnx.List([SliceBlock(cin, cout, rngs=rngs) for cin, cout in zip([in_chans, *widths], widths)])
         self.context = nnx.List([ContextBlock(widths[-1], d, rngs=rngs) for d in dilations])
@@ -61,8 +70,8 @@ class LevelNet(nnx.Module):
         for block in self.encoder:
             h = block(h)
         h = h.mean(axis=(1, 2)).reshape(n, d, -1)
-        for block in self.context:
-            h = block(h)
+        for context in self.context:
+            h = context(h)
         return self.head(h)
 
     def __call__(self, x: jax.Array) -> jax.Array:

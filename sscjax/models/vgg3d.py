@@ -51,16 +51,21 @@ class ConvReluBN(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *, impl: Conv3dImpl | None = None, rngs: nnx.Rngs):
         self.conv = nnx.Conv(
-            in_features, out_features, (3, 3, 3), padding=((1, 1),) * 3,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), rngs=rngs,
+            in_features,
+            out_features,
+            (3, 3, 3),
+            padding=((1, 1),) * 3,
+            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            rngs=rngs,
         )
-        self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-                              rngs=rngs)
+        self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
         self.impl = impl or default_conv3d_impl(in_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, kernel, bias = self.conv.promote_dtype((x, self.conv.kernel[...], self.conv.bias[...]),
-                                                  dtype=self.conv.dtype)  # nnx.Conv's (mixed) precision
+        assert self.conv.bias is not None  # the convolution is made with its bias
+        x, kernel, bias = self.conv.promote_dtype(
+            (x, self.conv.kernel[...], self.conv.bias[...]), dtype=self.conv.dtype
+        )  # nnx.Conv's (mixed) precision
         return self.bn(jax.nn.relu(conv3d_same(x, kernel, self.impl) + bias))
 
 
@@ -68,13 +73,23 @@ class VGG3D(nnx.Module):
     """3D VGG (depth 11/13/16/19) regressing `num_outputs` values from an (N, D, H, W, 1) volume.
 
     Stage s has width base * 2**s and ends with a max-pool (kernel 3, stride 2, no padding, floor,
-    like torch's MaxPool3d(3, 2)); then PyTorch-exact adaptive average pooling to 6x6x6 and the head
-    FC 1024 -> ReLU -> Dropout(0.5) -> FC 1024 -> ReLU -> Dropout(0.5) -> FC num_outputs.
-    Initialisation follows torchvision's VGG (He-normal fan-out convs, N(0, 0.01) linears).
+    like torch's MaxPool3d(3, 2)); then PyTorch-exact adaptive average pooling to 6x6x6, flattened in
+    (D, H, W, C) order, and the head FC fc1_width -> ReLU -> Dropout(0.5) -> FC fc2_width -> ReLU ->
+    Dropout(0.5) -> FC num_outputs. Initialisation follows torchvision's VGG (He-normal fan-out convs,
+    N(0, 0.01) linears).
     """
 
-    def __init__(self, num_outputs: int = 5, base: int = 8, depth: int = 11, *,
-                 in_chans: int = 1, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_outputs: int = 5,
+        base: int = 8,
+        depth: int = 11,
+        *,
+        in_chans: int = 1,
+        fc1_width: int = FC_WIDTH,
+        fc2_width: int = FC_WIDTH,
+        rngs: nnx.Rngs,
+    ):
         if depth not in VGG_STAGES:
             raise ConfigError(f"VGG depth {depth} is not one of {sorted(VGG_STAGES)}")
         layers, width_in = [], in_chans
@@ -84,9 +99,9 @@ class VGG3D(nnx.Module):
                 width_in = base * 2**stage
         self.features = nnx.List(layers)
         self.stage_ends = tuple(int(i) for i in np.cumsum(VGG_STAGES[depth]) - 1)
-        self.fc1 = _linear(width_in * POOLED_SIZE**3, FC_WIDTH, rngs)
-        self.fc2 = _linear(FC_WIDTH, FC_WIDTH, rngs)
-        self.head = _linear(FC_WIDTH, num_outputs, rngs)
+        self.fc1 = _linear(width_in * POOLED_SIZE**3, fc1_width, rngs)
+        self.fc2 = _linear(fc1_width, fc2_width, rngs)
+        self.head = _linear(fc2_width, num_outputs, rngs)
         self.dropout = nnx.Dropout(0.5, rngs=rngs)
 
     def trunk(self, x: jax.Array) -> jax.Array:

@@ -10,22 +10,24 @@ L4 = halfway between L3 and L5.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sscjax.phantom.fields import SliceGrid, Spheres, superellipse, tube
 
 # tissue labels; HU in render.HU_OF_LABEL. Higher codes of tube spheres are painted later (on top).
-(AIR, TABLE, FOAM, FAT, MUSCLE, CARTILAGE, MARROW, CORTEX, BLOOD, WALL, LUMEN, LUNG, LIVER, ABDOMEN, CSF,
- DISC) = range(16)
+(AIR, TABLE, FOAM, FAT, MUSCLE, CARTILAGE, MARROW, CORTEX, BLOOD, WALL, LUMEN, LUNG, LIVER, ABDOMEN, CSF, DISC) = range(
+    16
+)
 
 # cavity shape along the normalised height t = (apex - z) / (apex - right dome): 0 at the apex, 1 at the dome
 T_KNOTS = np.array([-0.6, 0.0, 0.12, 0.3, 0.55, 0.8, 1.0, 1.3, 2.2])
 WIDTH_PROFILE = np.array([0.56, 0.6, 0.72, 0.85, 0.93, 0.98, 1.0, 1.0, 0.96])
 FRONT_PROFILE = np.array([0.55, 0.6, 0.72, 0.85, 0.94, 0.99, 1.0, 1.0, 0.97])
 BACK_PROFILE = np.array([0.66, 0.7, 0.8, 0.9, 0.96, 1.0, 1.0, 0.98, 0.94])
-APEX_RADIUS, APEX_HEIGHT = 50.0, 45.0   # lung apex: a paraboloid, this radius (mm) this far below the top
-LEVEL_QUANTUM_MM = 0.02      # landmarks are multiples of this, so L4 = (L3 + L5) / 2 has two decimals exactly
+APEX_RADIUS, APEX_HEIGHT = 50.0, 45.0  # lung apex: a paraboloid, this radius (mm) this far below the top
+LEVEL_QUANTUM_MM = 0.02  # landmarks are multiples of this, so L4 = (L3 + L5) / 2 has two decimals exactly
 
 
 def _q(value: float) -> float:
@@ -58,10 +60,10 @@ class Anatomy:
     bronchus_r: tuple[float, float]
     bronchus_angle: tuple[float, float]
     bronchus_len: tuple[float, float]
-    aorta_r: tuple[float, float, float]        # ascending, arch, descending
+    aorta_r: tuple[float, float, float]  # ascending, arch, descending
     arch_height: float
     pa_r: float
-    heart_axes: tuple[float, float]            # in-plane semi-axes of the ventricles
+    heart_axes: tuple[float, float]  # in-plane semi-axes of the ventricles
     heart_angle: float
     pericardial_fat: float
     rib_pitch: float
@@ -69,7 +71,7 @@ class Anatomy:
     rib_drop: float
     vertebra_pitch: float
     vertebra_phase: float
-    dome_drop: tuple[float, float, float]      # lateral, front, back (mm at the cavity edge)
+    dome_drop: tuple[float, float, float]  # lateral, front, back (mm at the cavity edge)
     liver_split: float
 
     @property
@@ -82,14 +84,16 @@ class Anatomy:
         """Normalised height: 0 at the right apex, 1 at the right dome top."""
         return (self.apex_r - np.asarray(z, dtype=np.float64)) / (self.apex_r - self.dome_r)
 
-    def cavity(self, z):
+    def cavity(self, z) -> tuple[Any, Any, Any]:
         """Inner thorax (inside the ribs): half-width, front and back half-depths around (x_mid, y0)."""
         t = self.t_of(z)
-        return (self.cav_half_x * np.interp(t, T_KNOTS, WIDTH_PROFILE),
-                self.cav_front * np.interp(t, T_KNOTS, FRONT_PROFILE),
-                self.cav_back * np.interp(t, T_KNOTS, BACK_PROFILE))
+        return (
+            self.cav_half_x * np.interp(t, T_KNOTS, WIDTH_PROFILE),
+            self.cav_front * np.interp(t, T_KNOTS, FRONT_PROFILE),
+            self.cav_back * np.interp(t, T_KNOTS, BACK_PROFILE),
+        )
 
-    def rib_outer(self, z):
+    def rib_outer(self, z) -> tuple[Any, Any, Any]:
         """Outer boundary of the rib band around the cavity."""
         a, f, b = self.cavity(z)
         return a + self.rib_t, f + self.rib_t, b + self.rib_t
@@ -98,13 +102,13 @@ class Anatomy:
         """Extra muscle of the shoulder girdle around the upper chest (0 below the carina)."""
         return np.clip((np.asarray(z) - self.carina) / (self.apex_r + 30 - self.carina), 0, 1)
 
-    def muscle(self, z):
+    def muscle(self, z) -> tuple[Any, Any, Any]:
         """Outer boundary of the muscle layer (inside the subcutaneous fat)."""
         a, f, b = self.rib_outer(z)
         s = self.shoulder(z)
         return a + self.muscle_lat + 45 * s, f + self.muscle_front + 8 * s, b + self.muscle_back + 10 * s
 
-    def body(self, z):
+    def body(self, z) -> tuple[Any, Any, Any]:
         """Skin: the muscle layer plus subcutaneous fat (thinner on the back the patient lies on)."""
         a, f, b = self.muscle(z)
         return a + self.fat, f + self.fat, b + 0.6 * self.fat
@@ -167,10 +171,16 @@ class Anatomy:
         _, front, _ = self.cavity(l3 - 30)
         y_la = self.left_atrium_y
         y_v = self.y0 - front + b + 4.0
-        ventricles = (np.array([self.x_mid + 22 * self.size, y_v, (top + bottom) / 2]),
-                      np.array([a, b, (top - bottom) / 2]), self.heart_angle)
-        right_atrium = (np.array([self.x_mid - 32 * self.size, y_v + 0.2 * b, l3 - 28]),
-                        np.array([30.0, 27.0, 30.0]) * self.size, 0.0)
+        ventricles = (
+            np.array([self.x_mid + 22 * self.size, y_v, (top + bottom) / 2]),
+            np.array([a, b, (top - bottom) / 2]),
+            self.heart_angle,
+        )
+        right_atrium = (
+            np.array([self.x_mid - 32 * self.size, y_v + 0.2 * b, l3 - 28]),
+            np.array([30.0, 27.0, 30.0]) * self.size,
+            0.0,
+        )
         left_atrium = (np.array([self.x_mid + 6.0, y_la, l3 - 5.0]), np.array([30.0, 16.0, 20.0]) * self.size, 0.0)
         return [ventricles, right_atrium, left_atrium]
 
@@ -207,21 +217,39 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     apex_r = l1 + rng.uniform(28, 50)
     half_x = 128.0 * size * rng.uniform(0.94, 1.06)
     return Anatomy(
-        levels=levels, apex_r=apex_r, apex_l=apex_r + rng.uniform(-6, 8), dome_r=dome_r,
-        dome_l=dome_r - rng.uniform(8, 25), x_mid=rng.uniform(-15, 15), y0=rng.uniform(-40, 20), size=size,
-        cav_half_x=half_x, cav_front=half_x * rng.uniform(0.55, 0.64), cav_back=half_x * rng.uniform(0.64, 0.74),
-        rib_t=rng.uniform(9, 12), muscle_lat=rng.uniform(6, 14), muscle_front=rng.uniform(8, 18),
-        muscle_back=rng.uniform(40, 58), fat=rng.uniform(5, 30), power=rng.uniform(2.1, 2.5),
-        trachea_r=rng.uniform(8, 10.5), trachea_wall=rng.uniform(1.8, 2.6),
+        levels=levels,
+        apex_r=apex_r,
+        apex_l=apex_r + rng.uniform(-6, 8),
+        dome_r=dome_r,
+        dome_l=dome_r - rng.uniform(8, 25),
+        x_mid=rng.uniform(-15, 15),
+        y0=rng.uniform(-40, 20),
+        size=size,
+        cav_half_x=half_x,
+        cav_front=half_x * rng.uniform(0.55, 0.64),
+        cav_back=half_x * rng.uniform(0.64, 0.74),
+        rib_t=rng.uniform(9, 12),
+        muscle_lat=rng.uniform(6, 14),
+        muscle_front=rng.uniform(8, 18),
+        muscle_back=rng.uniform(40, 58),
+        fat=rng.uniform(5, 30),
+        power=rng.uniform(2.1, 2.5),
+        trachea_r=rng.uniform(8, 10.5),
+        trachea_wall=rng.uniform(1.8, 2.6),
         bronchus_r=(rng.uniform(6.0, 7.5), rng.uniform(5.0, 6.5)),
         bronchus_angle=(np.radians(rng.uniform(22, 32)), np.radians(rng.uniform(38, 50))),
         bronchus_len=(rng.uniform(18, 26), rng.uniform(36, 48)),
-        aorta_r=(rng.uniform(13, 17), rng.uniform(12, 14), rng.uniform(10, 13)), arch_height=rng.uniform(14, 24),
+        aorta_r=(rng.uniform(13, 17), rng.uniform(12, 14), rng.uniform(10, 13)),
+        arch_height=rng.uniform(14, 24),
         pa_r=rng.uniform(12, 15),
         heart_axes=(rng.uniform(48, 58) * size, rng.uniform(34, 42) * size),
-        heart_angle=np.radians(rng.uniform(25, 45)), pericardial_fat=rng.uniform(2, 7),
-        rib_pitch=rng.uniform(26, 32), rib_phase=rng.uniform(0, 30), rib_drop=rng.uniform(55, 90),
-        vertebra_pitch=rng.uniform(24, 28), vertebra_phase=rng.uniform(0, 28),
+        heart_angle=np.radians(rng.uniform(25, 45)),
+        pericardial_fat=rng.uniform(2, 7),
+        rib_pitch=rng.uniform(26, 32),
+        rib_phase=rng.uniform(0, 30),
+        rib_drop=rng.uniform(55, 90),
+        vertebra_pitch=rng.uniform(24, 28),
+        vertebra_phase=rng.uniform(0, 28),
         dome_drop=(rng.uniform(25, 45), rng.uniform(25, 45), rng.uniform(55, 80)),
         liver_split=rng.uniform(10, 40),
     )
@@ -230,18 +258,18 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
 # ---- tubes of the mediastinum, neck and shoulders ------------------------------------------------------
 def _bezier(p0, p1, p2, n: int) -> np.ndarray:
     t = np.linspace(0, 1, n)[:, None]
-    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
 @dataclass(frozen=True)
 class Mediastinum:
     """The tubes (as spheres, with tissue codes) and the hilum points where the lung vessel trees start."""
 
-    tubes: Spheres               # drawn structures (blood, airway wall, lumen, bone, muscle)
-    keep_out: Spheres            # grown copies: lungs stay out of these (mediastinal fat fills the margin)
-    artery_roots: tuple[np.ndarray, np.ndarray]   # right, left hilum (x y z)
-    vein_roots: tuple[np.ndarray, ...]            # ends of the four pulmonary veins in the hila
-    landmarks: dict              # centrelines that define levels: arch, great_vessels, superior_veins, bronchi
+    tubes: Spheres  # drawn structures (blood, airway wall, lumen, bone, muscle)
+    keep_out: Spheres  # grown copies: lungs stay out of these (mediastinal fat fills the margin)
+    artery_roots: tuple[np.ndarray, np.ndarray]  # right, left hilum (x y z)
+    vein_roots: tuple[np.ndarray, ...]  # ends of the four pulmonary veins in the hila
+    landmarks: dict  # centrelines that define levels: arch, great_vessels, superior_veins, bronchi
 
 
 def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum:
@@ -279,8 +307,8 @@ def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum
     y_vb, r_vb = an.spine(zc)
     asc = np.array([an.x_mid - 8.0, yt - 45.0])
     dx_desc = 20.0 + 0.2 * r_vb
-    desc = np.array([an.x_mid + dx_desc, y_vb - np.sqrt(max((r_vb + r_desc + 4) ** 2 - dx_desc ** 2, 0.0))])
-    z_arch_top = l1 - r_arch                      # centreline top; its upper surface (vessel origins) at L1
+    desc = np.array([an.x_mid + dx_desc, y_vb - np.sqrt(max((r_vb + r_desc + 4) ** 2 - dx_desc**2, 0.0))])
+    z_arch_top = l1 - r_arch  # centreline top; its upper surface (vessel origins) at L1
     z_arch_base = z_arch_top - an.arch_height
     mid = np.array([xt + rt + wall + r_arch + 6.0, yt - 4.0])
     ctrl = 2 * mid - (asc + desc) / 2
@@ -296,23 +324,45 @@ def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum
     top_i = int(np.argmax(arch[:, 2]))
     origins = [arch[top_i - 11], arch[top_i], arch[top_i + 9]]
     bct_end = np.array([xt - rt - 12.0, yt - 14.0, l1 + 38.0])
-    great_vessels = [np.array([origins[0], [origins[0][0] - 9, origins[0][1] - 2, l1 + 12], bct_end]),
-                     np.array([origins[1], [xt + rt + 6.0, yt - 10.0, l1 + 18], [xt + rt + 8.0, yt - 6.0, z_top]]),
-                     np.array([origins[2], [xt + rt + 16.0, yt + 4.0, l1 + 26.0],
-                               [an.x_mid + 0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0],
-                               [an.x_mid + 0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0]])]
+    great_vessels = [
+        np.array([origins[0], [origins[0][0] - 9, origins[0][1] - 2, l1 + 12], bct_end]),
+        np.array([origins[1], [xt + rt + 6.0, yt - 10.0, l1 + 18], [xt + rt + 8.0, yt - 6.0, z_top]]),
+        np.array(
+            [
+                origins[2],
+                [xt + rt + 16.0, yt + 4.0, l1 + 26.0],
+                [an.x_mid + 0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0],
+                [an.x_mid + 0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0],
+            ]
+        ),
+    ]
     add(great_vessels[0], [6.5, 6.5, 6.0], BLOOD)
-    add([bct_end, [xt - rt - 14.0, yt - 8.0, z_top]], 4.0, BLOOD)                       # right carotid
-    add([bct_end, [an.x_mid - 0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0],
-         [an.x_mid - 0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0]], 4.5, BLOOD)          # right subclavian
-    add(great_vessels[1], 4.0, BLOOD)                                                   # left common carotid
-    add(great_vessels[2], 5.0, BLOOD)                                                   # left subclavian
+    add([bct_end, [xt - rt - 14.0, yt - 8.0, z_top]], 4.0, BLOOD)  # right carotid
+    add(
+        [
+            bct_end,
+            [an.x_mid - 0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0],
+            [an.x_mid - 0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0],
+        ],
+        4.5,
+        BLOOD,
+    )  # right subclavian
+    add(great_vessels[1], 4.0, BLOOD)  # left common carotid
+    add(great_vessels[2], 5.0, BLOOD)  # left subclavian
 
     # veins: superior vena cava right of the ascending aorta; left brachiocephalic vein crossing in front
     svc_x, svc_y = asc[0] - r_asc - 11.0, asc[1] + 10.0
     add([[svc_x, svc_y, l3 - 20.0], [svc_x, svc_y, l1 + 20.0], [svc_x - 6, svc_y + 4, z_top]], 9.0, BLOOD)
-    add([[svc_x, svc_y, l1 + 20.0], [an.x_mid + 10.0, asc[1] - 12.0, l1 + 26.0],
-         [an.x_mid + 45.0, yt - 20.0, l1 + 32.0], [an.x_mid + 50.0, yt - 14.0, z_top]], 6.0, BLOOD)
+    add(
+        [
+            [svc_x, svc_y, l1 + 20.0],
+            [an.x_mid + 10.0, asc[1] - 12.0, l1 + 26.0],
+            [an.x_mid + 45.0, yt - 20.0, l1 + 32.0],
+            [an.x_mid + 50.0, yt - 14.0, z_top],
+        ],
+        6.0,
+        BLOOD,
+    )
 
     # pulmonary trunk from the right ventricle up to its bifurcation below the carina; arteries to the hila
     fork = np.array([an.x_mid + 12.0, yt - 24.0, zc - 14.0])
@@ -337,17 +387,37 @@ def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum
 
     # oesophagus behind the trachea, then behind the left atrium to the hiatus
     ye = yt + rt + wall + 8.0
-    add([[xt + 3.0, ye, z_top], [xt + 4.0, ye, zc - 10], [la_x + 2.0, la_y + 16.0 * an.size + 10.0, l3 - 30],
-         [an.x_mid + 18.0, la_y + 20.0, an.dome_l - 25.0]], 7.0, MUSCLE, margin=2.0)
+    add(
+        [
+            [xt + 3.0, ye, z_top],
+            [xt + 4.0, ye, zc - 10],
+            [la_x + 2.0, la_y + 16.0 * an.size + 10.0, l3 - 30],
+            [an.x_mid + 18.0, la_y + 20.0, an.dome_l - 25.0],
+        ],
+        7.0,
+        MUSCLE,
+        margin=2.0,
+    )
 
     # clavicles from the manubrium out to the shoulders
     _, front, _ = an.rib_outer(l1 + 30)
     for sign in (-1.0, 1.0):
-        parts.append(tube([[an.x_mid + sign * 22.0, an.y0 - front + 2.0, l1 + 28.0],
-                           [an.x_mid + sign * 0.6 * an.cav_half_x, an.y0 - front - 4.0, l1 + 40.0],
-                           [an.x_mid + sign * 1.05 * an.cav_half_x, an.y0 - 0.3 * front, l1 + 52.0]], 6.0, CORTEX))
+        parts.append(
+            tube(
+                [
+                    [an.x_mid + sign * 22.0, an.y0 - front + 2.0, l1 + 28.0],
+                    [an.x_mid + sign * 0.6 * an.cav_half_x, an.y0 - front - 4.0, l1 + 40.0],
+                    [an.x_mid + sign * 1.05 * an.cav_half_x, an.y0 - 0.3 * front, l1 + 52.0],
+                ],
+                6.0,
+                CORTEX,
+            )
+        )
 
     return Mediastinum(
-        tubes=Spheres.concat(parts), keep_out=Spheres.concat(keep), artery_roots=(hilum_r, hilum_l),
+        tubes=Spheres.concat(parts),
+        keep_out=Spheres.concat(keep),
+        artery_roots=(hilum_r, hilum_l),
         vein_roots=tuple(vein_roots),
-        landmarks={"arch": arch, "great_vessels": great_vessels, "superior_veins": superior_veins, "bronchi": bronchi})
+        landmarks={"arch": arch, "great_vessels": great_vessels, "superior_veins": superior_veins, "bronchi": bronchi},
+    )

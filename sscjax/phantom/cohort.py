@@ -45,8 +45,11 @@ def _stored(array: np.ndarray, geometry: Geometry, reversed_z: bool) -> tuple[np
 def _write_case(out: Path, case: PhantomCase) -> None:
     """Scan (int16 HU), lung mask and lesion bits; reversed cases are stored with slices head first."""
     geometry = case.scan.geometry
-    for folder, array in (("scans", case.scan.array.astype(np.int16)), ("lung_masks", case.lung_mask),
-                          ("truth/lesions", case.lesion_mask)):
+    for folder, array in (
+        ("scans", case.scan.array.astype(np.int16)),
+        ("lung_masks", case.lung_mask),
+        ("truth/lesions", case.lesion_mask),
+    ):
         write_image(out / folder / f"{case.scan_id}.mha", *_stored(array, geometry, case.stored_reversed))
 
 
@@ -90,6 +93,7 @@ def _write_patterns(out: Path, seed: int, preset: Preset) -> None:
             dense = float(np.mean(drawer.draw_lung(z, force=HEALTHY_PATTERN) > -600))
             if best is None or dense < best[0]:
                 best = (dense, drawer, patch_layout.geometry())
+    assert best is not None  # the loop above tried at least one place
     _, drawer, geometry = best
     for i, name in enumerate(PATTERNS):
         image = drawer.draw_lung(z, force=name)
@@ -146,8 +150,15 @@ def _remove_previous_phantoms(out: Path) -> None:
             (out / folder / f"{scan_id}.mha").unlink(missing_ok=True)
 
 
-def write_cohort(out_dir: str | Path, n_patients: int, preset: str = "small", seed: int = 0, *,
-                 overwrite: bool = False, progress: Callable[[PhantomCase], None] | None = None) -> Path:
+def write_cohort(
+    out_dir: str | Path,
+    n_patients: int,
+    preset: str = "small",
+    seed: int = 0,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[PhantomCase], None] | None = None,
+) -> Path:
     """Generate `n_patients` phantoms and write them as a cohort folder (see the README written into it).
 
     `progress` is called with each case after it is written. A non-empty `out_dir` is refused unless
@@ -168,18 +179,33 @@ def write_cohort(out_dir: str | Path, n_patients: int, preset: str = "small", se
         level_rows.append([case.scan_id, *(f"{v:.2f}" for v in case.levels_mm)])
         for k, level in enumerate(LEVELS):
             score_rows.append([case.scan_id, level, *case.scores[k].tolist()])
-            exact_rows.append([case.scan_id, level, int(case.level_slices[k]), *(f"{v:.6f}" for v in case.exact_scores[k])])
-        patients.append({"scan_id": case.scan_id, "stored_reversed": case.stored_reversed,
-                         "shape_zyx": list(case.scan.shape), **case.params})
+            exact_rows.append(
+                [case.scan_id, level, int(case.level_slices[k]), *(f"{v:.6f}" for v in case.exact_scores[k])]
+            )
+        patients.append(
+            {
+                "scan_id": case.scan_id,
+                "stored_reversed": case.stored_reversed,
+                "shape_zyx": list(case.scan.shape),
+                **case.params,
+            }
+        )
         if progress is not None:
             progress(case)
     _write_text(out / "levels.csv", _csv(["scan_id", *LEVEL_NAMES], level_rows))
     _write_text(out / "scores.csv", _csv(["scan_id", "level", *SCORES], score_rows))
     _write_text(out / "truth" / "exact_scores.csv", _csv(["scan_id", "level", "slice_index", *SCORES], exact_rows))
     write_patterns(out, patient_seed(seed, 0), settings)
-    meta = {"generator": "sscjax.phantom", "version": GENERATOR_VERSION, "preset": preset,
-            "preset_settings": asdict(settings), "seed": int(seed), "n_patients": n_patients,
-            "patient_seed": "numpy SeedSequence([seed, index]).generate_state(1, uint32)[0]", "patients": patients}
+    meta = {
+        "generator": "sscjax.phantom",
+        "version": GENERATOR_VERSION,
+        "preset": preset,
+        "preset_settings": asdict(settings),
+        "seed": int(seed),
+        "n_patients": n_patients,
+        "patient_seed": "numpy SeedSequence([seed, index]).generate_state(1, uint32)[0]",
+        "patients": patients,
+    }
     _write_text(out / "truth" / "phantom.json", json.dumps(meta, indent=1, default=float))
     _write_text(out / "README.md", README.format(version=GENERATOR_VERSION, preset=preset, seed=seed, n=n_patients))
     return out

@@ -15,16 +15,16 @@ import numpy as np
 from sscjax.phantom.anatomy import Anatomy
 from sscjax.phantom.fields import WaveField
 
-GG, RET = 1, 2                   # lesion-mask bits
+GG, RET = 1, 2  # lesion-mask bits
 
 HEALTHY_PATIENT_SHARE = 0.22
-GG_HU = (-700.0, -540.0)         # ground glass from its edge to its densest part
+GG_HU = (-700.0, -540.0)  # ground glass from its edge to its densest part
 RET_LINE_HU = -150.0
-RET_BACKGROUND_RISE = 70.0       # reticulated lung between the lines is a little denser
+RET_BACKGROUND_RISE = 70.0  # reticulated lung between the lines is a little denser
 RET_LINE_HALF_WIDTH_MM = 0.45
-BASAL, SUBPLEURAL = 2.0, 1.3         # weights of the basal and subpleural trends of the extent fields
-THRESHOLD = (4.1, 2.4)               # extent threshold: THRESHOLD[0] - THRESHOLD[1] * severity * weight
-SEVERITY_GAMMA = (1.3, 0.32)         # shape, scale of the severity of diseased patients
+BASAL, SUBPLEURAL = 2.0, 1.3  # weights of the basal and subpleural trends of the extent fields
+THRESHOLD = (4.1, 2.4)  # extent threshold: THRESHOLD[0] - THRESHOLD[1] * severity * weight
+SEVERITY_GAMMA = (1.3, 0.32)  # shape, scale of the severity of diseased patients
 SEVERITY_MAX = 1.0
 
 
@@ -33,11 +33,11 @@ class Disease:
     """One patient's disease: severity, how it spreads, and the random fields that place and texture it."""
 
     healthy: bool
-    severity: float              # 0 (none) .. SEVERITY_MAX (extensive)
-    gg_weight: float             # share of the severity carried by ground glass / reticulation
+    severity: float  # 0 (none) .. SEVERITY_MAX (extensive)
+    gg_weight: float  # share of the severity carried by ground glass / reticulation
     ret_weight: float
-    subpleural_mm: float         # decay length of the subpleural predominance
-    patches: WaveField           # shared patchiness
+    subpleural_mm: float  # decay length of the subpleural predominance
+    patches: WaveField  # shared patchiness
     gg_patches: WaveField
     ret_patches: WaveField
     gg_texture: WaveField
@@ -46,11 +46,14 @@ class Disease:
     @property
     def thresholds(self) -> tuple[float, float]:
         """Extent thresholds of GG and RET: lower means more lung affected."""
-        return (THRESHOLD[0] - THRESHOLD[1] * self.severity * self.gg_weight,
-                THRESHOLD[0] + 0.2 - THRESHOLD[1] * self.severity * self.ret_weight)
+        return (
+            THRESHOLD[0] - THRESHOLD[1] * self.severity * self.gg_weight,
+            THRESHOLD[0] + 0.2 - THRESHOLD[1] * self.severity * self.ret_weight,
+        )
 
-    def extent(self, anatomy: Anatomy, z: float, x: np.ndarray, y: np.ndarray, depth_mm: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def extent(
+        self, anatomy: Anatomy, z: float, x: np.ndarray, y: np.ndarray, depth_mm: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """GG and RET extent fields minus their thresholds on a grid (x (nx,), y (ny,), depth (ny, nx))."""
         basal = float(np.clip(anatomy.t_of(z), 0.0, 1.25))
         posterior = np.clip((y - anatomy.y0) / anatomy.cav_back, -1, 1)[:, None]
@@ -61,8 +64,17 @@ class Disease:
         t_gg, t_ret = self.thresholds
         return gg - t_gg, ret - t_ret
 
-    def shade(self, lung_hu: np.ndarray, z: float, x: np.ndarray, y: np.ndarray, gg_excess: np.ndarray,
-              gg: np.ndarray, ret: np.ndarray, pixel_mm: float) -> np.ndarray:
+    def shade(
+        self,
+        lung_hu: np.ndarray,
+        z: float,
+        x: np.ndarray,
+        y: np.ndarray,
+        gg_excess: np.ndarray,
+        gg: np.ndarray,
+        ret: np.ndarray,
+        pixel_mm: float,
+    ) -> np.ndarray:
         """Lung HU with the lesions drawn in (ground glass haze, reticular lines)."""
         hu = lung_hu
         if gg.any():
@@ -87,7 +99,10 @@ def sample_disease(rng: np.random.Generator, pixel_mm: float) -> Disease:
     mix = rng.uniform(0.0, 1.0)
     ret_wavelength = (max(5.0, 3.2 * pixel_mm), max(9.0, 4.5 * pixel_mm))
     return Disease(
-        healthy=healthy, severity=severity, gg_weight=0.55 + 0.45 * mix, ret_weight=1.0 - 0.45 * mix,
+        healthy=healthy,
+        severity=severity,
+        gg_weight=0.55 + 0.45 * mix,
+        ret_weight=1.0 - 0.45 * mix,
         subpleural_mm=rng.uniform(10, 25),
         patches=WaveField.sample(rng, 16, (30.0, 80.0)),
         gg_patches=WaveField.sample(rng, 12, (20.0, 50.0)),

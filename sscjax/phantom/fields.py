@@ -14,8 +14,8 @@ import numpy as np
 class SliceGrid:
     """World x and y (mm) of the pixel centres of one axial slice; square pixels of `pixel_mm`."""
 
-    x: np.ndarray        # (nx,) increasing
-    y: np.ndarray        # (ny,) increasing
+    x: np.ndarray  # (nx,) increasing
+    y: np.ndarray  # (ny,) increasing
 
     @property
     def pixel_mm(self) -> float:
@@ -38,8 +38,8 @@ class SliceGrid:
 class WaveField:
     """A smooth Gaussian-like random field: a normalised sum of random 3D plane waves (unit variance)."""
 
-    k: np.ndarray        # (K, 3) wave vectors (rad/mm), x y z
-    phase: np.ndarray    # (K,)
+    k: np.ndarray  # (K, 3) wave vectors (rad/mm), x y z
+    phase: np.ndarray  # (K,)
 
     @staticmethod
     def sample(rng: np.random.Generator, n_waves: int, wavelength_mm: tuple[float, float]) -> WaveField:
@@ -68,9 +68,9 @@ class Spheres:
     """A union of spheres (tubes swept along polylines); kept sorted by z (see concat) so that one slice
     finds its spheres fast."""
 
-    centre: np.ndarray   # (n, 3) x y z mm
-    radius: np.ndarray   # (n,)
-    code: np.ndarray     # (n,) uint8 label (tissue) of each sphere
+    centre: np.ndarray  # (n, 3) x y z mm
+    radius: np.ndarray  # (n,)
+    code: np.ndarray  # (n,) uint8 label (tissue) of each sphere
 
     @staticmethod
     def concat(parts: list[Spheres]) -> Spheres:
@@ -104,8 +104,15 @@ def tube(points, radii, code: int) -> Spheres:
     return segments(points[:-1], points[1:], radii[:-1], radii[1:], code, step=0.35)
 
 
-def segments(start: np.ndarray, end: np.ndarray, r_start: np.ndarray, r_end: np.ndarray, code: int,
-             step: float = 0.5, min_step: float = 0.3) -> Spheres:
+def segments(
+    start: np.ndarray,
+    end: np.ndarray,
+    r_start: np.ndarray,
+    r_end: np.ndarray,
+    code: int,
+    step: float = 0.5,
+    min_step: float = 0.3,
+) -> Spheres:
     """Spheres along many straight segments at once (vectorised), radius interpolated from start to end;
     spaced `step` x the smaller radius, at least `min_step` mm."""
     seg = end - start
@@ -125,9 +132,9 @@ def _uncovered(centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
     if len(radius) < 2 or len(radius) > 2000:
         return np.arange(len(radius))
     d = np.sqrt(((centre[:, None, :] - centre[None, :, :]) ** 2).sum(-1))
-    inside = d + radius[:, None] <= radius[None, :]            # [i, j]: disk i lies in disk j
+    inside = d + radius[:, None] <= radius[None, :]  # [i, j]: disk i lies in disk j
     order = np.arange(len(radius))
-    same = (d == 0) & (radius[:, None] == radius[None, :])     # identical disks: keep the first
+    same = (d == 0) & (radius[:, None] == radius[None, :])  # identical disks: keep the first
     inside &= ~same | (order[:, None] > order[None, :])
     return np.flatnonzero(~inside.any(axis=1))
 
@@ -135,8 +142,9 @@ def _uncovered(centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
 REACH_BUCKETS = np.array([1, 2, 3, 4, 6, 8, 11, 16, 22, 32, 45, 64, 90, 128, 181, 256, 362, 512, 1024])
 
 
-def rasterise_disks(grid: SliceGrid, centre: np.ndarray, radius: np.ndarray, soft: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rasterise_disks(
+    grid: SliceGrid, centre: np.ndarray, radius: np.ndarray, soft: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels covered by disks (world centres (n, 2), radii mm): flat indices, coverage in (0, 1], disk index.
 
     Hard disks cover the pixels whose centre lies inside; soft disks give an anti-aliased coverage and
@@ -160,10 +168,10 @@ def rasterise_disks(grid: SliceGrid, centre: np.ndarray, radius: np.ndarray, sof
         d2 = (iy - cy[sel, None, None]) ** 2 + (ix - cx[sel, None, None]) ** 2
         rs = rad[sel, None, None]
         if soft:
-            w = np.clip(rs - np.sqrt(d2) + 0.5, 0.0, 1.0) * np.minimum(1.0, np.pi * rs ** 2)
+            w = np.clip(rs - np.sqrt(d2) + 0.5, 0.0, 1.0) * np.minimum(1.0, np.pi * rs**2)
             ok = w > 0
         else:
-            ok = d2 <= rs ** 2
+            ok = d2 <= rs**2
         ok &= (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
         owner = np.broadcast_to(keep[sel][:, None, None], ok.shape)[ok]
         iy, ix = np.broadcast_arrays(iy, ix)
@@ -173,8 +181,9 @@ def rasterise_disks(grid: SliceGrid, centre: np.ndarray, radius: np.ndarray, sof
     return np.concatenate(out_idx), np.concatenate(out_w), np.concatenate(out_owner)
 
 
-def superellipse(grid: SliceGrid, cx: float, cy: float, half_x: float, half_front: float, half_back: float,
-                 power: float) -> np.ndarray:
+def superellipse(
+    grid: SliceGrid, cx: float, cy: float, half_x: float, half_front: float, half_back: float, power: float
+) -> np.ndarray:
     """Normalised radius^power of a superellipse with different front (y < cy) and back half-depths.
 
     Separable: two 1D terms broadcast into one 2D sum, so each shape costs one full-slice add.
@@ -182,4 +191,4 @@ def superellipse(grid: SliceGrid, cx: float, cy: float, half_x: float, half_fron
     tx = (np.abs(grid.x - cx) / half_x) ** power
     dy = grid.y - cy
     ty = (np.abs(dy) / np.where(dy < 0, half_front, half_back)) ** power
-    return (ty.astype(np.float32)[:, None] + tx.astype(np.float32)[None, :])
+    return ty.astype(np.float32)[:, None] + tx.astype(np.float32)[None, :]

@@ -17,7 +17,7 @@ from sscjax.phantom.render import PatientModel, SliceDrawer, noisy
 from sscjax.phantom.vessels import vessel_trees
 
 REVERSED_SHARE = 0.3
-LEVEL_EDGE_MARGIN = 0.05         # levels keep this far (in slices) from a half-slice boundary
+LEVEL_EDGE_MARGIN = 0.05  # levels keep this far (in slices) from a half-slice boundary
 
 
 @dataclass
@@ -25,15 +25,15 @@ class PhantomCase:
     """A generated scan with its exact ground truth."""
 
     scan_id: str
-    scan: Scan                   # HU, canonical orientation (z, y, x), float32 holding whole numbers
-    lung_mask: np.ndarray        # uint8 (z, y, x) 0/1: both lungs, vessels and lesions included; no trachea/bronchi
-    lesion_mask: np.ndarray      # uint8 (z, y, x) bits: 1 ground glass, 2 reticulation (3 both); only inside the lungs
-    levels_mm: np.ndarray        # (5,) world z of L1..L5 (mm, L1 highest)
-    level_slices: np.ndarray     # (5,) nearest canonical slice of each level
-    exact_scores: np.ndarray     # (5, 3) TOT, GG, RET: exact % of the lung area on each level slice
-    scores: np.ndarray           # (5, 3) int: exact rounded to 5 % (halves up), like a clinician's Goh score
-    stored_reversed: bool        # written with a reversed z direction (read back canonical)
-    params: dict = field(default_factory=dict)   # seed and every parameter of the patient (for phantom.json)
+    scan: Scan  # HU, canonical orientation (z, y, x), float32 holding whole numbers
+    lung_mask: np.ndarray  # uint8 (z, y, x) 0/1: both lungs, vessels and lesions included; no trachea/bronchi
+    lesion_mask: np.ndarray  # uint8 (z, y, x) bits: 1 ground glass, 2 reticulation (3 both); only inside the lungs
+    levels_mm: np.ndarray  # (5,) world z of L1..L5 (mm, L1 highest)
+    level_slices: np.ndarray  # (5,) nearest canonical slice of each level
+    exact_scores: np.ndarray  # (5, 3) TOT, GG, RET: exact % of the lung area on each level slice
+    scores: np.ndarray  # (5, 3) int: exact rounded to 5 % (halves up), like a clinician's Goh score
+    stored_reversed: bool  # written with a reversed z direction (read back canonical)
+    params: dict = field(default_factory=dict)  # seed and every parameter of the patient (for phantom.json)
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,19 @@ def _layout(an: Anatomy, preset: Preset, rng: np.random.Generator) -> ScanLayout
     slice_mm = round(float(rng.uniform(*preset.slice_mm)), 2)
     n_slices = int(np.floor((top - bottom) / slice_mm)) + 1
     oz = round(bottom, 2)
-    for _ in range(20):                    # keep every level clear of a half-slice boundary
+    for _ in range(20):  # keep every level clear of a half-slice boundary
         frac = ((np.asarray(an.levels) - oz) / slice_mm) % 1.0
         if np.all(np.abs(frac - 0.5) > LEVEL_EDGE_MARGIN):
             break
         oz = round(oz + 0.13 * slice_mm, 2)
-    return ScanLayout(pixel, slice_mm, (round(cx - half, 2), round(cy - half, 2), oz), n_slices,
-                      float(rng.uniform(*preset.noise_hu)), bool(rng.random() < REVERSED_SHARE))
+    return ScanLayout(
+        pixel,
+        slice_mm,
+        (round(cx - half, 2), round(cy - half, 2), oz),
+        n_slices,
+        float(rng.uniform(*preset.noise_hu)),
+        bool(rng.random() < REVERSED_SHARE),
+    )
 
 
 def build_patient(seed: int, preset: Preset) -> tuple[PatientModel, ScanLayout]:
@@ -112,8 +118,9 @@ def build_patient(seed: int, preset: Preset) -> tuple[PatientModel, ScanLayout]:
     Anatomy, scan layout, vessel trees and disease draw from separate streams of the seed, so one seed
     gives the same anatomy and disease in every preset (only sampling, vessel detail and texture differ).
     """
-    anatomy_rng, layout_rng, vessel_rng, disease_rng = (np.random.default_rng(s)
-                                                        for s in np.random.SeedSequence(seed).spawn(4))
+    anatomy_rng, layout_rng, vessel_rng, disease_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
     an = sample_anatomy(anatomy_rng)
     layout = _layout(an, preset, layout_rng)
     z_top = float(layout.geometry().z_of_index(layout.n_slices - 1))
@@ -129,10 +136,16 @@ def _params(model: PatientModel, layout: ScanLayout, seed: int) -> dict:
     an, dis = model.anatomy, model.disease
     anatomy = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(an).items()}
     return {
-        "seed": int(seed), "layout": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(layout).items()},
+        "seed": int(seed),
+        "layout": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(layout).items()},
         "anatomy": anatomy,
-        "disease": {"healthy": dis.healthy, "severity": dis.severity, "gg_weight": dis.gg_weight,
-                    "ret_weight": dis.ret_weight, "subpleural_mm": dis.subpleural_mm},
+        "disease": {
+            "healthy": dis.healthy,
+            "severity": dis.severity,
+            "gg_weight": dis.gg_weight,
+            "ret_weight": dis.ret_weight,
+            "subpleural_mm": dis.subpleural_mm,
+        },
     }
 
 
@@ -155,7 +168,7 @@ def generate_patient(seed: int, preset: str = "small", scan_id: str = "phantom_0
     settings = get_preset(preset)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"phantom seed must be a non-negative integer (got {seed!r})")
-    with threadpool_limits(1, user_api="blas"):         # tiny matrix products: threads only contend
+    with threadpool_limits(1, user_api="blas"):  # tiny matrix products: threads only contend
         return _generate(seed, settings, scan_id)
 
 
@@ -176,5 +189,15 @@ def _generate(seed: int, settings: Preset, scan_id: str) -> PhantomCase:
     levels = np.asarray(model.anatomy.levels, dtype=np.float64)
     slices = np.asarray(geometry.nearest_slice(levels, layout.n_slices))
     exact = np.stack([area_scores(lung[k], lesion[k]) for k in slices])
-    return PhantomCase(scan_id, Scan(volume, geometry, f"phantom:{settings.name}:{seed}"), lung, lesion, levels, slices,
-                       exact, round_half_up_5(exact), layout.stored_reversed, _params(model, layout, seed))
+    return PhantomCase(
+        scan_id,
+        Scan(volume, geometry, f"phantom:{settings.name}:{seed}"),
+        lung,
+        lesion,
+        levels,
+        slices,
+        exact,
+        round_half_up_5(exact),
+        layout.stored_reversed,
+        _params(model, layout, seed),
+    )

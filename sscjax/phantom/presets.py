@@ -12,13 +12,13 @@ class Preset:
     """How a phantom scan is sampled: in-plane matrix, spacing ranges (mm), image noise and blur."""
 
     name: str
-    matrix: int                              # in-plane pixels (square)
-    pixel_mm: tuple[float, float]            # pixel spacing range; the lower bound grows so the body fits
-    slice_mm: tuple[float, float]            # slice spacing range
-    noise_hu: tuple[float, float]            # standard deviation of the (correlated) image noise
-    blur_mm: float                           # in-plane reconstruction blur (Gaussian sigma)
-    vessel_leaves: int                       # end branches per pulmonary vessel tree (4 trees)
-    pattern_px: int                          # side of the texture patches written to patterns/
+    matrix: int  # in-plane pixels (square)
+    pixel_mm: tuple[float, float]  # pixel spacing range; the lower bound grows so the body fits
+    slice_mm: tuple[float, float]  # slice spacing range
+    noise_hu: tuple[float, float]  # standard deviation of the (correlated) image noise
+    blur_mm: float  # in-plane reconstruction blur (Gaussian sigma)
+    vessel_leaves: int  # end branches per pulmonary vessel tree (4 trees)
+    pattern_px: int  # side of the texture patches written to patterns/
 
 
 PRESETS = {

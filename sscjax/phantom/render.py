@@ -15,17 +15,18 @@ from sscjax.phantom.anatomy import Anatomy, Mediastinum
 from sscjax.phantom.disease import GG, RET, Disease
 from sscjax.phantom.fields import SliceGrid, Spheres, rasterise_disks, superellipse
 
-MEDFAT = 16                                    # fat inside the thorax (mediastinum, pericardium)
-NESTED_LABELS = np.array([A.AIR, A.FAT, A.MUSCLE, MEDFAT], np.uint8)   # by depth: outside, fat, muscle, cavity
-HU_OF_LABEL = np.array([-1000, 120, -930, -100, 45, 130, 230, 750, 40, 55, -1000, -850, 60, 30, 10, 85, -95],
-                       dtype=np.float32)
-LUNG_TUBE_HU = ((A.BLOOD, 40.0), (A.WALL, 30.0), (A.LUMEN, -990.0))   # vessels, then bronchial walls and air
-LUNG_HU = -862.0                               # parenchyma, anterior; the dependent (posterior) lung is denser
+MEDFAT = 16  # fat inside the thorax (mediastinum, pericardium)
+NESTED_LABELS = np.array([A.AIR, A.FAT, A.MUSCLE, MEDFAT], np.uint8)  # by depth: outside, fat, muscle, cavity
+HU_OF_LABEL = np.array(
+    [-1000, 120, -930, -100, 45, 130, 230, 750, 40, 55, -1000, -850, 60, 30, 10, 85, -95], dtype=np.float32
+)
+LUNG_TUBE_HU = ((A.BLOOD, 40.0), (A.WALL, 30.0), (A.LUMEN, -990.0))  # vessels, then bronchial walls and air
+LUNG_HU = -862.0  # parenchyma, anterior; the dependent (posterior) lung is denser
 LUNG_GRAVITY_HU = 28.0
 TUBE_ORDER = (A.MUSCLE, A.BLOOD, A.CORTEX, A.WALL, A.LUMEN)
-BIG_VESSEL_MM = 2.5                            # lung vessels this thick also show in the hilar fat
+BIG_VESSEL_MM = 2.5  # lung vessels this thick also show in the hilar fat
 HU_LIMITS = (-1024.0, 3071.0)
-TRIANGULAR_STD = float(np.sqrt(2 * (256 ** 2 - 1) / 12))
+TRIANGULAR_STD = float(np.sqrt(2 * (256**2 - 1) / 12))
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class PatientModel:
     mediastinum: Mediastinum
     vessels: Spheres
     disease: Disease
-    table_y: float              # top of the CT table (the back rests on it)
+    table_y: float  # top of the CT table (the back rests on it)
     table_x: float
 
 
@@ -44,10 +45,10 @@ class PatientModel:
 class SliceImage:
     """One drawn slice (or the body's box of it)."""
 
-    hu: np.ndarray              # float32 (ny, nx), noise-free, unblurred
-    lung: np.ndarray            # bool
-    lesion: np.ndarray          # uint8 bits GG | RET
-    labels: np.ndarray          # uint8 tissue labels
+    hu: np.ndarray  # float32 (ny, nx), noise-free, unblurred
+    lung: np.ndarray  # bool
+    lesion: np.ndarray  # uint8 bits GG | RET
+    labels: np.ndarray  # uint8 tissue labels
 
 
 def _paint(lab: np.ndarray, idx: np.ndarray, code: int, only: int | None = None) -> None:
@@ -86,21 +87,21 @@ def _spine(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
     sub = lab[rows, cols]
     dx = (grid.x[cols] - an.x_mid)[None, :]
     yy = grid.y[rows][:, None]
-    d2 = dx ** 2 + (yy - y_vb) ** 2
+    d2 = dx**2 + (yy - y_vb) ** 2
     bone = an.in_vertebra(z)
     if bone:
-        sub[d2 <= r_vb ** 2] = A.MARROW
-        sub[(d2 <= r_vb ** 2) & (d2 > (r_vb - 1.6) ** 2)] = A.CORTEX
+        sub[d2 <= r_vb**2] = A.MARROW
+        sub[(d2 <= r_vb**2) & (d2 > (r_vb - 1.6) ** 2)] = A.CORTEX
     else:
-        sub[d2 <= r_vb ** 2] = A.DISC
+        sub[d2 <= r_vb**2] = A.DISC
     yc = y_vb + r_vb + 8.5
-    dc2 = dx ** 2 + (yy - yc) ** 2
-    sub[(dc2 <= 12.5 ** 2) & (yy > y_vb + r_vb - 4)] = A.CORTEX
+    dc2 = dx**2 + (yy - yc) ** 2
+    sub[(dc2 <= 12.5**2) & (yy > y_vb + r_vb - 4)] = A.CORTEX
     if bone:
         sub[(np.abs(yy - yc + 1) < 4.5) & (np.abs(dx) > 9) & (np.abs(dx) < 30)] = A.CORTEX
     if ((z - an.vertebra_phase - 8.0) / an.vertebra_pitch) % 1.0 > 0.35:
         sub[(np.abs(dx) < 3.5) & (yy > yc + 9) & (yy < yc + 38)] = A.CORTEX
-    sub[dc2 <= 7.0 ** 2] = A.CSF
+    sub[dc2 <= 7.0**2] = A.CSF
 
 
 def _sternum(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
@@ -125,9 +126,10 @@ def _scapulae(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
         return
     a, _, back = an.rib_outer(z)
     rows = grid.rows(an.y0 + 0.25 * back, np.inf)
-    sub = SliceGrid(grid.x, grid.y[rows])
-    plate = (superellipse(sub, an.x_mid, an.y0, a + 3, 1.0, back + 3, an.power) > 1) & (
-        superellipse(sub, an.x_mid, an.y0, a + 8, 1.0, back + 8, an.power) <= 1)
+    sub_grid = SliceGrid(grid.x, grid.y[rows])
+    plate = (superellipse(sub_grid, an.x_mid, an.y0, a + 3, 1.0, back + 3, an.power) > 1) & (
+        superellipse(sub_grid, an.x_mid, an.y0, a + 8, 1.0, back + 8, an.power) <= 1
+    )
     tip = np.sqrt((z - z_lo) / (z_hi - z_lo))
     dx = np.abs(grid.x - an.x_mid)
     plate &= ((dx > a * (0.75 - 0.4 * tip)) & (dx < a * (0.8 + 0.15 * tip)))[None, :]
@@ -144,7 +146,7 @@ def _ribs(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float, ring: np.ndar
     dy = grid.y[iy] - an.y0
     sin_t = dy / np.maximum(np.hypot(dx, dy), 1e-6)
     phase = ((z + an.rib_drop * (1 - sin_t) / 2 - an.rib_phase) / an.rib_pitch) % 1.0
-    y_vb, r_vb = an.spine(z)
+    _y_vb, r_vb = an.spine(z)
     a, _, _ = an.cavity(z)
     rib = (phase < 0.36) & ~((dy > 0) & (np.abs(dx) < r_vb + 9))
     inner = (rho_c[iy, ix] ** (1 / an.power) - 1) * a < 1.6
@@ -170,8 +172,9 @@ def _interp_matrix(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return w
 
 
-def _lesions(model: PatientModel, grid: SliceGrid, z: float, lung: np.ndarray, rho_c: np.ndarray,
-             force: str | None) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray] | None:
+def _lesions(
+    model: PatientModel, grid: SliceGrid, z: float, lung: np.ndarray, rho_c: np.ndarray, force: str | None
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray] | None:
     """Ground-glass and reticulation regions (inside the lung bounding box) and the GG extent excess."""
     an, dis = model.anatomy, model.disease
     if force is None and dis.healthy:
@@ -186,7 +189,7 @@ def _lesions(model: PatientModel, grid: SliceGrid, z: float, lung: np.ndarray, r
         none = np.zeros_like(full)
         excess = np.full(full.shape, 0.4, np.float32)
         return box, excess, (full if force == "gg" else none), (full if force == "ret" else none)
-    step = max(1, int(round(3.0 / grid.pixel_mm)))
+    step = max(1, round(3.0 / grid.pixel_mm))
     ys, xs = grid.y[box[0]], grid.x[box[1]]
     yc, xc = ys[::step], xs[::step]
     a, f, b = an.cavity(z)
@@ -223,8 +226,10 @@ class SliceDrawer:
         """Rows and columns of the body at z (it ends on the table)."""
         an, grid = self.model.anatomy, self.grid
         half_x, front, back = an.body(z)
-        return (grid.rows(an.y0 - front - 1, min(an.y0 + back + 1, self.model.table_y - 1e-6)),
-                grid.cols(an.x_mid - half_x - 1, an.x_mid + half_x + 1))
+        return (
+            grid.rows(an.y0 - front - 1, min(an.y0 + back + 1, self.model.table_y - 1e-6)),
+            grid.cols(an.x_mid - half_x - 1, an.x_mid + half_x + 1),
+        )
 
     def draw(self, z: float, force: str | None = None) -> SliceImage:
         """The noise-free slice at world z: HU, tissue labels, lung mask and lesion bits.
@@ -276,8 +281,11 @@ def _wall(an: Anatomy, grid: SliceGrid, z: float):
     rho_c = superellipse(grid, an.x_mid, an.y0, *an.cavity(z), p)
     cavity = rho_c <= 1
     ring = (superellipse(grid, an.x_mid, an.y0, *an.rib_outer(z), p) <= 1) & ~cavity
-    depth = ((superellipse(grid, an.x_mid, an.y0, *an.body(z), p) <= 1).view(np.uint8)
-             + (superellipse(grid, an.x_mid, an.y0, *an.muscle(z), p) <= 1).view(np.uint8) + cavity.view(np.uint8))
+    depth = (
+        (superellipse(grid, an.x_mid, an.y0, *an.body(z), p) <= 1).view(np.uint8)
+        + (superellipse(grid, an.x_mid, an.y0, *an.muscle(z), p) <= 1).view(np.uint8)
+        + cavity.view(np.uint8)
+    )
     return NESTED_LABELS[depth], cavity, ring, rho_c
 
 
@@ -299,8 +307,9 @@ def lung_domain(an: Anatomy, med: Mediastinum, grid: SliceGrid, z: float) -> np.
     return _lung_domain(an, med, grid, z, cavity, _below_diaphragm(an, grid, z))
 
 
-def _lung_domain(an: Anatomy, med: Mediastinum, grid: SliceGrid, z: float, cavity: np.ndarray,
-                 below: np.ndarray | None) -> np.ndarray:
+def _lung_domain(
+    an: Anatomy, med: Mediastinum, grid: SliceGrid, z: float, cavity: np.ndarray, below: np.ndarray | None
+) -> np.ndarray:
     """The cavity minus the midline band, spine, heart, the tubes' keep-out zones; above the diaphragm,
     inside the apical caps."""
     lung = cavity.copy() if below is None else cavity & ~below
@@ -311,8 +320,9 @@ def _lung_domain(an: Anatomy, med: Mediastinum, grid: SliceGrid, z: float, cavit
     for (xa, ya), apex, side in zip(an.apex_centres(), (an.apex_r, an.apex_l), (-1, 1)):
         reach = (apex - z) / A.APEX_HEIGHT
         if reach < 8:
-            cap = (((grid.x - xa) ** 2).astype(np.float32)[None, :] + ((grid.y - ya) ** 2).astype(np.float32)[:, None]
-                   <= A.APEX_RADIUS ** 2 * max(reach, 0))
+            cap = ((grid.x - xa) ** 2).astype(np.float32)[None, :] + ((grid.y - ya) ** 2).astype(np.float32)[
+                :, None
+            ] <= A.APEX_RADIUS**2 * max(reach, 0)
             lung &= cap | ((grid.x - an.x_mid) * side < 0)[None, :]
     lung &= ~_ellipses(grid, an.heart_parts(), z, an.pericardial_fat)
     centre, rho, _ = med.keep_out.cut(z)
@@ -320,8 +330,9 @@ def _lung_domain(an: Anatomy, med: Mediastinum, grid: SliceGrid, z: float, cavit
     return lung
 
 
-def _tubes(lab: np.ndarray, model: PatientModel, grid: SliceGrid, z: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tubes(
+    lab: np.ndarray, model: PatientModel, grid: SliceGrid, z: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paint the mediastinal tubes and the thick lung vessels' hilar parts; returns the lung tubes' disks."""
     centre, rho, code = model.mediastinum.tubes.cut(z)
     for c in TUBE_ORDER:
@@ -334,8 +345,9 @@ def _tubes(lab: np.ndarray, model: PatientModel, grid: SliceGrid, z: float
     return vessels
 
 
-def _lung_hu(model: PatientModel, grid: SliceGrid, z: float, lung: np.ndarray, rho_c: np.ndarray, vessels,
-             force: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _lung_hu(
+    model: PatientModel, grid: SliceGrid, z: float, lung: np.ndarray, rho_c: np.ndarray, vessels, force: str | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Lung HU (gravity gradient, lesions, partial-volume vessels) on the whole box, and the lesion bits."""
     an = model.anatomy
     gravity = LUNG_HU + LUNG_GRAVITY_HU * np.clip((grid.y - an.y0) / an.cav_back, -1, 1).astype(np.float32)
@@ -345,8 +357,9 @@ def _lung_hu(model: PatientModel, grid: SliceGrid, z: float, lung: np.ndarray, r
     if found is not None:
         box, gg_excess, gg, ret = found
         lesion[box] = gg * np.uint8(GG) | ret * np.uint8(RET)
-        lung_hu[box] = model.disease.shade(lung_hu[box], z, grid.x[box[1]], grid.y[box[0]], gg_excess, gg, ret,
-                                           grid.pixel_mm)
+        lung_hu[box] = model.disease.shade(
+            lung_hu[box], z, grid.x[box[1]], grid.y[box[0]], gg_excess, gg, ret, grid.pixel_mm
+        )
     centre, rho, code = vessels
     idx, w, owner = rasterise_disks(grid, centre, rho, soft=True)
     for c, value in LUNG_TUBE_HU:
@@ -388,6 +401,6 @@ def noisy(hu: np.ndarray, rng: np.random.Generator, noise_hu: float, blur_px: fl
     kernel = _kernel(blur_px)
     u = np.frombuffer(rng.bytes(2 * hu.size), np.int8).reshape(2, *hu.shape)
     out = np.add(u[0], u[1], dtype=np.int16).astype(np.float32)
-    out *= np.float32(noise_hu / float(np.sum(kernel ** 2)) / TRIANGULAR_STD)
+    out *= np.float32(noise_hu / float(np.sum(kernel**2)) / TRIANGULAR_STD)
     out += hu
     return np.clip(np.rint(_blur(out, blur_px)), *HU_LIMITS)

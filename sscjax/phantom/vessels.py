@@ -15,23 +15,25 @@ from sscjax.phantom.anatomy import BLOOD, LUMEN, WALL, Anatomy, Mediastinum
 from sscjax.phantom.fields import SliceGrid, Spheres, segments
 from sscjax.phantom.render import lung_domain
 
-
 TARGET_GRID_MM = 4.0
 
 
-def lung_targets(anatomy: Anatomy, mediastinum: Mediastinum, rng: np.random.Generator, n: int,
-                 z_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def lung_targets(
+    anatomy: Anatomy, mediastinum: Mediastinum, rng: np.random.Generator, n: int, z_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """`n` points spread uniformly through each lung (right, left): cells of a coarse grid of drawn lung
     slices, chosen at random and jittered inside the cell."""
     a = anatomy
     step = TARGET_GRID_MM
-    grid = SliceGrid(np.arange(a.x_mid - a.cav_half_x, a.x_mid + a.cav_half_x, step),
-                     np.arange(a.y0 - a.cav_front, a.y0 + a.cav_back, step))
-    cells = []
+    grid = SliceGrid(
+        np.arange(a.x_mid - a.cav_half_x, a.x_mid + a.cav_half_x, step),
+        np.arange(a.y0 - a.cav_front, a.y0 + a.cav_back, step),
+    )
+    per_slice = []
     for z in np.arange(z_range[0] + step / 2, z_range[1], step):
         iy, ix = np.nonzero(lung_domain(a, mediastinum, grid, z))
-        cells.append(np.column_stack([grid.x[ix], grid.y[iy], np.full(len(ix), z)]))
-    cells = np.concatenate(cells)
+        per_slice.append(np.column_stack([grid.x[ix], grid.y[iy], np.full(len(ix), z)]))
+    cells = np.concatenate(per_slice)
     out = []
     for right in (True, False):
         side = cells[(cells[:, 0] < a.x_mid) == right]
@@ -40,8 +42,9 @@ def lung_targets(anatomy: Anatomy, mediastinum: Mediastinum, rng: np.random.Gene
     return out[0], out[1]
 
 
-def grow_tree(root: np.ndarray, targets: np.ndarray, root_radius: float, rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def grow_tree(
+    root: np.ndarray, targets: np.ndarray, root_radius: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Branches (start, end, start radius, end radius) of a tree from `root` that reaches every target."""
     starts, ends, r0s, r1s = [], [], [], []
     n_all = len(targets)
@@ -50,11 +53,17 @@ def grow_tree(root: np.ndarray, targets: np.ndarray, root_radius: float, rng: np
         start, idx, radius = stack.pop()
         pts = targets[idx]
         if len(idx) == 1:
-            starts.append(start), ends.append(pts[0]), r0s.append(radius), r1s.append(radius * 0.8)
+            starts.append(start)
+            ends.append(pts[0])
+            r0s.append(radius)
+            r1s.append(radius * 0.8)
             continue
         centroid = pts.mean(axis=0)
         end = start + (centroid - start) * rng.uniform(0.4, 0.65)
-        starts.append(start), ends.append(end), r0s.append(radius), r1s.append(radius * 0.97)
+        starts.append(start)
+        ends.append(end)
+        r0s.append(radius)
+        r1s.append(radius * 0.97)
         centred = pts - centroid
         _, vectors = np.linalg.eigh(centred.T @ centred)
         side = centred @ vectors[:, -1] > 0
@@ -80,20 +89,26 @@ def bronchi_beside(start: np.ndarray, end: np.ndarray, r0: np.ndarray, r1: np.nd
     lumen0, lumen1 = 0.7 * r0, 0.7 * r1
     wall0, wall1 = lumen0 + 0.3 + 0.25 * lumen0, lumen1 + 0.3 + 0.25 * lumen1
     shift0, shift1 = (r0 + wall0 + 0.5)[:, None] * side, (r1 + wall1 + 0.5)[:, None] * side
-    return Spheres.concat([segments(start + shift0, end + shift1, wall0, wall1, code=WALL),
-                           segments(start + shift0, end + shift1, lumen0, lumen1, code=LUMEN)])
+    return Spheres.concat(
+        [
+            segments(start + shift0, end + shift1, wall0, wall1, code=WALL),
+            segments(start + shift0, end + shift1, lumen0, lumen1, code=LUMEN),
+        ]
+    )
 
 
-def vessel_trees(anatomy: Anatomy, mediastinum: Mediastinum, rng: np.random.Generator, leaves: int,
-                 z_range: tuple[float, float]) -> Spheres:
+def vessel_trees(
+    anatomy: Anatomy, mediastinum: Mediastinum, rng: np.random.Generator, leaves: int, z_range: tuple[float, float]
+) -> Spheres:
     """Arteries from both hila with their bronchi, and veins from the four pulmonary veins, as spheres
     (codes BLOOD, WALL, LUMEN)."""
     parts = []
     for side, targets in enumerate(lung_targets(anatomy, mediastinum, rng, 2 * leaves, z_range)):
         arteries = grow_tree(mediastinum.artery_roots[side], targets[:leaves], 9.0 * anatomy.size, rng)
         parts += [segments(*arteries, code=BLOOD), bronchi_beside(*arteries)]
-        veins = sorted((v for v in mediastinum.vein_roots if (v[0] < anatomy.x_mid) == (side == 0)),
-                       key=lambda v: -v[2])
+        veins = sorted(
+            (v for v in mediastinum.vein_roots if (v[0] < anatomy.x_mid) == (side == 0)), key=lambda v: -v[2]
+        )
         vt = targets[leaves:]
         upper = vt[:, 2] > np.mean([v[2] for v in veins])
         for vein, part in zip(veins, (vt[upper], vt[~upper])):
