@@ -19,8 +19,9 @@ from pathlib import Path
 from common import print_report
 from flax import nnx
 
-from sscjax import cascade, lnet, networks, runs, snet
+from sscjax import cascade, lnet, networks, snet
 from sscjax.io import read_scan
+from sscjax.models import build_model
 from sscjax.phantom.cohort import write_cohort
 
 
@@ -51,7 +52,7 @@ def timing(module, names: list[str], seconds: dict[str, float]):
 def preset_models(preset: str) -> cascade.Models:
     """One L-Net and one S-Net of a preset's architecture and input size, randomly initialised."""
     lnet_config, snet_config = networks.preset("lnet", preset), networks.preset("snet", preset)
-    level = lnet.level_model(runs.build_model(lnet_config.model, nnx.Rngs(0)), lnet_config)
+    level = lnet.level_model(build_model(lnet_config.model, nnx.Rngs(0)), lnet_config)
     scorer = snet.score_model(
         snet.make_snet(dataclasses.replace(snet_config, pretrained="none"), nnx.Rngs(0)), snet_config
     )

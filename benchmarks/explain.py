@@ -14,8 +14,9 @@ import time
 import numpy as np
 from common import chest_slices, print_report, texture_patterns
 from flax import nnx
+from original_loop import heatmaps_sequential
 
-from sscjax.heatmaps import HeatmapConfig, default_chunk, heatmaps, heatmaps_sequential, lung_positions, make_delta_fn
+from sscjax.heatmaps import HeatmapConfig, default_chunk, heatmaps, lung_positions, make_delta_fn
 from sscjax.models import create_model
 from sscjax.snet import predict_fn
 

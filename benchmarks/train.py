@@ -19,9 +19,10 @@ import jax.numpy as jnp
 from common import chest_slices, level_volumes, peak_memory_bytes, print_report, random_crops, texture_patterns
 from flax import nnx
 
-from sscjax import networks, runs, train
+from sscjax import networks, train
 from sscjax.configs import ModelConfig
 from sscjax.data.snet_loader import SNetLoader
+from sscjax.models import build_model
 
 
 @dataclass
@@ -32,7 +33,7 @@ class BenchTask:
     make_batch: callable
 
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return runs.build_model(self.model, rngs)
+        return build_model(self.model, rngs)
 
     def train_batch(self, step: int, process_index: int, process_count: int) -> train.Batch:
         return self.make_batch(step)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import echo_failures, model_options, resolve_models, scans_from
+from .common import device_option, echo_failures, model_options, resolve_models, scans_from
 
 
 @click.command()
@@ -35,12 +35,8 @@ from .common import echo_failures, model_options, resolve_models, scans_from
 @click.option(
     "--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a killed run resumes)."
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "gpu"]),
-    help="Where the networks run (default: JAX's default backend, a GPU if JAX has one).",
-)
-def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite, device):
+@device_option
+def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
     With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
@@ -53,9 +49,7 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
     from sscjax import cascade as cs
     from sscjax.errors import SscError
     from sscjax.io import check_writable, read_scan
-    from sscjax.provenance import use_platform
 
-    use_platform(device)
     paths = cs.output_ids(scans_from(scans))
     levels = cs.parse_levels(levels_text) if levels_text else None
     if levels is not None and len(paths) > 1:

@@ -12,6 +12,27 @@ if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
 
 
+def _use_device(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        from sscjax.provenance import use_platform
+
+        use_platform(value)
+
+
+def device_option(command):
+    """--device cpu|gpu: the backend JAX computes on, chosen while the options are read (before anything starts
+    JAX); a missing backend is one error line, exit 2."""
+    from sscjax.provenance import PLATFORMS
+
+    return click.option(
+        "--device",
+        type=click.Choice(PLATFORMS),
+        expose_value=False,
+        callback=_use_device,
+        help="Where the networks run (default: JAX's default backend, a GPU if JAX has one).",
+    )(command)
+
+
 def set_option(example: str):
     """--set KEY.PATH=VALUE, repeatable: one setting changed on the command line."""
     return click.option(

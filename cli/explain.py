@@ -9,7 +9,7 @@ import click
 from sscjax.configs.snet import OCCLUSIONS
 from sscjax.domain import SCORES
 
-from .common import LazyBar, model_options, resolve_models, set_option
+from .common import LazyBar, device_option, model_options, resolve_models, set_option
 
 PATTERN_CHOICES = (*SCORES, "all")
 CHUNK_HELP = (
@@ -62,6 +62,7 @@ CHUNK_HELP = (
 )
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
 @set_option("explain.stride_px=8")
+@device_option
 @click.pass_context
 def explain(
     ctx,
@@ -142,6 +143,7 @@ def explain(
 )
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
 @set_option("explain.search_step=0.05")
+@device_option
 def calibrate(run, split, healthy, chunk, assignments):
     """Search the Delta P threshold (explain.search: -4..0 percentage points) that makes the derived scores agree
     best (MAE) with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""

@@ -15,7 +15,7 @@ import click
 
 from sscjax import networks
 
-from .common import LazyBar, set_option
+from .common import LazyBar, device_option, set_option
 
 
 def training_options(net: str):
@@ -70,6 +70,7 @@ def training_options(net: str):
                 is_flag=True,
                 help="Compute in bfloat16 (train.compute_dtype; parameters stay float32); for GPUs.",
             ),
+            device_option,
             click.option(
                 "--distributed",
                 is_flag=True,

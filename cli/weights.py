@@ -1,4 +1,5 @@
-"""`ssc weights`: convert pretrained PyTorch weights (.pth, .safetensors) to sscjax's .npz files."""
+"""`ssc weights`: convert pretrained PyTorch weights (.pth, .safetensors) to sscjax's .npz files, and import the paper
+authors' trained networks as run folders."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from pathlib import Path
 
 import click
 
+from .common import set_option
+
 
 @click.group()
 def weights() -> None:
-    """Convert pretrained PyTorch weights to sscjax (nothing is downloaded: point to a file)."""
+    """Convert pretrained PyTorch weights to sscjax, or import the authors' networks (nothing is downloaded: point to
+    a file)."""
 
 
 @weights.command()
@@ -53,4 +57,29 @@ def convert(src: Path, dst: Path, arch: str, num_classes: int | None, in_chans: 
     click.echo(
         f"{meta['arch']}: {count_parameters(model):,} parameters, {meta['num_classes']} "
         f"outputs, {meta['in_chans']} input channel(s) -> {dst}"
+    )
+
+
+@weights.command("import-authors")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--net", required=True, type=click.Choice(["lnet", "snet"]), help="Which network FILE holds.")
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The run folder to write (new or empty).",
+)
+@set_option("data.size=[256,256,256]")
+def import_authors(file: Path, net: str, run_dir: Path, assignments: tuple[str, ...]) -> None:
+    """Import FILE, a model.pt (state dict) of the paper authors' trained L-Net or S-Net, as a run folder.
+
+    The run is set to run the network as the authors' inference code does (data.conventions = "authors") and
+    records FILE and its SHA-256. Their model_wt_structure.pt (a whole pickled model) is refused.
+    """
+    from sscjax.authors_runs import import_authors as import_run
+
+    run, config = import_run(file, net, run_dir, assignments)
+    click.echo(
+        f"{net}: {config.model.name} {config.model.kwargs} from {file} (sha256 {config.model.imported_sha256}) -> {run}"
     )

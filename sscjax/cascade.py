@@ -3,7 +3,10 @@ scores (TOT, GG, RET in %) per level, and the outputs users read, with the scan'
 (`sscjax.quality`) and the provenance of the result (`sscjax.provenance`).
 
 With several trained folds, every fold's L-Net and S-Net runs and the result is the ensemble mean, with the
-spread between folds (their standard deviation) as an uncertainty the paper does not give.
+spread between folds (their standard deviation) as an uncertainty the paper does not give. Each run prepares its
+own inputs and reads its own outputs by its config's conventions, so imported networks of the paper's authors and
+folds trained here ensemble. A level's slice is the nearest to its world z, as the paper says, for the authors'
+networks too (their cascade code truncates).
 """
 
 from __future__ import annotations
@@ -46,12 +49,6 @@ class Models:
 def load_models(lnet_runs: Sequence[str | Path], snet_runs: Sequence[str | Path]) -> Models:
     """Load every named run (best checkpoints) once, ready to score many scans."""
     modules = [snet.LoadedSNet.read(r) for r in snet_runs]
-    sizes = {m.config.data.image_size for m in modules}
-    if len(sizes) > 1:
-        raise ModelError(
-            f"the S-Net runs {', '.join(map(str, snet_runs))} take different image sizes {sorted(sizes)}; "
-            "an ensemble needs one size"
-        )
     records = {"lnet": list(map(provenance.run_record, lnet_runs)), "snet": list(map(provenance.run_record, snet_runs))}
     return Models(
         [lnet.level_model(r) for r in lnet_runs],

@@ -17,7 +17,7 @@ import numpy as np
 from sscjax import runs
 from sscjax.configs.snet import ExplainConfig, SNetConfig
 from sscjax.domain import HEALTHY_PATTERN, LEVEL_NAMES, SCORES
-from sscjax.errors import ConfigError
+from sscjax.errors import ConfigError, ModelError
 from sscjax.heatmaps import (
     Calibration,
     HeatmapConfig,
@@ -185,14 +185,21 @@ class ScanExplanation:
     config: HeatmapConfig
 
 
-def snet_predict(models) -> tuple[Predict, int]:
-    """The (ensemble) S-Net as one jittable function of model inputs, and its input size."""
+def snet_predict(models) -> tuple[Predict, int | None]:
+    """The (ensemble) S-Net as one jittable function of model inputs, and its input size (None: each slice's own,
+    the authors' conventions); ModelError when the runs take different sizes."""
     from sscjax import snet
 
     if not models.snet_modules:
         raise ConfigError("no S-Net to explain: name a run with --snet")
-    predict = ensemble_predict([snet.predict_fn(m.module) for m in models.snet_modules])
-    return predict, models.snet_modules[0].config.data.image_size
+    sizes = {snet.input_size(m.config) for m in models.snet_modules}
+    if len(sizes) > 1:
+        raise ModelError(
+            f"the S-Net runs {', '.join(models.snet_runs)} take different input sizes "
+            f"{sorted(sizes, key=str)} (None: the slice's own); the heat maps of an ensemble need one"
+        )
+    predict = ensemble_predict([snet.predict_fn(m.module, snet.output_scale(m.config)) for m in models.snet_modules])
+    return predict, sizes.pop()
 
 
 def cohort_healthy_pattern(models) -> Path:
@@ -257,12 +264,13 @@ def explain_scan(
             raise ConfigError(f"{scan.source}: slice index {bad.tolist()} outside 0..{scan.n_slices - 1}")
         lungs, names = lung_mask(scan)[index], [f"slice{k}" for k in index]
     slices_hu = scan.array[index]
-    pixel_mm = scan.geometry.spacing[0] * scan.shape[2] / size
+    images = prepare_slices(slices_hu, size)[..., 0]
+    width = images.shape[-1]
+    pixel_mm = scan.geometry.spacing[0] * scan.shape[2] / width
     texture = read_texture(healthy or cohort_healthy_pattern(models), pixel_mm)
     settings = settings or models.snet_modules[0].config.explain
-    cfg = scaled_config(size, settings)
-    images = prepare_slices(slices_hu, size)[..., 0]
-    lungs_model = resize_slices(lungs.astype(np.float32), size, order=0) > 0.5
+    cfg = scaled_config(width, settings)
+    lungs_model = lungs.astype(bool) if size is None else resize_slices(lungs.astype(np.float32), size, order=0) > 0.5
     threshold = saved_threshold(models, settings) if threshold is None else threshold
     explanations = explain_slices(predict, images, lungs_model, texture, cfg, threshold)
     return ScanExplanation(
@@ -313,6 +321,11 @@ def calibrate_run(
     run_dir = Path(run_dir)
     models = cascade.load_models([], [run_dir])
     predict, size = snet_predict(models)
+    if size is None:
+        raise ConfigError(
+            f"{run_dir}: calibration needs slices of one size; this run scores each slice at its own size "
+            '(data.conventions = "authors")'
+        )
     config = models.snet_modules[0].config
     settings = settings or config.explain
     ids = runs.read_splits(run_dir).get(split)

@@ -4,7 +4,8 @@ The network regresses the five level positions of a crop as (position / crop - 0
 [-0.5, 0.5] whatever the crop length (MSE on raw slice numbers would need far larger Adam steps); positions
 are mapped back before any metric. Inference slides `crop`-slice windows over the resampled volume (stride 4),
 takes the median per level over the windows, maps the resampled position to world z and then to the nearest
-slice of the original scan.
+slice of the original scan. A run with `data.conventions = "authors"` (the paper authors' imported L-Net) is run as
+their code runs it: the volume z-scored as a whole, their window starts, outputs read as slices.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import numpy as np
 from flax import nnx
 
 from sscjax import plots, runs, train
+from sscjax.configs import AUTHORS, Conventions
 from sscjax.configs.lnet import LNetConfig, LNetData
 from sscjax.data import lnet as data
 from sscjax.domain import LEVEL_NAMES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import Scan, read_scan, write_csv, write_json
+from sscjax.models import build_model
+from sscjax.run_files import load_model
 
 NET = "lnet"
 VALID_CROPS = 4  # fixed random crops per validation volume, for the MAE within crops
@@ -36,9 +40,10 @@ def to_targets(positions: np.ndarray, crop: int) -> np.ndarray:
     return (np.asarray(positions, dtype=np.float32) / crop - 0.5).astype(np.float32)
 
 
-def to_positions(outputs: np.ndarray, crop: int) -> np.ndarray:
-    """The network's outputs -> positions in the crop (slices)."""
-    return (np.asarray(outputs, dtype=np.float64) + 0.5) * crop
+def to_positions(outputs: np.ndarray, crop: int, conventions: Conventions = "sscjax") -> np.ndarray:
+    """The network's outputs -> positions in the crop (slices); the authors' networks answer in slices already."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    return outputs if conventions == AUTHORS else (outputs + 0.5) * crop
 
 
 def _predict_in_chunks(predict: train.Predictor, n: int, inputs: Callable[[slice], np.ndarray]) -> np.ndarray:
@@ -49,10 +54,13 @@ def _predict_in_chunks(predict: train.Predictor, n: int, inputs: Callable[[slice
 
 
 def predict_positions(predict: train.Predictor, volume: np.ndarray, settings: LNetData) -> np.ndarray:
-    """(5,) level positions in a resampled volume: per-level median over the sliding windows."""
-    starts = data.window_starts(volume.shape[0], settings.crop, settings.stride)
-    outputs = _predict_in_chunks(predict, len(starts), lambda rows: data.windows(volume, starts[rows], settings.crop))
-    return data.median_positions(to_positions(outputs, settings.crop), starts)
+    """(5,) level positions in a resampled volume: per-level median over the sliding windows, made and read with
+    the settings' conventions (the authors': windows z-scored with the whole volume's mean and SD)."""
+    conventions, crop = settings.conventions, settings.crop
+    starts = data.window_starts(volume.shape[0], crop, settings.stride, conventions)
+    scale = data.moments(volume) if conventions == AUTHORS else None
+    outputs = _predict_in_chunks(predict, len(starts), lambda rows: data.windows(volume, starts[rows], crop, scale))
+    return data.median_positions(to_positions(outputs, crop, conventions), starts)
 
 
 def predict_crops(
@@ -77,7 +85,7 @@ def make_lnet(config: LNetConfig, rngs: nnx.Rngs, mean_targets: np.ndarray) -> n
     untrained outputs spread far wider than the targets, and Adam's first steps, shrinking them, silence most fc1
     units for good (all fc1 inputs are positive, 27648 of them, so one step moves a unit by several SDs): the VGG11-3D
     then stays at the mean-position baseline. The slice-wise heat-map net (a convolution head) is built as is."""
-    model: Any = runs.build_model(config.model, rngs)  # any network; its head is looked up by name
+    model: Any = build_model(config.model, rngs)  # any network; its head is looked up by name
     if isinstance(model.head, nnx.Linear):
         assert model.head.bias is not None  # a linear head with a bias (as every VGG's)
         model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
@@ -210,7 +218,7 @@ class LevelModel:
 def level_model(run_or_model: str | Path | nnx.Module, config: LNetConfig | None = None) -> LevelModel:
     """A LevelModel from a run folder (its best checkpoint) or from a model and its config."""
     if isinstance(run_or_model, (str, Path)):
-        run_or_model, config = runs.load_model(run_or_model, NET)
+        run_or_model, config = load_model(run_or_model, NET)
     if config is None:
         raise ConfigError("an L-Net model needs its config (data settings) for inference")
     settings = config.data
@@ -238,7 +246,8 @@ class LevelPrediction:
 
 
 def predict_prepared(model: LevelModel, prepared: data.PreparedVolume, source: str = "") -> LevelPrediction:
-    """Levels of a prepared volume, mapped to world z (clamped into the scan) and the original scan's slices."""
+    """Levels of a prepared volume, mapped to world z (clamped into the scan) and the original scan's nearest
+    slices: the paper's rule, kept for the authors' networks too (their cascade code truncates z to a slice)."""
     positions = predict_positions(model.predict, prepared.array, model.settings)
     if not np.all(np.isfinite(positions)):
         raise ModelError(
@@ -288,6 +297,7 @@ def train_lnet(
     prepare_progress: Callable[[int, int], None] | None = None,
 ) -> train.TrainResult:
     """Train one fold of the L-Net: prepare the volumes, record the run, run the engine."""
+    runs.check_trainable(config)
     train_set, valid_set, record, fingerprint = prepare(config, workdir, prepare_progress)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
     runs.start_run(run_dir, config, record, fingerprint, resume)
@@ -349,7 +359,7 @@ def evaluate_lnet(
     (MAE and SD in original slices and mm, ICC(A,1) on slice indices, per level and over all), predictions.csv,
     Bland-Altman and correlation plots (slices). Returns the metrics with the written files."""
     run_dir = Path(run_dir)
-    network, config = runs.load_model(run_dir, NET)
+    network, config = load_model(run_dir, NET)
     cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
     rows = _prediction_rows(level_model(network, config), cohort, ids, progress)
     keys = ("pred_slice", "true_slice", "pred_mm", "true_mm")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
-from flax import nnx
 
-from sscjax.configs import ModelConfig, to_dict
+from sscjax.configs import AUTHORS, to_dict
 from sscjax.errors import CohortError, ConfigError, ModelError
 from sscjax.io import atomic_write, write_json
 from sscjax.networks import config_from_dict
@@ -91,20 +90,6 @@ def _resumable(key: str) -> bool:
     return any(key == r or key.startswith(f"{r}.") for r in RESUMABLE)
 
 
-def build_model(model: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-    """The network a config names, from the model registry, with its dropout rate and BatchNorm momentum
-    overridden if asked."""
-    from sscjax.models import create_model
-
-    network = create_model(model.name, rngs=rngs, **model.kwargs)
-    for _, module in nnx.iter_modules(network):
-        if isinstance(module, nnx.Dropout) and model.dropout is not None:
-            module.rate = model.dropout
-        if isinstance(module, nnx.BatchNorm) and model.batch_norm_momentum is not None:
-            module.momentum = model.batch_norm_momentum
-    return network
-
-
 def fold_split(data_dir: str | Path, fold: int) -> tuple[Cohort, list[str], list[str], dict]:
     """(cohort, training ids, validation ids, the record for the run's splits.json) of one fold; the cohort's
     splits.json is made if it has none, so every run on the cohort uses the same test set and folds."""
@@ -174,6 +159,15 @@ def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resum
     write_json(run_dir / FINGERPRINT_FILE, {"data_dir": str(config.data_dir), "fingerprint": fingerprint})
 
 
+def check_trainable(config) -> None:
+    """Training follows this project's conventions: ConfigError for a config with the authors' (data.conventions)."""
+    if config.data.conventions == AUTHORS:
+        raise ConfigError(
+            f'data.conventions = "{AUTHORS}" is for running the authors\' imported networks; training here follows '
+            'this project\'s conventions ("sscjax")'
+        )
+
+
 def has_checkpoint(run_dir: str | Path, kind: str = "best") -> bool:
     """Whether a run folder holds a finished checkpoint of `kind` ("best" or "latest")."""
     folder = Path(run_dir) / CHECKPOINT_DIR / kind
@@ -215,18 +209,3 @@ def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[
     if missing:
         raise CohortError([f"{cohort.root}: scan {i} of the run's {split} split is missing" for i in missing])
     return cohort, ids
-
-
-def load_model(run_dir: str | Path, net: str | None = None, kind: str = "best") -> tuple[nnx.Module, Any]:
-    """(model in evaluation mode with the run's best (or latest) weights, the run's config: the config class of its
-    network, e.g. an LNetConfig or SNetConfig)."""
-    from sscjax.train import restore_model
-
-    run_dir = Path(run_dir)
-    config = read_config(run_dir, net)
-    if not has_checkpoint(run_dir, kind):
-        raise ModelError(f"{run_dir}: has no saved {kind} model yet (nothing in {run_dir / CHECKPOINT_DIR / kind})")
-    from sscjax.models import abstract_model
-
-    model = abstract_model(config.model.name, seed=config.train.seed, **config.model.kwargs)
-    return restore_model(run_dir, model, kind), config

@@ -6,7 +6,8 @@ Output scale: the head regresses percent / 100, so targets lie in [0, 1] and the
 of order one whatever the pattern; every prediction this module hands out (`SNetTask.predict`, `ScoreModel`,
 `predict_fn`, validation, evaluation) is the head's output times 100, i.e. percent, bounded to 0..100 by
 `bounded_percent` (a regression head can overshoot; a share of the lung cannot); `raw_percent` and
-`ScoreModel.raw` keep the unbounded output for research.
+`ScoreModel.raw` keep the unbounded output for research. A run with `data.conventions = "authors"` (the paper
+authors' imported S-Nets) is run as their code runs it: each slice at its own size, outputs read as percent.
 
 Pre-training: a fresh model of the configured architecture (random weights, a zero 3-output head) gets every
 weight but the head's from an ImageNet source; for one input channel the stem's RGB kernels are summed.
@@ -27,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from sscjax import metrics, plots, runs, train
+from sscjax.configs import AUTHORS
 from sscjax.configs.snet import LITE0_PACKAGE, NO_PRETRAINING, SNetConfig
 from sscjax.data.slices import SliceSet, load_slices, resize_slices, window
 from sscjax.data.snet_loader import SNetLoader
@@ -34,6 +36,8 @@ from sscjax.data.synthesis import Patterns, load_patterns
 from sscjax.domain import SCORES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import atomic_write
+from sscjax.models import build_model
+from sscjax.run_files import load_model
 
 NET = "snet"
 PERCENT = 100.0  # network output x PERCENT = score in %
@@ -103,7 +107,7 @@ def imagenet_backbone(config: SNetConfig) -> nnx.State | None:
     path = pretrained_source(config)
     if path is None:
         return None
-    abstract = nnx.eval_shape(lambda: runs.build_model(config.model, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(0)))
     return backbone_weights(abstract, path, config.model.name)
 
 
@@ -112,7 +116,7 @@ def make_snet(config: SNetConfig, rngs: nnx.Rngs, backbone: nnx.State | None = N
     commonest score, until trained, as in BiT's transfer learning; a random head starts at +-50 % or more and
     slows short fine-tuning several fold) and, unless `pretrained` is "none", ImageNet weights everywhere else
     (`backbone` if already read by `imagenet_backbone`)."""
-    model: Any = runs.build_model(config.model, rngs)  # every S-Net network has a head
+    model: Any = build_model(config.model, rngs)  # every S-Net network has a head
     model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
     backbone = imagenet_backbone(config) if backbone is None else backbone
     if backbone is not None:
@@ -126,15 +130,26 @@ def bounded_percent(scores):
     return scores.clip(0.0, PERCENT)
 
 
-def raw_percent(model: nnx.Module, images: jax.Array) -> jax.Array:
-    """The model's (N, 3) outputs as float32 TOT, GG, RET in %, unbounded (for research; users get
-    `percent_scores`)."""
-    return model(images).astype(jnp.float32) * PERCENT
+def output_scale(config: SNetConfig) -> float:
+    """What the network's outputs are multiplied by to give percent: PERCENT for this project's heads (percent /
+    100), 1 for the authors' (percent)."""
+    return 1.0 if config.data.conventions == AUTHORS else PERCENT
 
 
-def percent_scores(model: nnx.Module, images: jax.Array) -> jax.Array:
+def input_size(config: SNetConfig) -> int | None:
+    """The side slices are resized to before scoring; None: each slice at its own size (the authors' conventions)."""
+    return None if config.data.conventions == AUTHORS else config.data.image_size
+
+
+def raw_percent(model: nnx.Module, images: jax.Array, scale: float = PERCENT) -> jax.Array:
+    """The model's (N, 3) outputs x `scale` (`output_scale`) as float32 TOT, GG, RET in %, unbounded (for research;
+    users get `percent_scores`)."""
+    return model(images).astype(jnp.float32) * scale
+
+
+def percent_scores(model: nnx.Module, images: jax.Array, scale: float = PERCENT) -> jax.Array:
     """The model's (N, 3) TOT, GG, RET in %, bounded to 0..100."""
-    return bounded_percent(raw_percent(model, images))
+    return bounded_percent(raw_percent(model, images, scale))
 
 
 # ---------------------------------------------------------------- training
@@ -255,6 +270,7 @@ def train_snet(
 ) -> train.TrainResult:
     """Train one fold of the S-Net: read the pretrained weights, extract the slices, record the run, run the
     engine."""
+    runs.check_trainable(config)
     backbone = imagenet_backbone(config)
     train_set, valid_set, patterns, record, fingerprint = prepare(config, workdir, prepare_progress)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
@@ -269,7 +285,7 @@ def train_snet(
 def load_snet(run_dir: str | Path, kind: str = "best") -> tuple[nnx.Module, SNetConfig]:
     """(model in evaluation mode with a run's best (or latest) weights, the run's config); ModelError when the
     folder is not an S-Net run or has no checkpoint."""
-    return runs.load_model(run_dir, NET, kind)
+    return load_model(run_dir, NET, kind)
 
 
 @dataclass(frozen=True)
@@ -287,22 +303,23 @@ class LoadedSNet:
         return cls(Path(run_dir), *load_snet(run_dir))
 
 
-def prepare_slices(slices: np.ndarray, image_size: int, windowed: bool = False) -> np.ndarray:
+def prepare_slices(slices: np.ndarray, image_size: int | None, windowed: bool = False) -> np.ndarray:
     """(N, H, W) slices in HU (or already in window units) -> (N, S, S, 1) model inputs, windowed and resized
-    exactly as training slices are (`sscjax.data.slices`)."""
+    exactly as training slices are (`sscjax.data.slices`); image_size None: (N, H, W, 1), not resized."""
     slices = np.asarray(slices, dtype=np.float32)
     if slices.ndim != 3:
         raise ConfigError(f"slices must be an (N, H, W) array, not {slices.shape}")
     images = slices if windowed else window(slices)
-    return resize_slices(images, image_size, order=1)[..., None]
+    return (images if image_size is None else resize_slices(images, image_size, order=1))[..., None]
 
 
 @dataclass(frozen=True)
 class ScoreModel:
-    """A trained S-Net ready to score slices: a predictor of model inputs -> (N, 3) unbounded TOT, GG, RET in %."""
+    """A trained S-Net ready to score slices: a predictor of model inputs -> (N, 3) unbounded TOT, GG, RET in %,
+    and the side its inputs are resized to (None: not resized)."""
 
     predict: train.Predictor
-    image_size: int
+    image_size: int | None
 
     def raw(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
         """(N, 3) unbounded network outputs in % of (N, H, W) slices in HU (or window units with windowed=True), any
@@ -318,14 +335,15 @@ class ScoreModel:
 
 def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None = None) -> ScoreModel:
     """A ScoreModel from a run folder (its best checkpoint) or from a model and its config (compiled once:
-    make one and score many slices with it)."""
+    make one and score many slices with it), preparing slices and reading outputs with the config's conventions."""
     if isinstance(run_or_model, (str, Path)):
         run_or_model, config = load_snet(run_or_model)
     if config is None:
         raise ConfigError("an S-Net model needs its config (image size) for scoring")
     batch = train.inference_batch(config.train.predict_batch, config.data.image_size**2)
-    predict = train.model_predictor(run_or_model, batch, forward=raw_percent, compute_dtype=config.train.compute_dtype)
-    return ScoreModel(predict, config.data.image_size)
+    forward = functools.partial(raw_percent, scale=output_scale(config))
+    predict = train.model_predictor(run_or_model, batch, forward=forward, compute_dtype=config.train.compute_dtype)
+    return ScoreModel(predict, input_size(config))
 
 
 def score_slices(model: nnx.Module, slices: np.ndarray, config: SNetConfig, windowed: bool = False) -> np.ndarray:
@@ -333,15 +351,16 @@ def score_slices(model: nnx.Module, slices: np.ndarray, config: SNetConfig, wind
     return score_model(model, config).score(slices, windowed)
 
 
-def predict_fn(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
+def predict_fn(model: nnx.Module, scale: float = PERCENT) -> Callable[[jax.Array], jax.Array]:
     """A jitted, pure function (N, S, S, 1) model inputs (window units, the config's image size) -> (N, 3)
-    scores in %, of the model in evaluation mode (for heat maps: vmap/jit it freely)."""
+    scores in % (outputs x `scale`, see `output_scale`), of the model in evaluation mode (for heat maps: vmap/jit
+    it freely)."""
     model_def, params, state = train.split_model(model)
 
     @jax.jit
     def forward(params, state, images):
         m = train.merge_model(model_def, params, state, jax.random.key(0), training=False)
-        return percent_scores(m, images)
+        return percent_scores(m, images, scale)
 
     return functools.partial(forward, params, state)
 

@@ -10,7 +10,6 @@ from (seed, n) alone, so a resumed run repeats exactly the run it continues.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -23,15 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sscjax.configs import COMPUTE_DTYPES as DTYPE_NAMES
 from sscjax.configs import DECAYS, TrainConfig
 from sscjax.errors import ConfigError, ModelError
-from sscjax.io import _json_ready
-from sscjax.runs import CHECKPOINT_DIR, LOG_FILE, TENSORBOARD_DIR
+from sscjax.run_files import Checkpoints, RunLog, model_arrays
 
 Batch = dict[str, np.ndarray]
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -242,11 +239,11 @@ def split_model(model: nnx.Module) -> tuple[ModelDef, nnx.State, nnx.State]:
     """(definition, params, model state such as BatchNorm statistics), the latter two as plain arrays.
     Leaves `model` in evaluation mode."""
     model.train()
-    train_def, params, rngs, state = nnx.split(model, nnx.Param, nnx.RngState, ...)  # type: ignore[misc]
+    train_def, _, rngs, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)  # type: ignore[misc]
     model.eval()
     eval_def, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)  # type: ignore[misc]
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.as_pure(rngs))
-    return ModelDef(train_def, eval_def, template), nnx.as_pure(params), nnx.as_pure(state)
+    return ModelDef(train_def, eval_def, template), *model_arrays(model)
 
 
 def _fresh_rngs(template: nnx.State, key: jax.Array) -> nnx.State:
@@ -384,113 +381,38 @@ def model_predictor(
     return predictor(step, params, state, mesh, batch_size)
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-class Checkpoints:
-    """Two orbax managers under RUN/checkpoints: `latest` (items "model" and "optimizer") and `best` (item "model"
-    of the best validation); a model item holds {"params", "state"}; each checkpoint has a JSON "meta" item."""
-
-    def __init__(self, run_dir: Path, read_only: bool = False):
-        self.run_dir = Path(run_dir)
-        root = self.run_dir.absolute() / CHECKPOINT_DIR
-        self.managers = {
-            kind: ocp.CheckpointManager(
-                root / kind,
-                options=ocp.CheckpointManagerOptions(
-                    max_to_keep=1,
-                    enable_async_checkpointing=not read_only,
-                    create=not read_only,
-                    read_only=read_only,
-                    # the two managers save the same steps: their multi-host barriers need distinct names
-                    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind),
-                ),
-            )
-            for kind in ("latest", "best")
-        }
-
-    def save(self, kind: str, step: int, items: dict[str, dict], meta: dict) -> None:
-        args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-        self.managers[kind].save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=True)
-
-    def latest_step(self, kind: str) -> int | None:
-        return self.managers[kind].latest_step()
-
-    def restore(self, kind: str, targets: dict[str, dict]) -> tuple[dict, dict]:
-        """(items, meta) of the newest checkpoint of `kind`; `targets` give the items' shapes, dtypes, shardings.
-        ModelError naming the run when its files are unreadable (truncated, overwritten or missing)."""
-        manager = self.managers[kind]
-        step = manager.latest_step()
-        if step is None:
-            raise ModelError(f"{manager.directory}: no checkpoint saved")
-        args = {name: ocp.args.StandardRestore(jax.tree.map(_abstract, tree)) for name, tree in targets.items()}
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
-        except Exception as e:  # orbax and tensorstore raise ValueError, OSError, JSON errors ... for damaged files
-            raise ModelError(
-                f"{self.run_dir}: its {kind} checkpoint (step {step}) is unreadable or corrupt "
-                f"({type(e).__name__} reading {manager.directory / str(step)}); train the run again"
-            ) from None
-        return {name: restored[name] for name in targets}, dict(restored["meta"])
-
-    def close(self) -> None:
-        for manager in self.managers.values():
-            manager.wait_until_finished()
-            manager.close()
-
-
-def _abstract(x) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-
-
-def restore_model(run_dir: str | Path, model: nnx.Module, kind: str = "best") -> nnx.Module:
-    """Load the parameters and model state of a run's best (or latest) checkpoint into `model` (evaluation mode)."""
-    _, params, state = split_model(model)
-    checkpoints = Checkpoints(Path(run_dir), read_only=True)
-    try:
-        items, _ = checkpoints.restore(kind, {"model": {"params": params, "state": state}})
-    finally:
-        checkpoints.close()
-    nnx.update(model, items["model"]["params"], items["model"]["state"])
-    return model
-
-
-# ---------------------------------------------------------------- logging
-
-
-class RunLog:
-    """TensorBoard event files and a JSONL log in the run folder; silent on every process but process 0."""
-
-    def __init__(self, run_dir: Path):
-        self.enabled = jax.process_index() == 0
-        if self.enabled:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR))
-            self.jsonl = open(Path(run_dir) / LOG_FILE, "a")  # noqa: SIM115 (open for the run; closed by close())
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
-        self.jsonl.write(
-            json.dumps(_json_ready({"step": step, "time": time.time(), **values}), allow_nan=False) + "\n"
-        )  # a NaN loss is null: JSON has no NaN
-        self.jsonl.flush()
-
-    def images(self, step: int, images: dict[str, np.ndarray]) -> None:
-        if self.enabled:
-            for name, image in images.items():
-                self.writer.add_image(name, image, step, dataformats="HWC")
-
-    def close(self) -> None:
-        if self.enabled:
-            self.writer.close()
-            self.jsonl.close()
-
-
 # ---------------------------------------------------------------- the loop
+
+
+def _restore_latest(checkpoints: Checkpoints, resume: bool, arrays: tuple) -> tuple[tuple, dict[str, Any], int]:
+    """((params, state, optimizer state), model-selection meta, step) to start from: the latest checkpoint's when the
+    run has one and `resume` is set (ConfigError when it has one and `resume` is not), else `arrays` at step 0."""
+    if checkpoints.latest_step("latest") is None:
+        return arrays, {"best_mae": None, "best_step": None, "bad_validations": 0}, 0
+    if not resume:
+        raise ConfigError(f"{checkpoints.run_dir}: already holds a trained run; resume it or choose another run folder")
+    params, state, opt_state = arrays
+    items, meta = checkpoints.restore("latest", {"model": {"params": params, "state": state}, "optimizer": opt_state})
+    step = meta.pop("step")  # each save records its own step
+    return (items["model"]["params"], items["model"]["state"], items["optimizer"]), meta, step
+
+
+def _train_scalars(latest: dict, rate: float, speed: float) -> dict[str, float]:
+    """What is logged of a training step: loss, gradient norms (overall and per layer), learning rate, speed."""
+    return {
+        "train/loss": latest["loss"],
+        "train/grad_norm": latest["grad_norm"],
+        "train/lr": rate,
+        "train/examples_per_s": speed,
+        **{f"grad_norm/{k}": v for k, v in latest["layer_grad_norms"].items()},
+    }
+
+
+def _log_validation(log: RunLog, result: TrainResult, step: int, validation: Validation) -> None:
+    """A validation's metrics and images into the run's logs and the result."""
+    log.scalars(step, {f"valid/{k}": v for k, v in validation.metrics.items()})
+    log.images(step, validation.images)
+    result.validations.append({"step": step, **validation.metrics})
 
 
 def _selection(meta: dict, mae: float, step: int) -> tuple[dict, bool]:
@@ -552,17 +474,11 @@ def train(
     predict_step = make_predict_step(task.predict, model_def, mesh)
 
     checkpoints = Checkpoints(run_dir)
-    start = 0
-    meta: dict[str, Any] = {"best_mae": None, "best_step": None, "bad_validations": 0}
-    if checkpoints.latest_step("latest") is not None:
-        if not resume:
-            checkpoints.close()
-            raise ConfigError(f"{run_dir}: already holds a trained run; resume it or choose another run folder")
-        items, meta = checkpoints.restore(
-            "latest", {"model": {"params": params, "state": state}, "optimizer": opt_state}
-        )
-        params, state, opt_state = items["model"]["params"], items["model"]["state"], items["optimizer"]
-        start = meta["step"]
+    try:
+        (params, state, opt_state), meta, start = _restore_latest(checkpoints, resume, (params, state, opt_state))
+    except ConfigError:
+        checkpoints.close()
+        raise
 
     log = RunLog(run_dir)
     base_key = jax.random.key(config.seed)
@@ -591,17 +507,9 @@ def train(
                 loss = latest["loss"]
                 speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
             if logging:
-                assert loss is not None and speed is not None  # read above: logging reads the losses
-                log.scalars(
-                    done,
-                    {
-                        "train/loss": loss,
-                        "train/grad_norm": latest["grad_norm"],
-                        "train/lr": float(learning_rate(config, total)(step)),
-                        "train/examples_per_s": speed,
-                        **{f"grad_norm/{k}": v for k, v in latest["layer_grad_norms"].items()},
-                    },
-                )
+                assert speed is not None  # read above: logging reads the losses
+                rate = float(learning_rate(config, total)(step))
+                log.scalars(done, _train_scalars(latest, rate, speed))
                 last_time, last_step = now, done
             if validating:
                 kept = averaged_params(opt_state, params)
@@ -610,9 +518,7 @@ def train(
                 meta, improved = _selection(meta, float(metrics["mae"]), done)
                 if improved:
                     checkpoints.save("best", done, {"model": {"params": kept, "state": state}}, {"step": done, **meta})
-                log.scalars(done, {f"valid/{k}": v for k, v in metrics.items()})
-                log.images(done, validation.images)
-                result.validations.append({"step": done, **metrics})
+                _log_validation(log, result, done, validation)
                 last_time = time.perf_counter()  # validation time is not training throughput
             stop_early = config.early_stop is not None and meta["bad_validations"] >= config.early_stop
             if checkpointing or stop_early:

@@ -8,10 +8,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+# the benchmarks' reference implementations (the original code's loops) are the tests' references too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 N_PATIENTS = 20  # 4 test patients and 4 folds of 4
 LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY = 30, 15  # the default tier's L-Net run (the tiny schedule is 120 steps)

@@ -14,7 +14,7 @@ from conftest import LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY, N_PATIENTS, train
 from flax import nnx
 from sscjax.cli.main import cli
 
-from sscjax import lnet, plots, runs
+from sscjax import lnet, plots, run_files, runs
 from sscjax.configs import ModelConfig
 from sscjax.configs.lnet import LNetData
 from sscjax.data import lnet as data
@@ -229,12 +229,12 @@ def test_an_untrained_vgg_lnet_predicts_the_mean_training_position():
 
 def test_runs_refuse_non_runs_other_networks_and_untrained_runs(tmp_path):
     with pytest.raises(ModelError, match="not a training run"):
-        runs.load_model(tmp_path, "lnet")
+        run_files.load_model(tmp_path, "lnet")
     config = preset("lnet", "tiny")
     save_config(tmp_path / "config.json", config)
     assert load_config(tmp_path / "config.json") == config
     with pytest.raises(ModelError, match="no saved best model"):
-        runs.load_model(tmp_path, "lnet")
+        run_files.load_model(tmp_path, "lnet")
     snet = tmp_path / "snet"
     snet.mkdir()
     (snet / "config.json").write_text(json.dumps({"net": "snet", "version": 1}))

@@ -163,22 +163,22 @@ def test_asking_for_the_running_backend_is_accepted_and_a_missing_one_refused():
         assert jax.devices()[0].platform == running  # the failed request changed nothing
 
 
-def test_ssc_cascade_device_gpu_without_one_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["cascade", "--scan", "{tmp}", "--out", "{tmp}/out"],
+        ["explain", "--scan", "{tmp}", "--out", "{tmp}/out"],
+        ["explain", "calibrate", "--model", "{tmp}"],
+        ["train", "lnet", "--data", "{tmp}", "--workdir", "{tmp}/out"],
+    ],
+    ids=" ".join,
+)
+def test_device_gpu_without_one_is_one_line_and_exit_2(tmp_path, command):
     if gpu_present():
         pytest.skip("this machine has a GPU")
+    args = [part.format(tmp=tmp_path) for part in command]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from sscjax.cli.main import main; main()",
-            "cascade",
-            "--device",
-            "gpu",
-            "--scan",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "out"),
-        ],
+        [sys.executable, "-c", "from sscjax.cli.main import main; main()", *args, "--device", "gpu"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,12 +4,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sscjax.data.sampling import Sampler, balanced_probabilities, score_groups
+from sscjax.data.sampling import DEFAULT_BIN_WIDTH, Sampler, score_groups
 from sscjax.errors import ConfigError
 
 # A skewed score distribution like the paper's: most levels healthy, few with high TOT.
 SIZES = {0.0: 600, 5.0: 150, 10.0: 60, 35.0: 12, 80.0: 3, 100.0: 1}
 TOT = np.random.default_rng(0).permutation(np.concatenate([np.full(n, t) for t, n in SIZES.items()]))
+
+
+def balanced_probabilities(tot: np.ndarray, bin_width: float = DEFAULT_BIN_WIDTH) -> np.ndarray:
+    """(N,) the paper's sampling probability of each sample: 1 / (number of groups * size of its group); the
+    reference the Sampler's draws are checked against."""
+    _, inverse, counts = np.unique(score_groups(tot, bin_width), return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse])
 
 
 def test_groups_are_the_nearest_score_category():

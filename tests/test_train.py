@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sscjax import runs, train
+from sscjax import run_files, runs, train
 from sscjax.configs import TrainConfig
 from sscjax.errors import ConfigError, ModelError
 
@@ -68,7 +68,7 @@ TOY = TrainConfig(steps=40, batch_size=8, learning_rate=1e-2, valid_every=10, lo
 
 
 def final_state(run_dir, kind="latest"):
-    model = train.restore_model(run_dir, ToyModel(nnx.Rngs(99)), kind)
+    model = run_files.restore_model(run_dir, ToyModel(nnx.Rngs(99)), kind)
     return jax.tree.leaves(nnx.state(model, nnx.Not(nnx.RngState)))
 
 
@@ -107,7 +107,7 @@ def test_best_checkpoint_is_the_lowest_validation_mae(tmp_path):
     maes = {v["step"]: v["mae"] for v in result.validations}
     assert result.best_step == min(maes, key=maes.get)
     best = ToyTask()
-    model = train.restore_model(tmp_path, ToyModel(nnx.Rngs(5)), "best")
+    model = run_files.restore_model(tmp_path, ToyModel(nnx.Rngs(5)), "best")
     predicted = np.asarray(model(best.x[best.n :]))
     assert np.abs(predicted - best.y[best.n :]).mean() == pytest.approx(maes[result.best_step], rel=1e-5)
 
@@ -128,7 +128,7 @@ def test_early_stop_after_validations_without_improvement(tmp_path):
     result = train.train(WorseningTask(), config, tmp_path)
     assert result.stopped_early
     assert (result.best_step, result.best_mae, result.step) == (10, 1.0, 30)
-    assert train.Checkpoints(tmp_path, read_only=True).latest_step("latest") == 30
+    assert run_files.Checkpoints(tmp_path, read_only=True).latest_step("latest") == 30
 
 
 def test_logs_scalars_and_images(tmp_path):
@@ -159,7 +159,7 @@ def _strict_json(line: str) -> dict:
 
 
 def test_log_writes_undefined_numbers_as_null(tmp_path):
-    log = train.RunLog(tmp_path)
+    log = run_files.RunLog(tmp_path)
     log.scalars(3, {"valid/kappa_GG": float("nan"), "valid/mae": np.float32(2.5), "train/loss": float("inf")})
     log.close()
     record = _strict_json((tmp_path / runs.LOG_FILE).read_text())
@@ -178,7 +178,7 @@ class DivergingTask(ToyTask):
 def test_a_nan_loss_stops_training_naming_the_run_and_step(tmp_path):
     with pytest.raises(ModelError, match=f"{tmp_path}: the training loss is nan at step 7"):
         train.train(DivergingTask(), TOY, tmp_path)
-    assert train.Checkpoints(tmp_path, read_only=True).latest_step("latest") == 5
+    assert run_files.Checkpoints(tmp_path, read_only=True).latest_step("latest") == 5
     for line in (tmp_path / runs.LOG_FILE).read_text().splitlines():
         _strict_json(line)
 
@@ -196,7 +196,7 @@ def test_a_damaged_checkpoint_is_one_model_error_naming_the_run(tmp_path, damage
         elif damage == "remove shards":
             shard.unlink()
     with pytest.raises(ModelError, match=f"{tmp_path}: its best checkpoint \\(step 10\\) is unreadable or corrupt"):
-        train.restore_model(tmp_path, ToyModel(nnx.Rngs(0)), "best")
+        run_files.restore_model(tmp_path, ToyModel(nnx.Rngs(0)), "best")
 
 
 def test_adam_with_l2_matches_pytorch_adam_and_adamw_is_decoupled():
@@ -244,7 +244,7 @@ def test_batch_size_must_match_the_task_and_devices(tmp_path):
 def test_optax_state_is_restored_not_reinitialised(tmp_path):
     """Resuming must restore Adam's moments: restarting them would change the next update."""
     train.train(ToyTask(), dataclasses.replace(TOY, steps=5), tmp_path)
-    checkpoints = train.Checkpoints(tmp_path, read_only=True)
+    checkpoints = run_files.Checkpoints(tmp_path, read_only=True)
     try:
         tx = train.make_optimizer(TOY)
         _, params, state = train.split_model(ToyModel(nnx.Rngs(0)))
@@ -294,7 +294,7 @@ def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert (resumed.best_step, resumed.best_mae) == (whole.best_step, whole.best_mae)
     task = ToyTask()
-    best = train.restore_model(tmp_path / "whole", ToyModel(nnx.Rngs(5)), "best")
+    best = run_files.restore_model(tmp_path / "whole", ToyModel(nnx.Rngs(5)), "best")
     found = np.abs(np.asarray(best(task.x[task.n :])) - task.y[task.n :]).mean()
     assert found == pytest.approx(whole.best_mae, rel=1e-5)  # the best checkpoint holds the validated average
     raw = final_state(tmp_path / "whole", "latest")

@@ -150,9 +150,9 @@ class FixedBatchTask:
         self.model_config, self.batch, self.examples_per_epoch = model_config, batch, len(batch["inputs"])
 
     def make_model(self, rngs):
-        from sscjax import runs
+        from sscjax.models import build_model
 
-        return runs.build_model(self.model_config, rngs)
+        return build_model(self.model_config, rngs)
 
     def loss(self, model, batch):
         return jnp.mean((model(batch["inputs"]) - batch["targets"]) ** 2)

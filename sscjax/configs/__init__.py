@@ -22,8 +22,12 @@ from sscjax.errors import ConfigError
 
 Decay = Literal["constant", "cosine"]
 ComputeDtype = Literal["float32", "bfloat16"]
+# Whose inference conventions a network follows: this project's, or those of the paper authors' published networks
+# (imported with `ssc weights import-authors`); each network's config says what each value means for it.
+Conventions = Literal["sscjax", "authors"]
 DECAYS = typing.get_args(Decay)
 COMPUTE_DTYPES = typing.get_args(ComputeDtype)
+AUTHORS: Conventions = "authors"
 
 
 def setting(
@@ -89,6 +93,10 @@ class ModelConfig:
     batch_norm_momentum: float | None = setting(
         None, "running-average momentum of every BatchNorm; not set: the network's own", minimum=0, maximum=1
     )
+    imported_from: str | None = setting(
+        None, "the weights file this network was imported from (ssc weights import-authors); not set: trained here"
+    )
+    imported_sha256: str | None = setting(None, "SHA-256 of that weights file")
 
 
 # The keyword arguments the presets give networks (ModelConfig.kwargs), documented once for the TOML files.

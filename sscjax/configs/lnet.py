@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from sscjax.configs import ModelConfig, TrainConfig, setting
+from sscjax.configs import Conventions, ModelConfig, TrainConfig, setting
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,12 @@ class LNetData:
     margin: int = setting(2, "slices kept between every level and a crop's first and last slice", minimum=0)
     noise: float = setting(0.0, "SD of Gaussian noise added to training crops, z-score units", minimum=0)
     stride: int = setting(4, "slices between inference windows", minimum=1)
+    conventions: Conventions = setting(
+        "sscjax",
+        'inference: "sscjax" z-scores each window, takes every window start up to the top one and reads outputs as '
+        'fractions of the window; "authors" (their published L-Net) z-scores the whole volume, starts windows at 0, '
+        "stride, ... below slices - crop and reads outputs as slices in the window",
+    )
 
 
 @dataclass(frozen=True)

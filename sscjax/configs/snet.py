@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sscjax.configs import ModelConfig, TrainConfig, setting
+from sscjax.configs import AUTHORS, Conventions, ModelConfig, TrainConfig, setting
 from sscjax.domain import AIR, SCORE_STEP
 from sscjax.errors import ConfigError
 
@@ -86,6 +86,11 @@ class SNetData:
         1.0, "1: every TOT group drawn equally often; 0: uniform (see sscjax.data.sampling)", minimum=0, maximum=1
     )
     augment: bool = setting(True, "randomly rotate, scale and shift every training sample")
+    conventions: Conventions = setting(
+        "sscjax",
+        'inference: "sscjax" resizes slices to image_size and reads outputs as percent / 100; "authors" (their '
+        "published S-Nets, without ImageNet normalisation) keeps each slice's own size and reads outputs as percent",
+    )
     lesions: SynthesisConfig = field(default_factory=SynthesisConfig)
     affine: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -145,3 +150,10 @@ class SNetConfig:
         )
     )
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+
+    def __post_init__(self):
+        if self.data.conventions == AUTHORS and self.model.kwargs.get("normalize_input"):
+            raise ConfigError(
+                'data.conventions "authors": the authors\' S-Nets take [0, 1] slices as they are; set '
+                "model.kwargs.normalize_input = false"
+            )

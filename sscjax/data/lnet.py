@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sscjax.configs import AUTHORS, Conventions
 from sscjax.domain import N_LEVELS
 from sscjax.errors import ConfigError
 from sscjax.io import Geometry, Scan, atomic_write, clip_hu, read_scan, resample, write_json
@@ -189,17 +190,23 @@ def check_crops(levels: LevelSet, crop: int, margin: int) -> None:
         )
 
 
-def zscored_crops(volumes: list[np.ndarray], starts: np.ndarray, crop: int) -> np.ndarray:
-    """(b, crop, y, x, 1) float32: crop i is volumes[i][starts[i]:starts[i] + crop], z-scored over its own voxels
-    (a constant crop becomes 0). Each crop is read twice, for its sums (exact int64 for int16 volumes) and straight
-    into the output; no float64 copy of the batch is made."""
+def moments(values: np.ndarray) -> tuple[float, float]:
+    """(mean, population SD) of an array's values, without a float64 copy (exact int64 sums for integers)."""
+    flat = np.asarray(values).reshape(-1)
+    accumulate = np.int64 if np.issubdtype(flat.dtype, np.integer) else np.float64
+    mean = flat.sum(dtype=accumulate) / flat.size
+    return float(mean), float(np.sqrt(max(np.einsum("i,i->", flat, flat, dtype=accumulate) / flat.size - mean**2, 0.0)))
+
+
+def zscored_crops(
+    volumes: list[np.ndarray], starts: np.ndarray, crop: int, scale: tuple[float, float] | None = None
+) -> np.ndarray:
+    """(b, crop, y, x, 1) float32: crop i is volumes[i][starts[i]:starts[i] + crop], z-scored over its own voxels, or
+    with `scale` = (mean, SD) given (a constant crop becomes 0). No float64 copy of the batch is made."""
     out = np.empty((len(starts), crop, *np.shape(volumes[0])[1:], 1), np.float32)
     for i, (volume, start) in enumerate(zip(volumes, starts)):
         block = np.asarray(volume[start : start + crop])
-        flat = block.reshape(-1)
-        accumulate = np.int64 if np.issubdtype(flat.dtype, np.integer) else np.float64
-        mean = flat.sum(dtype=accumulate) / flat.size
-        sd = np.sqrt(max(np.einsum("i,i->", flat, flat, dtype=accumulate) / flat.size - mean**2, 0.0))
+        mean, sd = moments(block) if scale is None else scale
         np.subtract(block[..., None], mean, out=out[i], dtype=np.float32)
         out[i] /= np.float32(sd if sd > 1e-6 else 1.0)
     return out
@@ -211,15 +218,22 @@ def training_crops(levels: LevelSet, rows: np.ndarray, starts: np.ndarray, crop:
     return zscored_crops([levels.volumes[r].array for r in rows], starts, crop), targets
 
 
-def window_starts(n_slices: int, crop: int, stride: int) -> np.ndarray:
-    """First slices of the sliding windows: 0, stride, ... and always the last possible start."""
+def window_starts(n_slices: int, crop: int, stride: int, conventions: Conventions = "sscjax") -> np.ndarray:
+    """First slices of the sliding windows: 0, stride, ... and always the last possible start; with the authors'
+    conventions 0, stride, ... while start < n_slices - crop (their code's: the window flush with the top is left out)."""
+    if conventions == AUTHORS:
+        starts = np.arange(0, n_slices - crop, stride)
+        if not starts.size:
+            raise ConfigError(f"the authors' L-Net windows of {crop} slices need a volume of more; it has {n_slices}")
+        return starts
     starts = np.arange(0, n_slices - crop + 1, stride)
     return np.unique(np.append(starts, n_slices - crop))
 
 
-def windows(volume: np.ndarray, starts: np.ndarray, crop: int) -> np.ndarray:
-    """The z-scored windows (w, crop, y, x, 1) of a volume at `starts`."""
-    return zscored_crops([volume] * len(starts), starts, crop)
+def windows(volume: np.ndarray, starts: np.ndarray, crop: int, scale: tuple[float, float] | None = None) -> np.ndarray:
+    """The windows (w, crop, y, x, 1) of a volume at `starts`, each z-scored over its own voxels, or with `scale` =
+    (mean, SD) of the whole volume (the authors' conventions)."""
+    return zscored_crops([volume] * len(starts), starts, crop, scale)
 
 
 def median_positions(window_positions: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -26,12 +26,6 @@ def score_groups(tot: np.ndarray, bin_width: float = DEFAULT_BIN_WIDTH) -> np.nd
     return np.floor(np.asarray(tot, dtype=np.float64) / bin_width + 0.5).astype(np.int64)
 
 
-def balanced_probabilities(tot: np.ndarray, bin_width: float = DEFAULT_BIN_WIDTH) -> np.ndarray:
-    """(N,) sampling probability of each sample: 1 / (number of groups * size of its group)."""
-    _, inverse, counts = np.unique(score_groups(tot, bin_width), return_inverse=True, return_counts=True)
-    return 1.0 / (len(counts) * counts[inverse])
-
-
 class Sampler:
     """Draws sample indices: balanced over TOT groups (a group, uniform or tempered by `power`, then a uniform
     member) or uniform."""

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sscjax.configs import ModelConfig
 from sscjax.errors import ConfigError, ModelError
 from sscjax.models.convert import assign_state, check_npz, read_state_dict, torchvision_convnext_keys
 from sscjax.models.convnext import CONVNEXT_VARIANTS, ConvNeXt, torchvision_config
@@ -255,3 +256,15 @@ def load_weights(path: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[s
     assign_state(model, arrays, {k: (p, "same") for k, p in _weight_paths(model).items()}, str(path))
     model.eval()
     return model, meta
+
+
+def build_model(model: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The network a config names, from the registry, with its dropout rate and BatchNorm momentum overridden if
+    asked."""
+    network = create_model(model.name, rngs=rngs, **model.kwargs)
+    for _, module in nnx.iter_modules(network):
+        if isinstance(module, nnx.Dropout) and model.dropout is not None:
+            module.rate = model.dropout
+        if isinstance(module, nnx.BatchNorm) and model.batch_norm_momentum is not None:
+            module.momentum = model.batch_norm_momentum
+    return network
