@@ -82,12 +82,11 @@ def _cell_number(value: Any) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
-    """The patients of a Goh-score spreadsheet (first sheet unless `sheet`); SscError/CohortError if unusable."""
+def _sheet_rows(path: Path, sheet: str | None) -> list[tuple]:
+    """The cell values of a workbook's sheet (the first unless `sheet`), row by row; SscError if unreadable."""
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
-    path = Path(path)
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except FileNotFoundError:
@@ -97,9 +96,28 @@ def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
     try:
         if sheet is not None and sheet not in book.sheetnames:
             raise SscError(f"{path}: no sheet '{sheet}' (sheets: {', '.join(book.sheetnames)})")
-        rows = list((book[sheet] if sheet else book.worksheets[0]).iter_rows(values_only=True))
+        return list((book[sheet] if sheet else book.worksheets[0]).iter_rows(values_only=True))
     finally:
         book.close()
+
+
+def _goh_row(where: str, number: int, pat_id: str, cells: list, column: dict[str, int]) -> GohRow:
+    """One patient's row of numbers; ValueError naming the cells that are not numbers."""
+    values = {name: _cell_number(cells[column[name]]) for name in GOH_COLUMNS[1:]}
+    bad = [
+        f"{name} = {_cell_text(cells[column[name]]) or 'empty'!r}" for name in GOH_COLUMNS[1:] if values[name] is None
+    ]
+    if bad:
+        raise ValueError(f"{where} row {number}: not a number: {', '.join(bad)}")
+    positions = np.array([values[f"L{n}_pos"] for n in LEVELS])
+    scores = np.array([[values[f"L{n}_{s}"] for s in SCORE_SUFFIXES] for n in LEVELS])
+    return GohRow(number, pat_id, positions, scores)
+
+
+def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
+    """The patients of a Goh-score spreadsheet (first sheet unless `sheet`); SscError/CohortError if unusable."""
+    path = Path(path)
+    rows = _sheet_rows(path, sheet)
     if not rows:
         raise SscError(f"{path}: the sheet is empty")
     header = {_cell_text(name).lower(): k for k, name in enumerate(rows[0]) if _cell_text(name)}
@@ -123,18 +141,10 @@ def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
             problems.append(f"{path} row {number}: PatID {pat_id} is the patient of row {seen[key]} again")
             continue
         seen[key] = number
-        values = {name: _cell_number(cells[column[name]]) for name in GOH_COLUMNS[1:]}
-        bad = [
-            f"{name} = {_cell_text(cells[column[name]]) or 'empty'!r}"
-            for name in GOH_COLUMNS[1:]
-            if values[name] is None
-        ]
-        if bad:
-            problems.append(f"{path} row {number}: not a number: {', '.join(bad)}")
-            continue
-        positions = np.array([values[f"L{n}_pos"] for n in LEVELS])
-        scores = np.array([[values[f"L{n}_{s}"] for s in SCORE_SUFFIXES] for n in LEVELS])
-        patients.append(GohRow(number, pat_id, positions, scores))
+        try:
+            patients.append(_goh_row(str(path), number, pat_id, cells, column))
+        except ValueError as e:
+            problems.append(str(e))
     if problems:
         raise CohortError(problems)
     return patients

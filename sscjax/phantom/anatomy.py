@@ -9,7 +9,7 @@ L4 = halfway between L3 and L5.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -272,24 +272,33 @@ class Mediastinum:
     landmarks: dict  # centrelines that define levels: arch, great_vessels, superior_veins, bronchi
 
 
-def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum:
-    """Trachea and main bronchi, aorta with arch and great vessels, pulmonary trunk and arteries,
-    pulmonary veins, SVC and brachiocephalic veins, oesophagus and clavicles."""
-    l1, zc, l3 = an.levels[0], an.levels[1], an.levels[2]
+@dataclass
+class _Tubes:
+    """The mediastinum's tubes as they are drawn, and grown copies of the organs the lungs must stay out of."""
+
+    parts: list[Spheres] = field(default_factory=list)
+    keep: list[Spheres] = field(default_factory=list)
+
+    def add(self, points, radii, code: int, margin: float = 3.0) -> None:
+        """An organ: drawn, and kept clear of lung by `margin` mm."""
+        self.parts.append(tube(points, radii, code))
+        self.keep.append(tube(points, np.asarray(radii) + margin, code))
+
+    def draw(self, points, radii, code: int) -> None:
+        """A structure inside an organ already added (a lumen) or outside the lungs' reach (bone)."""
+        self.parts.append(tube(points, radii, code))
+
+
+def _airways(an: Anatomy, tubes: _Tubes, z_top: float) -> list[np.ndarray]:
+    """Trachea down to just above the carina and the two main bronchi, which start inside it and split exactly at
+    z = carina: the bronchi's centrelines (right, left)."""
+    zc = an.levels[1]
     xt, yt = an.trachea_xy
     rt, wall = an.trachea_r, an.trachea_wall
-    z_top += 20
-    parts, keep = [], []
-
-    def add(points, radii, code, margin=3.0):
-        parts.append(tube(points, radii, code))
-        keep.append(tube(points, np.asarray(radii) + margin, code))
-
-    # trachea down to just above the carina; the bronchi start inside it and split exactly at z = carina
     split_h = 2.0 * rt
-    add([[xt, yt, z_top], [xt, yt, zc + split_h]], rt + wall, WALL)
-    parts.append(tube([[xt, yt, z_top], [xt, yt, zc + split_h]], rt, LUMEN))
-    bronchus_ends, bronchi = [], []
+    tubes.add([[xt, yt, z_top], [xt, yt, zc + split_h]], rt + wall, WALL)
+    tubes.draw([[xt, yt, z_top], [xt, yt, zc + split_h]], rt, LUMEN)
+    bronchi = []
     for side, sign in ((0, -1.0), (1, 1.0)):
         rb, ang, length = an.bronchus_r[side], an.bronchus_angle[side], an.bronchus_len[side]
         offset = rb / np.cos(ang) + 0.4
@@ -297,12 +306,17 @@ def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum
         p1 = np.array([xt + sign * offset, yt, zc])
         direction = np.array([sign * np.sin(ang), 0.12, -np.cos(ang)])
         p2 = p1 + length * direction / np.linalg.norm(direction)
-        add([p0, p1, p2], [rt + wall, rb + wall, rb + wall], WALL)
-        parts.append(tube([p0, p1, p2], [rt, rb, rb], LUMEN))
-        bronchus_ends.append(p2)
+        tubes.add([p0, p1, p2], [rt + wall, rb + wall, rb + wall], WALL)
+        tubes.draw([p0, p1, p2], [rt, rb, rb], LUMEN)
         bronchi.append(np.array([p0, p1, p2]))
+    return bronchi
 
-    # aorta: ascending (front right), arch over the left main bronchus passing left of the trachea, descending
+
+def _aorta(an: Anatomy, tubes: _Tubes, z_bottom: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending aorta (front right), the arch over the left main bronchus passing left of the trachea, and the
+    descending aorta: (the ascending aorta's x y, the arch's centreline)."""
+    l1, zc, l3 = an.levels[0], an.levels[1], an.levels[2]
+    xt, yt = an.trachea_xy
     r_asc, r_arch, r_desc = an.aorta_r
     y_vb, r_vb = an.spine(zc)
     asc = np.array([an.x_mid - 8.0, yt - 45.0])
@@ -310,7 +324,7 @@ def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum
     desc = np.array([an.x_mid + dx_desc, y_vb - np.sqrt(max((r_vb + r_desc + 4) ** 2 - dx_desc**2, 0.0))])
     z_arch_top = l1 - r_arch  # centreline top; its upper surface (vessel origins) at L1
     z_arch_base = z_arch_top - an.arch_height
-    mid = np.array([xt + rt + wall + r_arch + 6.0, yt - 4.0])
+    mid = np.array([xt + an.trachea_r + an.trachea_wall + r_arch + 6.0, yt - 4.0])
     ctrl = 2 * mid - (asc + desc) / 2
     path = _bezier(asc, ctrl, desc, 41)
     s = np.linspace(0, 1, 41)
@@ -318,106 +332,123 @@ def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum
     root = [asc[0] + 4.0, asc[1] + 14.0, l3 - 22.0]
     aorta = np.vstack([[root, [asc[0], asc[1], z_arch_base - 10]], arch, [[desc[0] - 4, desc[1], z_bottom - 20]]])
     radii = np.concatenate([[r_asc, r_asc], np.interp(s, [0, 0.5, 1], [r_asc, r_arch, r_desc]), [r_desc]])
-    add(aorta, radii, BLOOD, margin=4.0)
+    tubes.add(aorta, radii, BLOOD, margin=4.0)
+    return asc, arch
 
-    # great vessels from the top of the arch: brachiocephalic trunk, left common carotid, left subclavian
+
+def _great_vessels(an: Anatomy, tubes: _Tubes, arch: np.ndarray, z_top: float) -> list[np.ndarray]:
+    """Brachiocephalic trunk (with the right carotid and subclavian), left common carotid and left subclavian
+    from the top of the arch: the three trunks' centrelines."""
+    l1 = an.levels[0]
+    xt, yt = an.trachea_xy
+    rt = an.trachea_r
     top_i = int(np.argmax(arch[:, 2]))
     origins = [arch[top_i - 11], arch[top_i], arch[top_i + 9]]
     bct_end = np.array([xt - rt - 12.0, yt - 14.0, l1 + 38.0])
+    shoulder = [[0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0], [0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0]]
     great_vessels = [
         np.array([origins[0], [origins[0][0] - 9, origins[0][1] - 2, l1 + 12], bct_end]),
         np.array([origins[1], [xt + rt + 6.0, yt - 10.0, l1 + 18], [xt + rt + 8.0, yt - 6.0, z_top]]),
         np.array(
-            [
-                origins[2],
-                [xt + rt + 16.0, yt + 4.0, l1 + 26.0],
-                [an.x_mid + 0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0],
-                [an.x_mid + 0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0],
-            ]
+            [origins[2], [xt + rt + 16.0, yt + 4.0, l1 + 26.0], *([an.x_mid + dx, y, z] for dx, y, z in shoulder)]
         ),
     ]
-    add(great_vessels[0], [6.5, 6.5, 6.0], BLOOD)
-    add([bct_end, [xt - rt - 14.0, yt - 8.0, z_top]], 4.0, BLOOD)  # right carotid
-    add(
-        [
-            bct_end,
-            [an.x_mid - 0.55 * an.cav_half_x, yt - 2.0, l1 + 48.0],
-            [an.x_mid - 0.95 * an.cav_half_x, yt - 12.0, l1 + 52.0],
-        ],
-        4.5,
-        BLOOD,
-    )  # right subclavian
-    add(great_vessels[1], 4.0, BLOOD)  # left common carotid
-    add(great_vessels[2], 5.0, BLOOD)  # left subclavian
+    tubes.add(great_vessels[0], [6.5, 6.5, 6.0], BLOOD)
+    tubes.add([bct_end, [xt - rt - 14.0, yt - 8.0, z_top]], 4.0, BLOOD)  # right carotid
+    tubes.add([bct_end, *([an.x_mid - dx, y, z] for dx, y, z in shoulder)], 4.5, BLOOD)  # right subclavian
+    tubes.add(great_vessels[1], 4.0, BLOOD)  # left common carotid
+    tubes.add(great_vessels[2], 5.0, BLOOD)  # left subclavian
+    return great_vessels
 
-    # veins: superior vena cava right of the ascending aorta; left brachiocephalic vein crossing in front
-    svc_x, svc_y = asc[0] - r_asc - 11.0, asc[1] + 10.0
-    add([[svc_x, svc_y, l3 - 20.0], [svc_x, svc_y, l1 + 20.0], [svc_x - 6, svc_y + 4, z_top]], 9.0, BLOOD)
-    add(
-        [
-            [svc_x, svc_y, l1 + 20.0],
-            [an.x_mid + 10.0, asc[1] - 12.0, l1 + 26.0],
-            [an.x_mid + 45.0, yt - 20.0, l1 + 32.0],
-            [an.x_mid + 50.0, yt - 14.0, z_top],
-        ],
-        6.0,
-        BLOOD,
-    )
 
-    # pulmonary trunk from the right ventricle up to its bifurcation below the carina; arteries to the hila
+def _systemic_veins(an: Anatomy, tubes: _Tubes, asc: np.ndarray, z_top: float) -> None:
+    """Superior vena cava right of the ascending aorta; the left brachiocephalic vein crossing in front."""
+    l1, l3 = an.levels[0], an.levels[2]
+    yt = an.trachea_xy[1]
+    svc_x, svc_y = asc[0] - an.aorta_r[0] - 11.0, asc[1] + 10.0
+    tubes.add([[svc_x, svc_y, l3 - 20.0], [svc_x, svc_y, l1 + 20.0], [svc_x - 6, svc_y + 4, z_top]], 9.0, BLOOD)
+    crossing = [
+        [svc_x, svc_y, l1 + 20.0],
+        [an.x_mid + 10.0, asc[1] - 12.0, l1 + 26.0],
+        [an.x_mid + 45.0, yt - 20.0, l1 + 32.0],
+        [an.x_mid + 50.0, yt - 14.0, z_top],
+    ]
+    tubes.add(crossing, 6.0, BLOOD)
+
+
+def _pulmonary_arteries(an: Anatomy, tubes: _Tubes, asc: np.ndarray, bronchi: list[np.ndarray]) -> tuple:
+    """Pulmonary trunk from the right ventricle up to its bifurcation below the carina, arteries to the hila: the
+    (right, left) hilum points where the lung artery trees start."""
+    zc, l3 = an.levels[1], an.levels[2]
+    xt, yt = an.trachea_xy
     fork = np.array([an.x_mid + 12.0, yt - 24.0, zc - 14.0])
-    add([[an.x_mid + 24.0, asc[1] - 4.0, l3 - 10.0], [an.x_mid + 20.0, asc[1] + 4.0, zc - 22.0], fork], an.pa_r, BLOOD)
-    right_end, left_end = bronchus_ends
+    trunk = [[an.x_mid + 24.0, asc[1] - 4.0, l3 - 10.0], [an.x_mid + 20.0, asc[1] + 4.0, zc - 22.0], fork]
+    tubes.add(trunk, an.pa_r, BLOOD)
+    right_end, left_end = (b[-1] for b in bronchi)
     hilum_r = right_end + np.array([-8.0, -14.0, -6.0])
     hilum_l = left_end + np.array([4.0, -12.0, 10.0])
-    add([fork, [xt - 2.0, yt - 22.0, zc - 20.0], hilum_r], 0.75 * an.pa_r, BLOOD)
-    add([fork, [left_end[0] - 6.0, left_end[1] - 14.0, left_end[2] + 14.0], hilum_l], 0.7 * an.pa_r, BLOOD)
+    tubes.add([fork, [xt - 2.0, yt - 22.0, zc - 20.0], hilum_r], 0.75 * an.pa_r, BLOOD)
+    tubes.add([fork, [left_end[0] - 6.0, left_end[1] - 14.0, left_end[2] + 14.0], hilum_l], 0.7 * an.pa_r, BLOOD)
+    return hilum_r, hilum_l
 
-    # pulmonary veins: the superior pair joins the left atrium at L3 (the venous confluence), the inferior below
+
+def _pulmonary_veins(an: Anatomy, tubes: _Tubes) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The superior pair joins the left atrium at L3 (the venous confluence), the inferior pair below: (the four
+    veins' ends in the hila, the superior veins' centrelines)."""
+    l3 = an.levels[2]
     la_x, la_y = an.x_mid + 6.0, an.left_atrium_y
     vein_roots, superior_veins = [], []
     for dz, dy in ((0.0, -2.0), (-13.0, 6.0)):
         for sign in (-1.0, 1.0):
             start = np.array([la_x + sign * 18.0 * an.size, la_y, l3 + dz])
             end = np.array([la_x + sign * (52.0 + 8 * (sign > 0)) * an.size, la_y + dy, l3 + dz + 1.0])
-            add([start, end], 6.5 * an.size, BLOOD)
+            tubes.add([start, end], 6.5 * an.size, BLOOD)
             vein_roots.append(end)
             if dz == 0.0:
                 superior_veins.append(np.array([start, end]))
+    return vein_roots, superior_veins
 
-    # oesophagus behind the trachea, then behind the left atrium to the hiatus
-    ye = yt + rt + wall + 8.0
-    add(
-        [
-            [xt + 3.0, ye, z_top],
-            [xt + 4.0, ye, zc - 10],
-            [la_x + 2.0, la_y + 16.0 * an.size + 10.0, l3 - 30],
-            [an.x_mid + 18.0, la_y + 20.0, an.dome_l - 25.0],
-        ],
-        7.0,
-        MUSCLE,
-        margin=2.0,
-    )
 
-    # clavicles from the manubrium out to the shoulders
+def _oesophagus_and_clavicles(an: Anatomy, tubes: _Tubes, z_top: float) -> None:
+    """The oesophagus behind the trachea, then behind the left atrium to the hiatus; the clavicles from the
+    manubrium out to the shoulders."""
+    l1, zc, l3 = an.levels[0], an.levels[1], an.levels[2]
+    xt, yt = an.trachea_xy
+    la_x, la_y = an.x_mid + 6.0, an.left_atrium_y
+    ye = yt + an.trachea_r + an.trachea_wall + 8.0
+    path = [
+        [xt + 3.0, ye, z_top],
+        [xt + 4.0, ye, zc - 10],
+        [la_x + 2.0, la_y + 16.0 * an.size + 10.0, l3 - 30],
+        [an.x_mid + 18.0, la_y + 20.0, an.dome_l - 25.0],
+    ]
+    tubes.add(path, 7.0, MUSCLE, margin=2.0)
     _, front, _ = an.rib_outer(l1 + 30)
     for sign in (-1.0, 1.0):
-        parts.append(
-            tube(
-                [
-                    [an.x_mid + sign * 22.0, an.y0 - front + 2.0, l1 + 28.0],
-                    [an.x_mid + sign * 0.6 * an.cav_half_x, an.y0 - front - 4.0, l1 + 40.0],
-                    [an.x_mid + sign * 1.05 * an.cav_half_x, an.y0 - 0.3 * front, l1 + 52.0],
-                ],
-                6.0,
-                CORTEX,
-            )
-        )
+        clavicle = [
+            [an.x_mid + sign * 22.0, an.y0 - front + 2.0, l1 + 28.0],
+            [an.x_mid + sign * 0.6 * an.cav_half_x, an.y0 - front - 4.0, l1 + 40.0],
+            [an.x_mid + sign * 1.05 * an.cav_half_x, an.y0 - 0.3 * front, l1 + 52.0],
+        ]
+        tubes.draw(clavicle, 6.0, CORTEX)
 
+
+def build_mediastinum(an: Anatomy, z_top: float, z_bottom: float) -> Mediastinum:
+    """Trachea and main bronchi, aorta with arch and great vessels, pulmonary trunk and arteries,
+    pulmonary veins, SVC and brachiocephalic veins, oesophagus and clavicles."""
+    z_top += 20
+    tubes = _Tubes()
+    bronchi = _airways(an, tubes, z_top)
+    asc, arch = _aorta(an, tubes, z_bottom)
+    great_vessels = _great_vessels(an, tubes, arch, z_top)
+    _systemic_veins(an, tubes, asc, z_top)
+    artery_roots = _pulmonary_arteries(an, tubes, asc, bronchi)
+    vein_roots, superior_veins = _pulmonary_veins(an, tubes)
+    _oesophagus_and_clavicles(an, tubes, z_top)
     return Mediastinum(
-        tubes=Spheres.concat(parts),
-        keep_out=Spheres.concat(keep),
-        artery_roots=(hilum_r, hilum_l),
+        tubes=Spheres.concat(tubes.parts),
+        keep_out=Spheres.concat(tubes.keep),
+        artery_roots=artery_roots,
         vein_roots=tuple(vein_roots),
         landmarks={"arch": arch, "great_vessels": great_vessels, "superior_veins": superior_veins, "bronchi": bronchi},
     )
