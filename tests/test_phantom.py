@@ -11,8 +11,8 @@ from scipy import ndimage
 
 from sscjax import io
 from sscjax.errors import ConfigError, SscError
-from sscjax.phantom import anatomy as A
 from sscjax.phantom import generate_patient, patient_seed, write_cohort
+from sscjax.phantom.anatomy import ABDOMEN, AIR, BLOOD, CORTEX, FAT, LIVER, LUMEN, MUSCLE
 from sscjax.phantom.fields import SliceGrid
 from sscjax.phantom.patient import build_patient, level_truth, round_half_up_5
 from sscjax.phantom.presets import get_preset
@@ -115,7 +115,7 @@ def test_carina_splits_the_trachea_at_L2(seed):
     zc = model.anatomy.levels[1]
     counts = {}
     for dz in (-2.0, 4.0, 20.0):
-        air = drawer.draw(zc + dz).labels == A.LUMEN
+        air = drawer.draw(zc + dz).labels == LUMEN
         counts[dz] = ndimage.label(air)[1]
     assert counts == {-2.0: 2, 4.0: 1, 20.0: 1}
 
@@ -130,14 +130,14 @@ def test_great_vessels_arise_from_the_arch_at_L1(seed):
     r_arch = model.anatomy.aorta_r[1]
     assert arch[:, 2].max() + r_arch == pytest.approx(l1), "the arch's upper surface is at L1"
     # below L1 the slice cuts the arch lengthwise: one long blood region; above, three separate round vessels
-    below = drawer.draw(l1 - 6).labels == A.BLOOD
+    below = drawer.draw(l1 - 6).labels == BLOOD
     comp, _ = ndimage.label(below)
     top = arch[np.argmax(arch[:, 2])]
     region = comp == comp[_pixel(drawer, top[:2])]
     assert comp[_pixel(drawer, top[:2])] > 0
     ys, xs = np.nonzero(region)
     assert np.hypot(np.ptp(xs), np.ptp(ys)) * 0.5 > 35, "the arch runs front-right to back-left"
-    above = drawer.draw(l1 + 8).labels == A.BLOOD
+    above = drawer.draw(l1 + 8).labels == BLOOD
     comp, _ = ndimage.label(above)
     ids = [comp[_pixel(drawer, _at(v, l1 + 8))] for v in lm["great_vessels"]]
     assert min(ids) > 0 and len(set(ids)) == 3, "three great vessels, separate"
@@ -150,7 +150,7 @@ def test_superior_pulmonary_veins_join_the_left_atrium_at_L3(seed):
     drawer = _fine(model, half=110.0)
     l3 = model.anatomy.levels[2]
     labels = drawer.draw(l3).labels
-    comp, _ = ndimage.label(labels == A.BLOOD)
+    comp, _ = ndimage.label(labels == BLOOD)
     la = model.anatomy.heart_parts()[2][0]
     atrium = comp[_pixel(drawer, la[:2])]
     assert atrium > 0
@@ -170,8 +170,8 @@ def test_L5_lies_10mm_above_the_right_dome(seed):
     assert an.levels[4] == pytest.approx(dome + 10)
     just_below = drawer.draw(dome - 1.0)
     just_above = drawer.draw(dome + 1.0)
-    assert (just_below.labels == A.LIVER).sum() > 0, "the liver dome shows just under the dome top"
-    assert (just_above.labels == A.LIVER).sum() == 0 and (just_above.labels == A.ABDOMEN).sum() == 0
+    assert (just_below.labels == LIVER).sum() > 0, "the liver dome shows just under the dome top"
+    assert (just_above.labels == LIVER).sum() == 0 and (just_above.labels == ABDOMEN).sum() == 0
     at_l5 = drawer.draw(an.levels[4])
     assert at_l5.lung[_pixel(drawer, (xr, yd))], "lung above the right dome at L5"
 
@@ -190,11 +190,11 @@ def test_hu_of_tissues_are_plausible(case):
 
     healthy = ndimage.binary_erosion(case.lung_mask[k].astype(bool) & (case.lesion_mask[k] == 0), iterations=2)
     assert -900 < np.median(hu[healthy]) < -780
-    assert -130 < median(A.FAT) < -60
-    assert 20 < median(A.MUSCLE) < 70
-    assert median(A.AIR) < -970
-    assert hu[labels == A.CORTEX].max() > 300 and hu.max() > 500
-    air = ndimage.binary_erosion(labels == A.AIR, iterations=3)
+    assert -130 < median(FAT) < -60
+    assert 20 < median(MUSCLE) < 70
+    assert median(AIR) < -970
+    assert hu[labels == CORTEX].max() > 300 and hu.max() > 500
+    air = ndimage.binary_erosion(labels == AIR, iterations=3)
     assert 3 < hu[air].std() < 30
 
 

@@ -128,8 +128,8 @@ def read_goh_sheet(path: str | Path, sheet: str | None = None) -> list[GohRow]:
     patients: list[GohRow] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for number, cells in enumerate(rows[1:], start=2):
-        cells = list(cells) + [None] * (len(rows[0]) - len(cells))
+    for number, row in enumerate(rows[1:], start=2):
+        cells = [*row, *[None] * (len(rows[0]) - len(row))]
         if all(_cell_text(c) == "" for c in cells):
             continue
         pat_id = _cell_text(cells[column["PatID"]])

@@ -10,20 +10,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sscjax.phantom import anatomy as A
-from sscjax.phantom.anatomy import Anatomy, Mediastinum
+from sscjax.phantom.anatomy import (
+    ABDOMEN,
+    AIR,
+    APEX_HEIGHT,
+    APEX_RADIUS,
+    BLOOD,
+    CARTILAGE,
+    CORTEX,
+    CSF,
+    DISC,
+    FAT,
+    FOAM,
+    LIVER,
+    LUMEN,
+    LUNG,
+    MARROW,
+    MUSCLE,
+    TABLE,
+    WALL,
+    Anatomy,
+    Mediastinum,
+)
 from sscjax.phantom.disease import GG, RET, Disease
 from sscjax.phantom.fields import SliceGrid, Spheres, rasterise_disks, superellipse
 
 MEDFAT = 16  # fat inside the thorax (mediastinum, pericardium)
-NESTED_LABELS = np.array([A.AIR, A.FAT, A.MUSCLE, MEDFAT], np.uint8)  # by depth: outside, fat, muscle, cavity
+NESTED_LABELS = np.array([AIR, FAT, MUSCLE, MEDFAT], np.uint8)  # by depth: outside, fat, muscle, cavity
 HU_OF_LABEL = np.array(
     [-1000, 120, -930, -100, 45, 130, 230, 750, 40, 55, -1000, -850, 60, 30, 10, 85, -95], dtype=np.float32
 )
-LUNG_TUBE_HU = ((A.BLOOD, 40.0), (A.WALL, 30.0), (A.LUMEN, -990.0))  # vessels, then bronchial walls and air
+LUNG_TUBE_HU = ((BLOOD, 40.0), (WALL, 30.0), (LUMEN, -990.0))  # vessels, then bronchial walls and air
 LUNG_HU = -862.0  # parenchyma, anterior; the dependent (posterior) lung is denser
 LUNG_GRAVITY_HU = 28.0
-TUBE_ORDER = (A.MUSCLE, A.BLOOD, A.CORTEX, A.WALL, A.LUMEN)
+TUBE_ORDER = (MUSCLE, BLOOD, CORTEX, WALL, LUMEN)
 BIG_VESSEL_MM = 2.5  # lung vessels this thick also show in the hilar fat
 HU_LIMITS = (-1024.0, 3071.0)
 TRIANGULAR_STD = float(np.sqrt(2 * (256**2 - 1) / 12))
@@ -90,18 +110,18 @@ def _spine(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
     d2 = dx**2 + (yy - y_vb) ** 2
     bone = an.in_vertebra(z)
     if bone:
-        sub[d2 <= r_vb**2] = A.MARROW
-        sub[(d2 <= r_vb**2) & (d2 > (r_vb - 1.6) ** 2)] = A.CORTEX
+        sub[d2 <= r_vb**2] = MARROW
+        sub[(d2 <= r_vb**2) & (d2 > (r_vb - 1.6) ** 2)] = CORTEX
     else:
-        sub[d2 <= r_vb**2] = A.DISC
+        sub[d2 <= r_vb**2] = DISC
     yc = y_vb + r_vb + 8.5
     dc2 = dx**2 + (yy - yc) ** 2
-    sub[(dc2 <= 12.5**2) & (yy > y_vb + r_vb - 4)] = A.CORTEX
+    sub[(dc2 <= 12.5**2) & (yy > y_vb + r_vb - 4)] = CORTEX
     if bone:
-        sub[(np.abs(yy - yc + 1) < 4.5) & (np.abs(dx) > 9) & (np.abs(dx) < 30)] = A.CORTEX
+        sub[(np.abs(yy - yc + 1) < 4.5) & (np.abs(dx) > 9) & (np.abs(dx) < 30)] = CORTEX
     if ((z - an.vertebra_phase - 8.0) / an.vertebra_pitch) % 1.0 > 0.35:
-        sub[(np.abs(dx) < 3.5) & (yy > yc + 9) & (yy < yc + 38)] = A.CORTEX
-    sub[dc2 <= 7.0**2] = A.CSF
+        sub[(np.abs(dx) < 3.5) & (yy > yc + 9) & (yy < yc + 38)] = CORTEX
+    sub[dc2 <= 7.0**2] = CSF
 
 
 def _sternum(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
@@ -115,8 +135,8 @@ def _sternum(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
     rows, cols = grid.rows(cy - half_y, cy + half_y), grid.cols(an.x_mid - half_x, an.x_mid + half_x)
     e = ((grid.x[cols] - an.x_mid)[None, :] / half_x) ** 2 + ((grid.y[rows] - cy)[:, None] / half_y) ** 2
     sub = lab[rows, cols]
-    sub[e <= 1] = A.CORTEX
-    sub[e <= 0.55] = A.MARROW
+    sub[e <= 1] = CORTEX
+    sub[e <= 0.55] = MARROW
 
 
 def _scapulae(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
@@ -134,7 +154,7 @@ def _scapulae(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float) -> None:
     dx = np.abs(grid.x - an.x_mid)
     plate &= ((dx > a * (0.75 - 0.4 * tip)) & (dx < a * (0.8 + 0.15 * tip)))[None, :]
     sub = lab[rows]
-    sub[plate & (sub != A.AIR)] = A.CORTEX
+    sub[plate & (sub != AIR)] = CORTEX
 
 
 def _ribs(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float, ring: np.ndarray, rho_c: np.ndarray) -> None:
@@ -154,9 +174,9 @@ def _ribs(lab: np.ndarray, an: Anatomy, grid: SliceGrid, z: float, ring: np.ndar
     cartilage = (dy < 0) & (np.abs(dx) < 0.32 * a)
     flat = lab.reshape(-1)
     idx = iy * lab.shape[1] + ix
-    flat[idx[rib & cartilage]] = A.CARTILAGE
-    flat[idx[rib & ~cartilage & cortex]] = A.CORTEX
-    flat[idx[rib & ~cartilage & ~cortex]] = A.MARROW
+    flat[idx[rib & cartilage]] = CARTILAGE
+    flat[idx[rib & ~cartilage & cortex]] = CORTEX
+    flat[idx[rib & ~cartilage & ~cortex]] = MARROW
 
 
 def _interp_matrix(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
@@ -218,7 +238,7 @@ class SliceDrawer:
         labels = np.zeros(grid.shape, np.uint8)
         dy = grid.y - model.table_y
         wide = np.abs(grid.x - model.table_x) < 230.0
-        for lo, hi, code in ((0.0, 4.0, A.TABLE), (4.0, 38.0, A.FOAM), (38.0, 42.0, A.TABLE)):
+        for lo, hi, code in ((0.0, 4.0, TABLE), (4.0, 38.0, FOAM), (38.0, 42.0, TABLE)):
             labels[np.ix_((dy >= lo) & (dy < hi), wide)] = code
         self.labels, self.hu = labels, HU_OF_LABEL[labels]
 
@@ -260,15 +280,15 @@ def _draw_body(model: PatientModel, grid: SliceGrid, z: float, force: str | None
     below = _below_diaphragm(an, grid, z)
     if below is not None:
         _abdomen(lab, an, grid, cavity & below)
-    _put(lab, _lung_domain(an, model.mediastinum, grid, z, cavity, below), A.LUNG)
+    _put(lab, _lung_domain(an, model.mediastinum, grid, z, cavity, below), LUNG)
     heart = _ellipses(grid, an.heart_parts(), z, 0.0) & cavity
-    _put(lab, heart if below is None else heart & ~below, A.BLOOD)
+    _put(lab, heart if below is None else heart & ~below, BLOOD)
     vessels = _tubes(lab, model, grid, z)
     _ribs(lab, an, grid, z, ring, rho_c)
     _scapulae(lab, an, grid, z)
     _spine(lab, an, grid, z)
     _sternum(lab, an, grid, z)
-    lung = lab == A.LUNG
+    lung = lab == LUNG
     hu = HU_OF_LABEL[lab]
     lung_hu, lesion = _lung_hu(model, grid, z, lung, rho_c, vessels, force)
     hu += lung * (lung_hu - hu)
@@ -297,8 +317,8 @@ def _below_diaphragm(an: Anatomy, grid: SliceGrid, z: float) -> np.ndarray | Non
 def _abdomen(lab: np.ndarray, an: Anatomy, grid: SliceGrid, abdomen: np.ndarray) -> None:
     """Liver (right) and other upper-abdominal tissue below the diaphragm."""
     liver = grid.x[None, :] < an.x_mid + an.liver_split - 0.3 * (grid.y[:, None] - an.y0)
-    _put(lab, abdomen & liver, A.LIVER)
-    _put(lab, abdomen & ~liver, A.ABDOMEN)
+    _put(lab, abdomen & liver, LIVER)
+    _put(lab, abdomen & ~liver, ABDOMEN)
 
 
 def lung_domain(an: Anatomy, med: Mediastinum, grid: SliceGrid, z: float) -> np.ndarray:
@@ -318,11 +338,11 @@ def _lung_domain(
     y_vb, r_vb = an.spine(z)
     lung &= dx2[None, :] + ((grid.y - y_vb) ** 2).astype(np.float32)[:, None] > (r_vb + 6) ** 2
     for (xa, ya), apex, side in zip(an.apex_centres(), (an.apex_r, an.apex_l), (-1, 1)):
-        reach = (apex - z) / A.APEX_HEIGHT
+        reach = (apex - z) / APEX_HEIGHT
         if reach < 8:
             cap = ((grid.x - xa) ** 2).astype(np.float32)[None, :] + ((grid.y - ya) ** 2).astype(np.float32)[
                 :, None
-            ] <= A.APEX_RADIUS**2 * max(reach, 0)
+            ] <= APEX_RADIUS**2 * max(reach, 0)
             lung &= cap | ((grid.x - an.x_mid) * side < 0)[None, :]
     lung &= ~_ellipses(grid, an.heart_parts(), z, an.pericardial_fat)
     centre, rho, _ = med.keep_out.cut(z)
@@ -340,8 +360,8 @@ def _tubes(
         if sel.any():
             _paint(lab, rasterise_disks(grid, centre[sel], rho[sel])[0], c)
     vessels = model.vessels.cut(z)
-    big = (vessels[1] >= BIG_VESSEL_MM) & (vessels[2] == A.BLOOD)
-    _paint(lab, rasterise_disks(grid, vessels[0][big], vessels[1][big])[0], A.BLOOD, only=MEDFAT)
+    big = (vessels[1] >= BIG_VESSEL_MM) & (vessels[2] == BLOOD)
+    _paint(lab, rasterise_disks(grid, vessels[0][big], vessels[1][big])[0], BLOOD, only=MEDFAT)
     return vessels
 
 
