@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, echo_failures, model_options, resolve_models, scans_from
+from .common import device_option, echo_failures, model_options, resolve_models, scans_from, series_option
 
 
 @click.command()
@@ -17,6 +17,7 @@ from .common import device_option, echo_failures, model_options, resolve_models,
     required=True,
     help="A scan file, a DICOM folder, or a folder of scans; repeat for more.",
 )
+@series_option
 @model_options
 @click.option(
     "--out",
@@ -36,15 +37,17 @@ from .common import device_option, echo_failures, model_options, resolve_models,
     "--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a killed run resumes)."
 )
 @device_option
-def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite):
+def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
     With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
     ensemble mean and `spread` is the SD between folds. Scores lie in 0..100 %; scores.json also keeps the networks'
     unbounded outputs under `raw`, quality `warnings` (printed after the scores) and the `provenance` (versions,
     device, runs with config and checkpoint hashes, the input's sha256). Writes OUT/<scan>/scores.json, scores.csv,
-    the five slices (.mha with their geometry), their lung masks and montage.png, and OUT/scores.csv for all scans.
-    Two scans with one id (file name without extension) are refused, since their results would share a folder.
+    the five slices (.mha with their geometry), their lung masks and montage.png, and OUT/scores.csv for all scans
+    with its provenance beside it (OUT/scores.provenance.json). A DICOM series' identity (patient, study and series)
+    goes into scores.json as `dicom`. Two scans with one id (file name without extension, or DICOM folder name) are
+    refused, since their results would share a folder.
     """
     from sscjax import cascade as cs
     from sscjax.errors import SscError
@@ -54,7 +57,13 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
     levels = cs.parse_levels(levels_text) if levels_text else None
     if levels is not None and len(paths) > 1:
         raise click.UsageError("--levels names the levels of one scan; give a single --scan with it")
+    if series is not None and len(paths) > 1:
+        raise SscError(
+            f"--series names a series of one DICOM folder, but --scan gives {len(paths)} scans; give that folder alone"
+        )
     check_writable(out)
+    if series is not None and not overwrite:
+        _refuse_other_series(out / next(iter(paths)), series)
     models = resolve_models(lnet_runs if levels is None else (), snet_runs, workdir, need_lnet=levels is None)
     todo = [p for sid, p in paths.items() if overwrite or not cs.result_done(out, sid)]
     if len(todo) < len(paths):
@@ -63,7 +72,7 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
     with click.progressbar(todo, label="Scoring", show_pos=True, item_show_func=lambda p: p.name if p else None) as bar:
         for path in bar:
             try:
-                result = cs.run_cascade(read_scan(path), models, levels, all_slices)
+                result = cs.run_cascade(read_scan(path, series), models, levels, all_slices)
                 cs.write_result(result, out)
             except SscError as e:
                 failures[str(path)] = str(e)
@@ -71,8 +80,25 @@ def cascade(scans, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, 
         if str(path) not in failures and cs.result_done(out, sid):
             _print_scores(out / sid / cs.RESULT_FILE)
     if any(cs.result_done(out, sid) for sid in paths):
-        click.echo(f"All scans' levels: {cs.collect_scores(out)}")
+        click.echo(f"All scans' levels: {cs.collect_scores(out, models.records)} (provenance: {cs.BATCH_PROVENANCE})")
     echo_failures(failures, len(paths))
+
+
+def _refuse_other_series(folder: Path, series: str) -> None:
+    """Refuse to skip a finished scan folder whose results another input made than the --series asked for."""
+    import json
+
+    from sscjax.cascade import RESULT_FILE
+    from sscjax.errors import SscError
+
+    if not (folder / RESULT_FILE).is_file():
+        return
+    made = (json.loads((folder / RESULT_FILE).read_text()).get("dicom") or {}).get("series_instance_uid")
+    if made != series:
+        raise SscError(
+            f"{folder} holds the results of {f'DICOM series {made}' if made else 'another scan'}, not of series "
+            f"{series}; --overwrite replaces them, or choose another --out"
+        )
 
 
 def _print_scores(path: Path) -> None:
@@ -80,6 +106,11 @@ def _print_scores(path: Path) -> None:
 
     result = json.loads(path.read_text())
     click.echo(f"\n{result['scan']}  ({path.parent})")
+    if dicom := result.get("dicom"):
+        click.echo(
+            f"  DICOM series {dicom['series_instance_uid']} (patient {dicom['patient_id']}, "
+            f"study date {dicom['study_date']})"
+        )
     click.echo("  level  z (mm)   slice    TOT     GG    RET   (rounded to 5 %)")
     for lv in result["levels"]:
         click.echo(

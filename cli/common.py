@@ -45,6 +45,15 @@ def set_option(example: str):
     )
 
 
+def series_option(command):
+    """--series UID: which series of a DICOM folder to read (default: the one with the most slices)."""
+    return click.option(
+        "--series",
+        metavar="UID",
+        help="DICOM series instance UID, when a DICOM folder holds several series (default: the longest).",
+    )(command)
+
+
 def model_options(command):
     """--lnet, --snet (repeatable run folders) and --workdir (where runs are found by default)."""
     command = click.option(

@@ -95,7 +95,7 @@ def demo(out: Path, patients: int, seed: int) -> None:
     with click.progressbar(list(splits.test), label="   scans", show_pos=True) as scans:
         for sid in scans:
             cascade.write_result(cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models), results)
-    pred_csv = cascade.collect_scores(results)
+    pred_csv = cascade.collect_scores(results, models.records)
     _done(t)
 
     t = _stage("5/6 Heat maps: thresholds calibrated on the validation slices, then one test scan explained")

@@ -9,7 +9,7 @@ import click
 from sscjax.configs.snet import OCCLUSIONS
 from sscjax.domain import SCORES
 
-from .common import LazyBar, device_option, model_options, resolve_models, set_option
+from .common import LazyBar, device_option, model_options, resolve_models, series_option, set_option
 
 PATTERN_CHOICES = (*SCORES, "all")
 CHUNK_HELP = (
@@ -20,6 +20,7 @@ CHUNK_HELP = (
 
 @click.group(invoke_without_command=True)
 @click.option("--scan", type=click.Path(path_type=Path), help="The scan (file or DICOM folder) to explain.")
+@series_option
 @click.option(
     "--pattern",
     type=click.Choice(PATTERN_CHOICES, case_sensitive=False),
@@ -67,6 +68,7 @@ CHUNK_HELP = (
 def explain(
     ctx,
     scan,
+    series,
     pattern,
     lnet_runs,
     snet_runs,
@@ -85,8 +87,9 @@ def explain(
     A healthy-lung patch slides over each slice (the paper's 64 px patch and 16 px stride at 512 px, scaled to the
     S-Net's input size); Delta P = S-Net(replaced) - S-Net(original), averaged over the positions covering each
     pixel. Blue (Delta P < 0): the region was seen as diseased. Writes per slice and pattern the Delta P map
-    (.mha with the slice's geometry, .npy), the derived segmentation (.mha) and a PNG overlay. The settings are the
-    S-Net run's `explain` section (its config.json), changed by --set and the options.
+    (.mha with the slice's geometry, .npy), the derived segmentation (.mha) and a PNG overlay, and explain.json
+    (with a DICOM series' identity as `dicom`). The settings are the S-Net run's `explain` section (its
+    config.json), changed by --set and the options.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -98,7 +101,7 @@ def explain(
 
     levels = parse_levels(levels_text) if levels_text else None
     check_writable(out)
-    image = read_scan(scan)
+    image = read_scan(scan, series)
     models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
     settings = ex.explain_settings(models.snet_modules[0].config, assignments, chunk=chunk, occlusion=occlusion)
     scores = SCORES if pattern.lower() == "all" else (pattern.upper(),)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .common import series_option
+
 
 @click.command()
 @click.argument("scan", type=click.Path(exists=True, path_type=Path))
@@ -17,7 +19,7 @@ import click
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="An L-Net run folder (e.g. runs/lnet/fold0); its best checkpoint is used.",
 )
-@click.option("--series", help="DICOM series instance UID, when a DICOM folder holds several series.")
+@series_option
 def levels(scan: Path, run: Path, series: str | None) -> None:
     """Find the five Goh levels in SCAN (a scan file or DICOM folder) with a trained L-Net.
 

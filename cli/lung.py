@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .common import series_option
+
 
 def _overwrites_input(out: Path, scan: Path) -> bool:
     """Whether writing `out` would replace the scan file or a file of the scan's DICOM folder."""
@@ -26,12 +28,7 @@ def _overwrites_input(out: Path, scan: Path) -> bool:
     help="Mask file to write (.nii.gz, .mha, .nrrd or .nii): uint8, 1 = lung, with SCAN's geometry and "
     "storage order (its voxel array overlays SCAN's).",
 )
-@click.option(
-    "--series",
-    default=None,
-    metavar="UID",
-    help="DICOM series instance UID, when SCAN is a folder holding several series (default: the longest).",
-)
+@series_option
 def lung(scan: Path, mask_path: Path, series: str | None) -> None:
     """Compute the lung mask of SCAN (a scan file or DICOM folder; single slices allowed).
 

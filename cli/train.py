@@ -2,7 +2,8 @@
 
 Each network of the registry (`sscjax.networks`) is one subcommand that takes `training_options(NET)` and calls
 `run_training(NET, **options)` (with `overrides` for network-specific flags). A run's settings are the --preset
-(default paper), changed by a --config file, then by --set assignments, then by the flags.
+(default paper), changed by a --config file, then by --set assignments, then by the flags; `--init RUN` then puts in
+that run's network and conventions (`sscjax.run_files.init_settings`), whose best weights training starts from.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ def training_options(net: str):
             ),
             click.option("--resume", is_flag=True, help="Continue the run from its latest checkpoint."),
             click.option(
+                "--init",
+                "init_dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                help=f"Start from the best weights of this {net} run (trained here, or the authors' network "
+                "imported with `ssc weights import-authors`), keeping its network, preprocessing and output scale; "
+                "the other settings still come from --preset, --config and --set (give --init again with --resume).",
+            ),
+            click.option(
                 "--bf16",
                 is_flag=True,
                 help="Compute in bfloat16 (train.compute_dtype; parameters stay float32); for GPUs.",
@@ -101,9 +110,10 @@ def resolve_settings(
     steps: int | None,
     bf16: bool,
     overrides: dict | None = None,
+    init_dir: Path | None = None,
 ):
-    """The run's settings: preset, --config file, --set assignments, then the flags; the cohort as an absolute
-    path."""
+    """The run's settings: preset, --config file, --set assignments, then the flags, then the network and conventions
+    of the --init run; the cohort as an absolute path."""
     flags = dict(overrides or {})
     if data_dir is not None:
         flags["data_dir"] = str(data_dir)
@@ -111,6 +121,10 @@ def resolve_settings(
     if any(v is not None for v in schedule.values()):
         flags["train"] = {k: v for k, v in schedule.items() if v is not None}
     config = networks.resolve(net, preset or "paper", config_file, assignments, flags)
+    if init_dir is not None:
+        from sscjax.run_files import init_settings
+
+        config = init_settings(config, init_dir)
     return dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
 
 
@@ -125,13 +139,14 @@ def run_training(
     workdir: Path,
     steps: int | None,
     resume: bool,
+    init_dir: Path | None,
     bf16: bool,
     distributed: bool,
     overrides: dict | None = None,
 ) -> None:
     """Train `net` on the chosen fold(s), printing a progress bar and a summary line per fold; `overrides` (plain
     data) change the settings last."""
-    config = resolve_settings(net, data_dir, preset, config_file, assignments, steps, bf16, overrides)
+    config = resolve_settings(net, data_dir, preset, config_file, assignments, steps, bf16, overrides, init_dir)
     if show_config:
         click.echo(networks.render(config), nl=False)
         return
@@ -235,6 +250,10 @@ def snet(pretrained: str | None, synthesis: bool | None, balanced: bool | None, 
     into runs/snet/fold0; `--preset tiny` trains a CPU-sized EfficientNet-Lite0. The three techniques of the
     paper's ablation are switched by --pretrained none, --no-balanced and --no-synthesis (--synthesis for
     the tiny preset); the run's config.json records them. Watch it with `tensorboard --logdir runs`.
+    `--init RUN` fine-tunes a run instead, e.g. the authors' S-Net imported with `ssc weights import-authors`
+    (trained on slices at the cohort's own size, scores in percent, as their code trains it).
     """
+    if pretrained is not None and options["init_dir"] is not None:
+        raise click.UsageError("--pretrained and --init both give the starting weights; choose one")
     flags = {"pretrained": _pretrained(pretrained), "balanced": balanced, "synthesis": synthesis}
     run_training("snet", **options, overrides={k: v for k, v in flags.items() if v is not None})

@@ -12,6 +12,7 @@ networks too (their cascade code truncates).
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from sscjax.lung import lung_mask
 
 RESULT_FILE = "scores.json"
 LEVEL_CSV = "scores.csv"
+BATCH_PROVENANCE = "scores.provenance.json"  # beside OUT/scores.csv
 ALL_SLICES_CSV = "all_slices.csv"
 MIN_LUNG_PIXELS = 50  # a slice belongs to the lung range when its lung mask has at least this many pixels
 
@@ -79,6 +81,7 @@ class CascadeResult:
     all_slices: np.ndarray | None = None  # (n, 5): slice_index, z_mm, TOT, GG, RET over the lung range
     warnings: list[quality.QualityWarning] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # versions, device, runs and input checksum (sscjax.provenance)
+    dicom: dict | None = None  # the DICOM series' identity (`sscjax.io.DICOM_TAGS`), None for other input
 
     def to_json(self) -> dict:
         rounded = metrics.round_to_step(self.scores)
@@ -102,6 +105,7 @@ class CascadeResult:
         return {
             "scan": self.scan_id,
             "source": self.source,
+            "dicom": self.dicom,
             "levels": levels,
             "mean": mean,
             "warnings": [w.to_json() for w in self.warnings],
@@ -231,6 +235,7 @@ def run_cascade(
         table,
         scan_warnings(scan, lung, index, fold_levels, fold_scores),
         provenance.record(scan.source, records),
+        scan.dicom,
     )
 
 
@@ -290,12 +295,31 @@ def write_result(result: CascadeResult, out_dir: str | Path) -> Path:
     return folder
 
 
-def collect_scores(out_dir: str | Path) -> Path:
-    """Gather every scan's per-level CSV under OUT into OUT/scores.csv (input for `ssc evaluate --pred`)."""
+def finished_scans(out_dir: str | Path) -> list[Path]:
+    """The folders of the finished scans under OUT (scores.json, written last, beside scores.csv), sorted."""
+    return sorted(p.parent for p in Path(out_dir).glob(f"*/{RESULT_FILE}") if (p.parent / LEVEL_CSV).is_file())
+
+
+def batch_provenance(folders: list[Path], batch: dict) -> dict:
+    """The provenance of OUT/scores.csv: `batch` (versions, device, runs) and per scan id its input record; a scan
+    whose result other versions, device or runs made (an earlier call into OUT) keeps its own under `provenance`."""
+    scans = {}
+    for folder in folders:
+        made = json.loads((folder / RESULT_FILE).read_text()).get("provenance") or {}
+        own = {key: value for key, value in made.items() if key != "input"}
+        scans[folder.name] = {"input": made.get("input"), **({} if own == batch else {"provenance": own or None})}
+    return {**batch, "scans": scans}
+
+
+def collect_scores(out_dir: str | Path, runs: dict[str, list[dict]]) -> Path:
+    """Gather every finished scan's per-level CSV under OUT into OUT/scores.csv (input for `ssc evaluate --pred`),
+    and write beside it its provenance, OUT/scores.provenance.json, with `runs` (`Models.records`) of this call."""
     out_dir = Path(out_dir)
     remove_partial_writes(out_dir)
+    folders = finished_scans(out_dir)
     rows: list[dict[str, str]] = []
-    for path in sorted(out_dir.glob(f"*/{LEVEL_CSV}")):
-        with open(path, newline="") as f:
+    for folder in folders:
+        with open(folder / LEVEL_CSV, newline="") as f:
             rows.extend(csv.DictReader(f))
+    write_json(out_dir / BATCH_PROVENANCE, batch_provenance(folders, provenance.batch_record(runs)))
     return write_csv(out_dir / LEVEL_CSV, rows, None if rows else ["scan_id", "level", *SCORES])

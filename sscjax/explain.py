@@ -183,6 +183,7 @@ class ScanExplanation:
     geometries: list
     explanations: list[SliceExplanation]
     config: HeatmapConfig
+    dicom: dict | None = None  # the DICOM series' identity (`sscjax.io.DICOM_TAGS`), None for other input
 
 
 def snet_predict(models) -> tuple[Predict, int | None]:
@@ -282,6 +283,7 @@ def explain_scan(
         [scan.geometry.slice_geometry(int(k)) for k in index],
         explanations,
         cfg,
+        scan.dicom,
     )
 
 
@@ -291,7 +293,7 @@ def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, scores: 
     folder.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(folder)
     slices: list[dict] = []
-    summary = {"scan": found.scan_id, "heatmap": vars(found.config), "slices": slices}
+    summary = {"scan": found.scan_id, "dicom": found.dicom, "heatmap": vars(found.config), "slices": slices}
     for name, k, exp, image, lung, geometry in zip(
         found.names, found.slice_index, found.explanations, found.slices_hu, found.lungs, found.geometries
     ):

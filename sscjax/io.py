@@ -55,6 +55,15 @@ ORTHONORMAL_TOLERANCE = 1e-3
 PLAUSIBLE_HU = (-32768.0, 32767.0)
 # Why a CT without air (about -1000 HU) is refused: its values were stored without their rescale.
 RAW_VALUES_HINT = "looks like raw scanner values without the HU rescale (DICOM RescaleSlope/RescaleIntercept)"
+# The identity of a DICOM series that results carry (scores.json's `dicom`): key -> DICOM tag (group|element).
+DICOM_TAGS = {
+    "patient_id": "0010|0020",
+    "study_instance_uid": "0020|000d",
+    "series_instance_uid": "0020|000e",
+    "modality": "0008|0060",
+    "study_date": "0008|0020",
+    "series_description": "0008|103e",
+}
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -115,12 +124,14 @@ class Geometry:
 @dataclass
 class Scan:
     """A CT volume in HU, (z, y, x) in canonical orientation, with its geometry and where it came from
-    (`file_geometry`: the geometry as stored in the file, before the canonical flips; None if made in memory)."""
+    (`file_geometry`: the geometry as stored in the file, before the canonical flips; None if made in memory;
+    `dicom`: the series' identity, `DICOM_TAGS` from its header, for DICOM input only)."""
 
     array: np.ndarray
     geometry: Geometry
     source: str = ""
     file_geometry: Geometry | None = None
+    dicom: dict[str, str | None] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -323,6 +334,12 @@ def _dicom_series(folder: Path, series: str | None) -> list[str]:
     return list(chosen)
 
 
+def _dicom_identity(reader: sitk.ImageFileReader) -> dict[str, str | None]:
+    """The `DICOM_TAGS` of a DICOM header read by `reader` (padding stripped; None where absent or empty)."""
+    values = {key: reader.GetMetaData(tag) if reader.HasMetaDataKey(tag) else "" for key, tag in DICOM_TAGS.items()}
+    return {key: value.strip(" \x00") or None for key, value in values.items()}
+
+
 def _check_dicom_positions(folder: Path, files: list[str]) -> None:
     """Refuse series with missing, duplicated or unevenly spaced slices (positions along the slice normal), or
     whose slice origins drift in-plane along the series (a gantry tilt: the slices are not stacked squarely)."""
@@ -417,29 +434,34 @@ def _check_header(
 
 def _read_sitk(
     path: Path, series: str | None, volume: bool, header_only: bool
-) -> tuple[sitk.Image | None, Geometry, tuple[int, int, int]]:
-    """(image, stored geometry, (z, y, x) shape) of a file or DICOM folder whose header passed `_check_header`;
-    no image with `header_only` (a DICOM folder is always read whole)."""
+) -> tuple[sitk.Image | None, Geometry, tuple[int, int, int], dict[str, str | None] | None]:
+    """(image, stored geometry, (z, y, x) shape, DICOM identity or None) of a file or DICOM folder whose header
+    passed `_check_header`; no image with `header_only` (a DICOM folder is always read whole)."""
     if not path.exists():
         raise ScanError(f"{path}: no such file or folder")
     if not os.access(path, os.R_OK):
         raise ScanError(f"{path}: no permission to read it")
     if path.is_file() and extension_of(path) not in SCAN_EXTENSIONS:
         raise _unsupported(path)
+    if path.is_file() and series is not None:
+        raise ScanError(f"{path}: is a file; a series UID chooses among the series of a DICOM folder")
+    reader = sitk.ImageFileReader()
     with _library_output() as printed:
         try:
             if path.is_dir():
                 files = _dicom_series(path, series)
                 _check_dicom_positions(path, files)
+                reader.SetFileName(files[0])
+                reader.ReadImageInformation()
                 series_reader = sitk.ImageSeriesReader()
                 series_reader.SetFileNames(files)
                 image = series_reader.Execute()
-                return image, *_check_header(image, str(path), volume)
-            reader = sitk.ImageFileReader()
+                return image, *_check_header(image, str(path), volume), _dicom_identity(reader)
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
             geometry, shape = _check_header(reader, str(path), volume)
-            return (None if header_only else reader.Execute()), geometry, shape
+            dicom = _dicom_identity(reader) if extension_of(path) == ".dcm" else None
+            return (None if header_only else reader.Execute()), geometry, shape, dicom
         except RuntimeError as e:
             raise _read_failure(path, e, printed()) from None
 
@@ -462,7 +484,7 @@ def _check_values(array: np.ndarray, source: str) -> None:
 
 def _read(path: Path, series: str | None, volume: bool, dtype, hu: bool) -> Scan:
     """A checked image as a canonical Scan (values checked as HU if `hu`), converted to `dtype` if given."""
-    image, stored, shape = _read_sitk(path, series, volume, header_only=False)
+    image, stored, shape, dicom = _read_sitk(path, series, volume, header_only=False)
     assert image is not None  # only a header-only read has no image
     array = sitk.GetArrayFromImage(image).reshape(shape)
     if hu:
@@ -470,7 +492,7 @@ def _read(path: Path, series: str | None, volume: bool, dtype, hu: bool) -> Scan
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     array, geometry = canonical(array, stored)
-    return Scan(array, geometry, str(path), stored)
+    return Scan(array, geometry, str(path), stored, dicom)
 
 
 def read_image(path: str | Path, series: str | None = None, *, volume: bool = False, dtype=None) -> Scan:
@@ -481,13 +503,14 @@ def read_image(path: str | Path, series: str | None = None, *, volume: bool = Fa
 def read_scan(path: str | Path, series: str | None = None, *, volume: bool = True) -> Scan:
     """Read a CT scan (file or DICOM folder) in HU as float32, canonical orientation. Every command reads CTs
     here, so all refuse the same scans: bad geometry (`_check_geometry`), values that are not HU (`_check_values`)
-    and, with `volume`, anything too short to hold the five Goh levels (False accepts single slices)."""
+    and, with `volume`, anything too short to hold the five Goh levels (False accepts single slices). `series`:
+    the series instance UID to read from a DICOM folder (default: its series with the most slices)."""
     return _read(Path(path), series, volume, np.float32, hu=True)
 
 
 def read_geometry(path: str | Path, series: str | None = None) -> tuple[Geometry, tuple[int, int, int]]:
     """Canonical geometry and (z, y, x) shape of a scan; files are read from their header only."""
-    _, geometry, shape = _read_sitk(Path(path), series, volume=False, header_only=True)
+    _, geometry, shape, _ = _read_sitk(Path(path), series, volume=False, header_only=True)
     return canonical_geometry(geometry, shape), shape
 
 

@@ -5,7 +5,9 @@ The network regresses the five level positions of a crop as (position / crop - 0
 are mapped back before any metric. Inference slides `crop`-slice windows over the resampled volume (stride 4),
 takes the median per level over the windows, maps the resampled position to world z and then to the nearest
 slice of the original scan. A run with `data.conventions = "authors"` (the paper authors' imported L-Net) is run as
-their code runs it: the volume z-scored as a whole, their window starts, outputs read as slices.
+their code runs it: the volume z-scored as a whole, their window starts, outputs read as slices; it trains as their
+code trains it, on crops z-scored each on its own with targets in slices of the crop (`to_targets`). A config with
+`init` (ssc train --init) starts from that run's best weights.
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ from sscjax.domain import LEVEL_NAMES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import Scan, read_scan, write_csv, write_json
 from sscjax.models import build_model
-from sscjax.run_files import load_model
+from sscjax.run_files import check_init, init_model, load_model
 
 NET = "lnet"
 VALID_CROPS = 4  # fixed random crops per validation volume, for the MAE within crops
 CROP_RANGE = (-2.0, 2.0)  # z-score units shown in the image of a training crop
 
 
-def to_targets(positions: np.ndarray, crop: int) -> np.ndarray:
-    """Positions in a crop (slices) -> the network's regression targets."""
-    return (np.asarray(positions, dtype=np.float32) / crop - 0.5).astype(np.float32)
+def to_targets(positions: np.ndarray, crop: int, conventions: Conventions = "sscjax") -> np.ndarray:
+    """Positions in a crop (slices) -> the network's regression targets; the authors' networks learn the slices."""
+    positions = np.asarray(positions, dtype=np.float32)
+    return positions if conventions == AUTHORS else (positions / crop - 0.5).astype(np.float32)
 
 
 def to_positions(outputs: np.ndarray, crop: int, conventions: Conventions = "sscjax") -> np.ndarray:
@@ -64,13 +67,14 @@ def predict_positions(predict: train.Predictor, volume: np.ndarray, settings: LN
 
 
 def predict_crops(
-    predict: train.Predictor, levels: data.LevelSet, rows: np.ndarray, starts: np.ndarray, crop: int
+    predict: train.Predictor, levels: data.LevelSet, rows: np.ndarray, starts: np.ndarray, settings: LNetData
 ) -> np.ndarray:
     """(n, 5) positions predicted within the crops (row, start), relative to each crop's start."""
+    crop = settings.crop
     outputs = _predict_in_chunks(
         predict, len(rows), lambda part: data.training_crops(levels, rows[part], starts[part], crop)[0]
     )
-    return to_positions(outputs, crop)
+    return to_positions(outputs, crop, settings.conventions)
 
 
 def mean_crop_positions(levels: data.LevelSet, settings: LNetData) -> np.ndarray:
@@ -80,11 +84,14 @@ def mean_crop_positions(levels: data.LevelSet, settings: LNetData) -> np.ndarray
 
 
 def make_lnet(config: LNetConfig, rngs: nnx.Rngs, mean_targets: np.ndarray) -> nnx.Module:
-    """A fresh L-Net (training mode). A network with a linear head (the VGGs) starts predicting `mean_targets`,
+    """A fresh L-Net (training mode), or the init run's (`config.init`) as it is. A network with a linear head (the
+    VGGs) starts predicting `mean_targets`,
     the mean training position: zero head weights, the mean as its bias. With torchvision's N(0, 0.01) head the
     untrained outputs spread far wider than the targets, and Adam's first steps, shrinking them, silence most fc1
     units for good (all fc1 inputs are positive, 27648 of them, so one step moves a unit by several SDs): the VGG11-3D
     then stays at the mean-position baseline. The slice-wise heat-map net (a convolution head) is built as is."""
+    if config.init is not None:
+        return init_model(config)
     model: Any = build_model(config.model, rngs)  # any network; its head is looked up by name
     if isinstance(model.head, nnx.Linear):
         assert model.head.bias is not None  # a linear head with a bias (as every VGG's)
@@ -111,7 +118,8 @@ class LNetTask:
         self.crop_image_pending = True
 
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return make_lnet(self.config, rngs, to_targets(self.mean_crop_positions, self.config.data.crop))
+        settings = self.config.data
+        return make_lnet(self.config, rngs, to_targets(self.mean_crop_positions, settings.crop, settings.conventions))
 
     def train_batch(self, step: int, process_index: int, process_count: int) -> train.Batch:
         """This host's crops of global batch `step`: rows, crop starts and noise all drawn from (seed, step)."""
@@ -137,14 +145,13 @@ class LNetTask:
                     for i in mine
                 ]
             )
-        return {"inputs": inputs, "targets": to_targets(positions, settings.crop)}
+        return {"inputs": inputs, "targets": to_targets(positions, settings.crop, settings.conventions)}
 
     def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array:
         return model(inputs)
 
     def loss(self, model: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array:
-        outputs = model(batch["inputs"]).astype(jnp.float32)
-        return jnp.mean((outputs - batch["targets"].astype(jnp.float32)) ** 2)
+        return train.mse(model(batch["inputs"]), batch["targets"])
 
     def validate(self, predict: train.Predictor) -> train.Validation:
         """Sliding-window positions of every validation volume: MAE in mm (overall = "mae", and per level) and in
@@ -152,7 +159,7 @@ class LNetTask:
         of predicting the mean training position within a crop: the network's own task, without the windows.
         The first volume's coronal overlay is the summary image; once per run also the first crop of the first
         training batch with its level labels, to see that targets and crops line up."""
-        valid, crop = self.valid_set, self.config.data.crop
+        valid = self.valid_set
         pred = np.stack([predict_positions(predict, v.array, self.config.data) for v in valid.volumes])
         error = np.abs(pred - valid.positions)
         error_mm = error * valid.slice_mm[:, None]
@@ -163,7 +170,7 @@ class LNetTask:
         }
         if len(self.valid_rows):
             truth = valid.positions[self.valid_rows] - self.valid_starts[:, None]
-            in_crops = predict_crops(predict, valid, self.valid_rows, self.valid_starts, crop)
+            in_crops = predict_crops(predict, valid, self.valid_rows, self.valid_starts, self.config.data)
             metrics["crop_mae_slices"] = float(np.abs(in_crops - truth).mean())
             metrics["crop_baseline_mae_slices"] = float(np.abs(self.mean_crop_positions - truth).mean())
         images = {
@@ -177,7 +184,7 @@ class LNetTask:
     def crop_image(self, step: int) -> np.ndarray:
         """The first crop of training batch `step` (coronal, z-scored) with the level lines of its targets."""
         batch = self.train_batch(step, 0, 1)
-        positions = to_positions(batch["targets"][0], self.config.data.crop)
+        positions = to_positions(batch["targets"][0], self.config.data.crop, self.config.data.conventions)
         return plots.level_overlay(batch["inputs"][0, ..., 0], positions, value_range=CROP_RANGE)
 
 
@@ -297,7 +304,7 @@ def train_lnet(
     prepare_progress: Callable[[int, int], None] | None = None,
 ) -> train.TrainResult:
     """Train one fold of the L-Net: prepare the volumes, record the run, run the engine."""
-    runs.check_trainable(config)
+    check_init(config)
     train_set, valid_set, record, fingerprint = prepare(config, workdir, prepare_progress)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
     runs.start_run(run_dir, config, record, fingerprint, resume)

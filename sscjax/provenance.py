@@ -106,15 +106,16 @@ def device_record() -> dict:
     return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "count": len(devices)}
 
 
+def batch_record(runs: dict[str, list[dict]]) -> dict:
+    """What makes results here and now: versions, device and the runs used ({"lnet": [...], "snet": [...]} of
+    `run_record`s)."""
+    return {**versions(), "device": device_record(), "models": runs}
+
+
 def record(source: str, runs: dict[str, list[dict]]) -> dict:
-    """The provenance of one scan's result: versions, device, the runs used ({"lnet": [...], "snet": [...]} of
-    `run_record`s) and the input (None for a scan made in memory)."""
-    return {
-        **versions(),
-        "device": device_record(),
-        "models": runs,
-        "input": input_record(source) if source and Path(source).exists() else None,
-    }
+    """The provenance of one scan's result: `batch_record` of the runs used and the input (None for a scan made
+    in memory)."""
+    return {**batch_record(runs), "input": input_record(source) if source and Path(source).exists() else None}
 
 
 def use_platform(name: str | None) -> None:

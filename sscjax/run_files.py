@@ -3,6 +3,7 @@ restored from them, and the run's TensorBoard and JSONL logs. The folder's names
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -15,9 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sscjax.configs import InitRun, from_dict
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import _json_ready
-from sscjax.models import abstract_model
+from sscjax.models import abstract_model, with_rates
+from sscjax.provenance import run_record
 from sscjax.runs import CHECKPOINT_DIR, CONFIG_FILE, LOG_FILE, TENSORBOARD_DIR, has_checkpoint, read_config, save_config
 
 # The "meta" item of a run's best checkpoint that no training made (the training engine's keys).
@@ -165,3 +168,60 @@ def write_run(run_dir: str | Path, config: Any, model: nnx.Module) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return run_dir
+
+
+def init_settings(config: Any, init_dir: str | Path) -> Any:
+    """`config` set to start from the best weights of the run `init_dir` (ssc train --init): that run's network
+    (with the dropout and BatchNorm momentum of `config` where set) and conventions, no ImageNet source (S-Net), and
+    `init` its `run_record`. ModelError when `init_dir` is no run of the same network with a best checkpoint."""
+    source = read_config(init_dir, config.net)
+    if not has_checkpoint(init_dir):
+        raise ModelError(f"{init_dir}: has no saved best model to start from")
+    rates = {k: getattr(config.model, k) for k in ("dropout", "batch_norm_momentum")}
+    model = dataclasses.replace(
+        source.model,
+        **{k: v for k, v in rates.items() if v is not None},
+        imported_from=None,  # trained here, from the init run (whose config keeps the source)
+        imported_sha256=None,
+    )
+    data = dataclasses.replace(config.data, conventions=source.data.conventions)
+    imagenet = {"pretrained": None} if hasattr(config, "pretrained") else {}  # an S-Net's: the init weights replace it
+    return dataclasses.replace(
+        config, model=model, data=data, init=from_dict(InitRun, run_record(init_dir)), **imagenet
+    )
+
+
+def _weight_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """The shapes of a ModelConfig's network's parameters and model state, by dotted path (nothing computed)."""
+    network = abstract_model(model.name, **model.kwargs)
+    flat = nnx.to_flat_state(nnx.state(network, nnx.Not(nnx.RngState)))
+    return {".".join(map(str, path)): tuple(value.shape) for path, value in flat}
+
+
+def check_init(config: Any) -> None:
+    """Nothing without `config.init`; else ConfigError unless that run still holds the recorded checkpoint and its
+    weights fit the network `config` trains (ModelError when it is no longer a run of this network)."""
+    init = config.init
+    if init is None:
+        return
+    mine, theirs = _weight_shapes(config.model), _weight_shapes(read_config(init.run, config.net).model)
+    misfits = [f"{k} {theirs.get(k, 'missing')} (network {v})" for k, v in mine.items() if theirs.get(k) != v]
+    if misfits or mine.keys() != theirs.keys():
+        raise ConfigError(
+            f"{init.run}: its weights do not fit the {config.model.name} to train: "
+            f"{', '.join(misfits[:3]) or 'extra weights'}; take its network with --init"
+        )
+    found = run_record(init.run, init.checkpoint)["checkpoint_sha256"]
+    if found != init.checkpoint_sha256:
+        raise ConfigError(
+            f"{init.run}: its {init.checkpoint} checkpoint is no longer the one these settings start from (sha256 "
+            f"{found[:12]}..., recorded {init.checkpoint_sha256[:12]}...); start again with --init"
+        )
+
+
+def init_model(config: Any) -> nnx.Module:
+    """The network `config` trains, with the weights of its init run (`config.init`, checked by `check_init`); its
+    random streams from the config's seed."""
+    model = config.model
+    network = abstract_model(model.name, seed=config.train.seed, **model.kwargs)
+    return restore_model(config.init.run, with_rates(network, model), config.init.checkpoint)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import jax
 
-from sscjax.configs import AUTHORS, to_dict
+from sscjax.configs import to_dict
 from sscjax.errors import CohortError, ConfigError, ModelError
 from sscjax.io import atomic_write, write_json
 from sscjax.networks import config_from_dict
@@ -157,15 +157,6 @@ def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resum
     save_config(run_dir / CONFIG_FILE, config)
     write_json(run_dir / SPLITS_FILE, splits)
     write_json(run_dir / FINGERPRINT_FILE, {"data_dir": str(config.data_dir), "fingerprint": fingerprint})
-
-
-def check_trainable(config) -> None:
-    """Training follows this project's conventions: ConfigError for a config with the authors' (data.conventions)."""
-    if config.data.conventions == AUTHORS:
-        raise ConfigError(
-            f'data.conventions = "{AUTHORS}" is for running the authors\' imported networks; training here follows '
-            'this project\'s conventions ("sscjax")'
-        )
 
 
 def has_checkpoint(run_dir: str | Path, kind: str = "best") -> bool:

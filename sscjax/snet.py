@@ -7,7 +7,9 @@ of order one whatever the pattern; every prediction this module hands out (`SNet
 `predict_fn`, validation, evaluation) is the head's output times 100, i.e. percent, bounded to 0..100 by
 `bounded_percent` (a regression head can overshoot; a share of the lung cannot); `raw_percent` and
 `ScoreModel.raw` keep the unbounded output for research. A run with `data.conventions = "authors"` (the paper
-authors' imported S-Nets) is run as their code runs it: each slice at its own size, outputs read as percent.
+authors' imported S-Nets) is run as their code runs it: each slice at its own size, outputs read as percent; it
+trains on percent targets and on slices at the cohort's own in-plane size (`with_own_size`). A config with `init`
+(ssc train --init) starts from that run's best weights in place of ImageNet's.
 
 Pre-training: a fresh model of the configured architecture (random weights, a zero 3-output head) gets every
 weight but the head's from an ImageNet source; for one input channel the stem's RGB kernels are summed.
@@ -16,6 +18,7 @@ Validation and test use the real level slices only: no synthesis, no augmentatio
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,14 +33,15 @@ from flax import nnx
 from sscjax import metrics, plots, runs, train
 from sscjax.configs import AUTHORS
 from sscjax.configs.snet import LITE0_PACKAGE, NO_PRETRAINING, SNetConfig
+from sscjax.data.cohort import load_cohort
 from sscjax.data.slices import SliceSet, load_slices, resize_slices, window
 from sscjax.data.snet_loader import SNetLoader
 from sscjax.data.synthesis import Patterns, load_patterns
 from sscjax.domain import SCORES
 from sscjax.errors import ConfigError, ModelError
-from sscjax.io import atomic_write
+from sscjax.io import atomic_write, read_geometry
 from sscjax.models import build_model
-from sscjax.run_files import load_model
+from sscjax.run_files import check_init, init_model, load_model
 
 NET = "snet"
 PERCENT = 100.0  # network output x PERCENT = score in %
@@ -115,7 +119,9 @@ def make_snet(config: SNetConfig, rngs: nnx.Rngs, backbone: nnx.State | None = N
     """A fresh S-Net (training mode): the configured network with a zero 3-output head (it predicts 0 %, the
     commonest score, until trained, as in BiT's transfer learning; a random head starts at +-50 % or more and
     slows short fine-tuning several fold) and, unless `pretrained` is "none", ImageNet weights everywhere else
-    (`backbone` if already read by `imagenet_backbone`)."""
+    (`backbone` if already read by `imagenet_backbone`). With `config.init`, the init run's network as it is."""
+    if config.init is not None:
+        return init_model(config)
     model: Any = build_model(config.model, rngs)  # every S-Net network has a head
     model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
     backbone = imagenet_backbone(config) if backbone is None else backbone
@@ -156,7 +162,8 @@ def percent_scores(model: nnx.Module, images: jax.Array, scale: float = PERCENT)
 
 
 class SNetTask:
-    """The S-Net for the training engine: balanced real + synthetic, augmented batches; MSE on percent / 100;
+    """The S-Net for the training engine: balanced real + synthetic, augmented batches; MSE on the network's output
+    scale (`output_scale`: percent / 100, or percent for the authors' networks);
     validation on the real level slices (MAE, kappa and ICC per pattern, in %)."""
 
     name = NET
@@ -202,11 +209,10 @@ class SNetTask:
         return {"inputs": batch["image"], "targets": batch["target"]}
 
     def loss(self, model: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array:
-        outputs = model(batch["inputs"]).astype(jnp.float32)
-        return jnp.mean((outputs - batch["targets"].astype(jnp.float32) / PERCENT) ** 2)
+        return train.mse(model(batch["inputs"]), batch["targets"] / output_scale(self.config))
 
     def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array:
-        return percent_scores(model, inputs)
+        return percent_scores(model, inputs, output_scale(self.config))
 
     def validate(self, predict: train.Predictor) -> train.Validation:
         """Scores of the validation level slices: "mae" (mean over the patterns) and MAE, kappa, ICC per pattern;
@@ -259,6 +265,23 @@ def prepare(
     return train_set, both.of_scans(valid_ids).level_only(), patterns, record, cohort.fingerprint()
 
 
+def with_own_size(config: SNetConfig) -> SNetConfig:
+    """`config` as is, or with the authors' conventions (slices at their own size) its image_size set to the one
+    in-plane size of every scan of its cohort, so that no training slice is resized; ConfigError when the scans are
+    not all of one square size (a batch holds slices of one shape)."""
+    if config.data.conventions != AUTHORS:
+        return config
+    cohort = load_cohort(config.data_dir, check_scans=False)
+    sizes = {read_geometry(path)[1][1:] for path in cohort.scan_paths.values()}
+    square = {y for y, x in sizes if y == x}
+    if len(sizes) != 1 or not square:
+        raise ConfigError(
+            f"{cohort.root}: the authors' S-Nets train on slices at their own size, so every scan must have one "
+            f"square in-plane size; these have {', '.join(sorted(f'{y}x{x}' for y, x in sizes))}"
+        )
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=square.pop()))
+
+
 def train_snet(
     config: SNetConfig,
     workdir: str | Path,
@@ -268,10 +291,11 @@ def train_snet(
     progress: Callable[[train.StepInfo], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
 ) -> train.TrainResult:
-    """Train one fold of the S-Net: read the pretrained weights, extract the slices, record the run, run the
-    engine."""
-    runs.check_trainable(config)
-    backbone = imagenet_backbone(config)
+    """Train one fold of the S-Net: read the pretrained weights (unless it starts from an init run), extract the
+    slices, record the run, run the engine."""
+    check_init(config)
+    config = with_own_size(config)
+    backbone = None if config.init is not None else imagenet_backbone(config)
     train_set, valid_set, patterns, record, fingerprint = prepare(config, workdir, prepare_progress)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(workdir, NET, config.fold)
     runs.start_run(run_dir, config, record, fingerprint, resume)

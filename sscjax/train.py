@@ -299,6 +299,11 @@ def layer_norms(tree) -> dict[str, jax.Array]:
     return {name: jnp.sqrt(total) for name, total in squares.items()}
 
 
+def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """The mean squared error over batch and outputs, in float32 (every network's loss, the authors' too)."""
+    return jnp.mean((outputs.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2)
+
+
 def make_train_step(task: Task, model_def: ModelDef, tx: optax.GradientTransformation) -> Callable:
     """(params, opt_state, state, batch, key) -> (params, opt_state, state, {"loss", "grad_norm", "layer_grad_norms"}),
     jitted; the buffers of params, opt_state and state are donated to their successors (one copy of the weights in

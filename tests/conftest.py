@@ -18,7 +18,7 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 N_PATIENTS = 20  # 4 test patients and 4 folds of 4
-LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY = 30, 15  # the default tier's L-Net run (the tiny schedule is 120 steps)
+LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY = 20, 10  # the default tier's L-Net run (the tiny schedule is 120 steps)
 SNET_STEPS, SNET_VALID_EVERY = 200, 25  # the slow tier's S-Net run
 SNET_SHORT_STEPS = 50  # the default tier's S-Net run, validated at 25 and 50
 SNET_IMAGE_SIZE = 64
@@ -74,7 +74,7 @@ def _train_lnet(project, cohort, workdir, *extra):
 
 @pytest.fixture(scope="session")
 def lnet_trained(project, cohort, workdir):
-    """`ssc train lnet --preset tiny` on fold 0 through the CLI, for 30 steps validated every 15:
+    """`ssc train lnet --preset tiny` on fold 0 through the CLI, for 20 steps validated every 10:
     (project root, run folder, printed output)."""
     return _train_lnet(
         project,

@@ -150,12 +150,7 @@ def test_a_run_folder_that_holds_files_is_refused_and_kept(monkeypatch, capsys, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and [p.name for p in run.iterdir()] == ["notes.txt"]
 
 
-def test_the_authors_conventions_are_for_running_not_for_training_and_take_no_imagenet_norm():
-    for net in networks.NETWORKS:
-        paper = networks.preset(net, "paper")
-        runs.check_trainable(paper)
-        with pytest.raises(ConfigError, match="conventions"):
-            runs.check_trainable(networks.with_changes(paper, [f'data.conventions="{AUTHORS}"']))
+def test_the_authors_conventions_take_no_imagenet_norm():
     snet = networks.preset("snet", "paper")
     assert snet.model.kwargs["normalize_input"]
     with pytest.raises(ConfigError, match="normalize_input"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_ssc as ssc
 
-from sscjax import metrics, snet
+from sscjax import metrics, provenance, snet
 from sscjax.data import load_cohort
 from sscjax.domain import SCORES
 from sscjax.io import Geometry, read_image, read_scan, write_image
@@ -144,11 +145,17 @@ def test_many_scans_skip_done_ones_and_report_bad_ones(monkeypatch, capsys, runs
     (folder / "flat.mha").unlink()
     (folder / "broken.nii.gz").unlink()
     (folder / "water.mha").unlink()
+    (out / "scores.provenance.json").unlink()  # the resumed batch, though it scores nothing, writes it whole again
     code, stdout, err = ssc(monkeypatch, capsys, "cascade", "--scan", folder, *levels, "--snet", snet_run, "--out", out)
     assert code == 0 and "2 scan(s) already done" in stdout
     assert (out / straight[0] / "scores.json").read_text() == first
     with open(out / "scores.csv", newline="") as f:
         assert sorted({r["scan_id"] for r in csv.DictReader(f)}) == sorted(straight[:2])
+    side = json.loads((out / "scores.provenance.json").read_text())
+    assert {sid: scan["input"]["sha256"] for sid, scan in side["scans"].items()} == {
+        sid: hashlib.sha256((folder / f"{sid}.mha").read_bytes()).hexdigest() for sid in straight[:2]
+    }
+    assert side["models"] == {"lnet": [provenance.run_record(runs[0])], "snet": [provenance.run_record(snet_run)]}
 
 
 def test_an_ensemble_of_folds_reports_their_spread(runs, phantoms):
@@ -220,7 +227,7 @@ def overshooting(phantoms, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(plots, "level_montage", recording)
         cascade.write_result(result, out)
-    cascade.collect_scores(out)
+    cascade.collect_scores(out, {"lnet": [], "snet": []})
     return result, out / sid, captions
 
 
@@ -288,11 +295,7 @@ def test_a_rerun_removes_what_killed_writes_left(overshooting):
 
 
 def test_warnings_and_provenance_reach_scores_json_and_the_console(monkeypatch, capsys, runs, phantoms, tmp_path):
-    import hashlib
-
     import jax
-
-    from sscjax import provenance
 
     _, snet_run = runs
     cohort, _, _ = phantoms

@@ -98,6 +98,8 @@ def test_constant_occlusion_gives_other_maps(monkeypatch, capsys, snet_trained, 
             "TOT",
             "--occlusion",
             occlusion,
+            "--set",
+            "explain.stride_px=32",
             "--out",
             tmp_path / occlusion,
         )
@@ -110,7 +112,10 @@ def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_th
     monkeypatch, capsys, lnet_trained, snet_trained, scan_path, tmp_path
 ):
     snet_run, _ = snet_trained
-    code, _, err = ssc(monkeypatch, capsys, "explain", "calibrate", "--model", snet_run)
+    # a coarser stride than the default (4 px at 64 px slices, not 2): a quarter of the positions, the same search
+    code, _, err = ssc(
+        monkeypatch, capsys, "explain", "calibrate", "--model", snet_run, "--set", "explain.stride_px=32"
+    )
     assert code == 0, err
     record = json.loads((snet_run / "explain" / "calibration.json").read_text())
     assert record["split"] == "valid" and record["n_slices"] == 5 * 4

@@ -188,3 +188,31 @@ def test_device_gpu_without_one_is_one_line_and_exit_2(tmp_path, command):
         "Error: --device gpu: JAX finds no GPU on this machine (no such device, or a jaxlib without GPU support)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_batch_side_file_covers_every_finished_scan_and_keeps_what_others_made(tmp_path):
+    from sscjax import cascade
+
+    runs = {"lnet": [], "snet": [provenance.run_record(fake_run(tmp_path / "runs"))]}
+    batch = provenance.batch_record(runs)
+    older = {**batch, "jax": "0.4.30"}  # a scan an earlier call into OUT scored with another JAX
+    out = tmp_path / "out"
+    for sid, made in (("a", batch), ("b", older), ("c", None), ("killed", batch)):
+        folder = out / sid
+        folder.mkdir(parents=True)
+        (folder / "scores.csv").write_text(f"scan_id,level,TOT\n{sid},1,5.0\n")
+        if sid == "killed":  # its scores.json, written last, never came
+            continue
+        inputs = {"path": f"/scans/{sid}.mha", "sha256": sid * 64, "files": 1}
+        result = {"scan": sid} if made is None else {"scan": sid, "provenance": {**made, "input": inputs}}
+        (folder / "scores.json").write_text(json.dumps(result))
+    csv_path = cascade.collect_scores(out, runs)
+    assert [line.split(",")[0] for line in csv_path.read_text().splitlines()[1:]] == ["a", "b", "c"]
+    side = json.loads((out / cascade.BATCH_PROVENANCE).read_text())
+    assert {k: v for k, v in side.items() if k != "scans"} == batch
+    assert side["scans"] == {
+        "a": {"input": {"path": "/scans/a.mha", "sha256": "a" * 64, "files": 1}},
+        "b": {"input": {"path": "/scans/b.mha", "sha256": "b" * 64, "files": 1}, "provenance": older},
+        "c": {"input": None, "provenance": None},  # a result of an sscjax before provenance
+    }
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["scores.csv", cascade.BATCH_PROVENANCE]

@@ -219,7 +219,8 @@ def test_a_narrow_vgg11_fits_one_fixed_batch_to_near_zero_loss(narrow_fit):
 
 
 def test_batchnorm_uses_batch_statistics_in_training_and_running_averages_in_evaluation():
-    # torch's BatchNorm3d(momentum=0.1) = flax's momentum 0.9: running = 0.9 running + 0.1 batch
+    # torch's BatchNorm3d(momentum=0.1) = flax's momentum 0.9: running = 0.9 running + 0.1 batch, the running
+    # variance averaging the batch's unbiased variance as torch's does (the batch is normalised by the biased one)
     block = ConvReluBN(1, 3, impl="xla", rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(5), (2, 6, 7, 8, 1)) * 3 + 1
     pre_bn = np.asarray(jax.nn.relu(block.conv(x))).reshape(-1, 3)
@@ -227,7 +228,7 @@ def test_batchnorm_uses_batch_statistics_in_training_and_running_averages_in_eva
     block(x)
     block(x)
     np.testing.assert_allclose(block.bn.mean[...], (1 - 0.9**2) * pre_bn.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(block.bn.var[...], 0.9**2 + (1 - 0.9**2) * pre_bn.var(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(block.bn.var[...], 0.9**2 + (1 - 0.9**2) * pre_bn.var(axis=0, ddof=1), rtol=1e-5)
     block.eval()
     expected = (pre_bn - block.bn.mean[...]) / np.sqrt(block.bn.var[...] + 1e-5)
     np.testing.assert_allclose(np.asarray(block(x)).reshape(-1, 3), expected, rtol=1e-4, atol=1e-5)

@@ -99,6 +99,18 @@ class ModelConfig:
     imported_sha256: str | None = setting(None, "SHA-256 of that weights file")
 
 
+@dataclass(frozen=True)
+class InitRun:
+    """The run whose best weights a training started from (ssc train --init), as `sscjax.provenance.run_record`
+    describes it; training checks that its checkpoint is still this one."""
+
+    run: str = setting(dataclasses.MISSING, "the run folder")
+    config_sha256: str = setting(dataclasses.MISSING, "SHA-256 of its config.json")
+    checkpoint: str = setting(dataclasses.MISSING, 'its checkpoint the weights came from ("best")')
+    checkpoint_step: int = setting(dataclasses.MISSING, "the step of that checkpoint", minimum=0)
+    checkpoint_sha256: str = setting(dataclasses.MISSING, "SHA-256 of the checkpoint's files (sha256sum manifest)")
+
+
 # The keyword arguments the presets give networks (ModelConfig.kwargs), documented once for the TOML files.
 MODEL_ARGUMENTS = {
     "num_outputs": "outputs of the head: 5 level positions (L-Net), 3 scores (S-Net)",
@@ -106,6 +118,11 @@ MODEL_ARGUMENTS = {
     "in_chans": "input channels: 1 (CT), the stem of RGB weights summed",
     "normalize_input": "subtract the mean and divide by the SD of the images the ImageNet weights saw",
     "stochastic_depth_prob": "probability of dropping a residual block, rising linearly to this at the last block",
+    "widths": "channels of each stage (ConvNeXt) or convolution (VGG11-bn)",
+    "depths": "blocks of each ConvNeXt stage",
+    "fc1_width": "outputs of the first fully connected layer",
+    "fc2_width": "outputs of the second fully connected layer",
+    "depthwise": 'how the 7x7 depthwise convolutions run: "shifted" sums (fast on CPUs) or "grouped" (GPUs)',
 }
 
 

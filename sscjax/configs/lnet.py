@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from sscjax.configs import Conventions, ModelConfig, TrainConfig, setting
+from sscjax.configs import Conventions, InitRun, ModelConfig, TrainConfig, setting
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class LNetData:
         "sscjax",
         'inference: "sscjax" z-scores each window, takes every window start up to the top one and reads outputs as '
         'fractions of the window; "authors" (their published L-Net) z-scores the whole volume, starts windows at 0, '
-        "stride, ... below slices - crop and reads outputs as slices in the window",
+        "stride, ... below slices - crop and reads outputs as slices in the window (training: targets in slices of "
+        "the crop)",
     )
 
 
@@ -43,3 +44,6 @@ class LNetConfig:
     data: LNetData = field(default_factory=LNetData)
     model: ModelConfig = field(default_factory=lambda: ModelConfig("vgg11_3d", {"num_outputs": 5, "base": 8}))
     train: TrainConfig = field(default_factory=TrainConfig)
+    init: InitRun | None = setting(
+        None, "the run whose weights training starts from (ssc train --init); not set: fresh"
+    )

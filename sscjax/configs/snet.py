@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sscjax.configs import AUTHORS, Conventions, ModelConfig, TrainConfig, setting
+from sscjax.configs import AUTHORS, Conventions, InitRun, ModelConfig, TrainConfig, setting
 from sscjax.domain import AIR, SCORE_STEP
 from sscjax.errors import ConfigError
 
@@ -89,7 +89,8 @@ class SNetData:
     conventions: Conventions = setting(
         "sscjax",
         'inference: "sscjax" resizes slices to image_size and reads outputs as percent / 100; "authors" (their '
-        "published S-Nets, without ImageNet normalisation) keeps each slice's own size and reads outputs as percent",
+        "published S-Nets, without ImageNet normalisation) keeps each slice's own size and reads outputs as percent "
+        "(training: targets in percent, image_size set to the cohort's own in-plane size)",
     )
     lesions: SynthesisConfig = field(default_factory=SynthesisConfig)
     affine: AugmentConfig = field(default_factory=AugmentConfig)
@@ -150,6 +151,9 @@ class SNetConfig:
         )
     )
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    init: InitRun | None = setting(
+        None, "the run whose weights training starts from, in place of pretrained (ssc train --init); not set: fresh"
+    )
 
     def __post_init__(self):
         if self.data.conventions == AUTHORS and self.model.kwargs.get("normalize_input"):

@@ -261,7 +261,11 @@ def load_weights(path: str | Path, *, seed: int = 0) -> tuple[nnx.Module, dict[s
 def build_model(model: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The network a config names, from the registry, with its dropout rate and BatchNorm momentum overridden if
     asked."""
-    network = create_model(model.name, rngs=rngs, **model.kwargs)
+    return with_rates(create_model(model.name, rngs=rngs, **model.kwargs), model)
+
+
+def with_rates(network: nnx.Module, model: ModelConfig) -> nnx.Module:
+    """`network` with the dropout rate and BatchNorm momentum of `model` where it sets them."""
     for _, module in nnx.iter_modules(network):
         if isinstance(module, nnx.Dropout) and model.dropout is not None:
             module.rate = model.dropout

@@ -32,6 +32,22 @@ def apply_input_norm(x: jax.Array, input_norm: InputNorm | None) -> jax.Array:
     return (x - jnp.asarray(input_norm[0])) / jnp.asarray(input_norm[1])
 
 
+class TorchBatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm whose running variance averages each batch's unbiased variance (times n / (n - 1), n values per
+    feature), as PyTorch's BatchNorm does; the batch itself is still normalised with its biased variance."""
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
+        before = self.var[...]
+        y = super().__call__(x, use_running_average, mask=mask)
+        frozen = self.use_running_average if use_running_average is None else use_running_average
+        if not frozen:
+            n = x.size if mask is None else jnp.sum(jnp.broadcast_to(mask, x.shape))
+            n = n // self.num_features
+            # flax averaged momentum * before + (1 - momentum) * biased: add (1 - momentum) * biased / (n - 1)
+            self.var[...] = self.var[...] + (self.var[...] - self.momentum * before) / jnp.maximum(n - 1, 1)
+        return y
+
+
 def default_depthwise_impl() -> DepthwiseImpl:
     """ "shifted" on CPU, where XLA's grouped convolution is ~13x slower; "grouped" on GPU/TPU."""
     return "shifted" if jax.default_backend() == "cpu" else "grouped"

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from sscjax.errors import ConfigError, ModelError
+from sscjax.models.layers import TorchBatchNorm
 from sscjax.models.vgg3d import VGG_STAGES, adaptive_pool_matrix
 
 VGG11_STAGES = VGG_STAGES[11]  # convolutions per stage, a 2x2 max-pool after each stage
@@ -42,7 +43,7 @@ class ConvBNReLU(nnx.Module):
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
             rngs=rngs,
         )
-        self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+        self.bn = TorchBatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.nn.relu(self.bn(self.conv(x)))

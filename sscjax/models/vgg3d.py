@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from sscjax.errors import ConfigError, ModelError
-from sscjax.models.layers import Conv3dImpl, conv3d_same, default_conv3d_impl, max_pool3d
+from sscjax.models.layers import Conv3dImpl, TorchBatchNorm, conv3d_same, default_conv3d_impl, max_pool3d
 
 # Convolutions per stage (a max-pool closes every stage), as in torchvision's VGG cfgs A, B, D, E.
 VGG_STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -58,7 +58,7 @@ class ConvReluBN(nnx.Module):
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
             rngs=rngs,
         )
-        self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+        self.bn = TorchBatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
         self.impl = impl or default_conv3d_impl(in_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
