@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole GPU check of the performance issue in one call of at most 8 minutes, at the paper's sizes: forward
+# The whole GPU check of the performance issue in one call of at most 9.5 minutes, at the paper's sizes: forward
 # passes (plain vs fast convolution forms), training steps of VGG11-3D on 192x256x256 crops and ConvNeXt-T on
 # 512x512 slices, heat maps with patch 64 / stride 16 on 512x512 (vmapped vs sequential), the cascade on a
-# full-size phantom and the loader. Each benchmark's JSON (and its log) goes to $OUT (default benchmarks/out); a
+# full-size phantom, the loader, and both paper presets at their own batches (time per training step and per
+# prediction, peak memory of each). Each benchmark's JSON (and its log) goes to $OUT (default benchmarks/out); a
 # benchmark that fails or overruns its share leaves a JSON saying so and the others still run.
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh
@@ -42,4 +43,5 @@ bench train-snet-bf16 50 --net snet --preset paper --snet-batch 10 --steps 20 --
 bench explain 60 --image-size 512 --patch 64 --stride 16 --chunk 64
 bench cascade 80 --preset paper --phantom full --scans 2
 bench loader 40 --image-size 512 --batch 10 --steps 4
+bench paper_sizes 90 --steps 3 --predictions 2
 cat "$OUT"/*.json

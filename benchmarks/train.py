@@ -31,6 +31,7 @@ class BenchTask:
 
     model: ModelConfig
     make_batch: callable
+    examples_per_epoch: int = 1  # the schedule's epochs are not used: the timed steps are counted
 
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
         return build_model(self.model, rngs)

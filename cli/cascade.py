@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, echo_failures, model_options, resolve_models, scans_from, series_option
+from .common import (
+    device_option,
+    echo_failures,
+    lung_mask_option,
+    model_options,
+    resolve_models,
+    scans_from,
+    series_option,
+)
 
 
 @click.command()
@@ -32,12 +40,13 @@ from .common import device_option, echo_failures, model_options, resolve_models,
     metavar="z1,z2,z3,z4,z5",
     help="Skip the L-Net: the five levels in world mm (L1 highest), for a single scan.",
 )
+@lung_mask_option
 @click.option("--all-slices", is_flag=True, help="Also score every slice of the lung range (CSV and plot).")
 @click.option(
     "--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a killed run resumes)."
 )
 @device_option
-def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, all_slices, overwrite):
+def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung_mask, all_slices, overwrite):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
     With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
@@ -51,12 +60,14 @@ def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, all_
     """
     from sscjax import cascade as cs
     from sscjax.errors import SscError
-    from sscjax.io import check_writable, read_scan
+    from sscjax.io import check_writable, read_mask, read_scan
 
     paths = cs.output_ids(scans_from(scans))
     levels = cs.parse_levels(levels_text) if levels_text else None
     if levels is not None and len(paths) > 1:
         raise click.UsageError("--levels names the levels of one scan; give a single --scan with it")
+    if lung_mask is not None and len(paths) > 1:
+        raise click.UsageError("--lung-mask is the lung mask of one scan; give a single --scan with it")
     if series is not None and len(paths) > 1:
         raise SscError(
             f"--series names a series of one DICOM folder, but --scan gives {len(paths)} scans; give that folder alone"
@@ -72,7 +83,9 @@ def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, all_
     with click.progressbar(todo, label="Scoring", show_pos=True, item_show_func=lambda p: p.name if p else None) as bar:
         for path in bar:
             try:
-                result = cs.run_cascade(read_scan(path, series), models, levels, all_slices)
+                image = read_scan(path, series)
+                lung = read_mask(lung_mask, image) if lung_mask else None
+                result = cs.run_cascade(image, models, levels, all_slices, lung=lung)
                 cs.write_result(result, out)
             except SscError as e:
                 failures[str(path)] = str(e)

@@ -54,6 +54,16 @@ def series_option(command):
     )(command)
 
 
+def lung_mask_option(command):
+    """--lung-mask FILE: the scan's lung mask to use instead of the computed one."""
+    return click.option(
+        "--lung-mask",
+        "lung_mask",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Lung mask image (any label > 0) in the scan's geometry, used instead of the computed mask.",
+    )(command)
+
+
 def model_options(command):
     """--lnet, --snet (repeatable run folders) and --workdir (where runs are found by default)."""
     command = click.option(

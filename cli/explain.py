@@ -9,7 +9,15 @@ import click
 from sscjax.configs.snet import OCCLUSIONS
 from sscjax.domain import SCORES
 
-from .common import LazyBar, device_option, model_options, resolve_models, series_option, set_option
+from .common import (
+    LazyBar,
+    device_option,
+    lung_mask_option,
+    model_options,
+    resolve_models,
+    series_option,
+    set_option,
+)
 
 PATTERN_CHOICES = (*SCORES, "all")
 CHUNK_HELP = (
@@ -47,19 +55,22 @@ CHUNK_HELP = (
 @click.option(
     "--healthy",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Healthy-lung texture patch (default: the S-Net cohort's patterns/healthy).",
+    help="Healthy-lung texture patch (default: the S-Net cohort's patterns/healthy); the authors' mode tiles it "
+    "at its own pixel size.",
 )
+@lung_mask_option
 @click.option(
     "--occlusion",
     type=click.Choice(OCCLUSIONS),
-    help="'replace' with healthy texture (the paper), or classic 'constant' occlusion for comparison "
-    "(explain.occlusion) [default: the run's, replace].",
+    help="'replace' with healthy texture (the paper), classic 'constant' occlusion for comparison, or 'authors' "
+    "(the authors' code, docs/heatmaps.md) (explain.occlusion) [default: the run's: replace, for imported authors' "
+    "networks authors].",
 )
 @click.option(
     "--threshold",
     type=float,
-    help="Delta P threshold (percentage points) of the derived segmentation "
-    "(default: the S-Net run's calibration, else its explain.threshold, -1).",
+    help="Delta P threshold (percentage points) of the derived segmentation (default: the S-Net run's "
+    "calibration, else its explain.threshold: -1, in the authors' mode their -0.6 for all patterns).",
 )
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
 @set_option("explain.stride_px=8")
@@ -77,6 +88,7 @@ def explain(
     slice_index,
     levels_text,
     healthy,
+    lung_mask,
     occlusion,
     threshold,
     chunk,
@@ -97,11 +109,12 @@ def explain(
         raise click.UsageError("give --scan (or a subcommand such as `calibrate`)")
     from sscjax import explain as ex
     from sscjax.cascade import parse_levels
-    from sscjax.io import check_writable, read_scan
+    from sscjax.io import check_writable, read_mask, read_scan
 
     levels = parse_levels(levels_text) if levels_text else None
     check_writable(out)
     image = read_scan(scan, series)
+    lung = read_mask(lung_mask, image) if lung_mask else None
     models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
     settings = ex.explain_settings(models.snet_modules[0].config, assignments, chunk=chunk, occlusion=occlusion)
     scores = SCORES if pattern.lower() == "all" else (pattern.upper(),)
@@ -114,6 +127,7 @@ def explain(
         healthy=healthy,
         threshold=threshold,
         settings=settings,
+        lung=lung,
     )
     folder = ex.write_scan_explanation(found, out, scores)
     click.echo(f"{'slice':8s}{'pattern':>8s}{'S-Net %':>10s}{'derived %':>11s}{'threshold':>11s}")

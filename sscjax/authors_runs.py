@@ -1,6 +1,7 @@
 """The paper authors' trained networks as run folders (`ssc weights import-authors`): one of their `model.pt` files
 becomes a run that every command takes, recording the file and its SHA-256 and set to run the network exactly as
-their inference code does (`data.conventions = "authors"`, see `sscjax.configs.lnet` and `sscjax.configs.snet`).
+their inference code does (`data.conventions = "authors"`, see `sscjax.configs.lnet` and `sscjax.configs.snet`), an
+S-Net's heat maps as their code makes them (`explain.occlusion = "authors"`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from sscjax import networks
 from sscjax.configs import AUTHORS, ModelConfig
+from sscjax.configs.snet import AUTHORS_OCCLUSION
 from sscjax.errors import ModelError
 from sscjax.models.authors import AuthorsCheckpoint, read_authors_checkpoint
 from sscjax.provenance import file_sha256
@@ -45,6 +47,8 @@ def authors_config(checkpoint: AuthorsCheckpoint, net: str, sha256: str, assignm
         imported_sha256=sha256,
     )
     config = dataclasses.replace(paper, model=model, data=dataclasses.replace(paper.data, conventions=AUTHORS))
+    if net == "snet":  # their heat maps by default (docs/heatmaps.md)
+        config = dataclasses.replace(config, explain=dataclasses.replace(config.explain, occlusion=AUTHORS_OCCLUSION))
     return networks.with_changes(config, assignments)
 
 

@@ -194,10 +194,16 @@ def scan_warnings(
 
 
 def run_cascade(
-    scan: Scan, models: Models, levels_mm: np.ndarray | None = None, all_slices: bool = False, batch: int = 32
+    scan: Scan,
+    models: Models,
+    levels_mm: np.ndarray | None = None,
+    all_slices: bool = False,
+    batch: int = 32,
+    lung: np.ndarray | None = None,
 ) -> CascadeResult:
-    """Levels (found or given), slices, lung masks, scores, quality warnings and provenance of one canonical scan."""
-    lung = lung_mask(scan)
+    """Levels (found or given), slices, lung masks, scores, quality warnings and provenance of one canonical scan;
+    `lung`: its lung mask on the scan's grid (default: computed, `sscjax.lung.lung_mask`)."""
+    lung = lung_mask(scan) if lung is None else lung
     given = levels_mm is not None
     fold_levels = np.asarray(levels_mm, float)[None] if given else locate_levels(models, scan)
     levels_mm = fold_levels.mean(axis=0)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sscjax import runs
-from sscjax.configs.snet import ExplainConfig, SNetConfig
+from sscjax.configs.snet import AUTHORS_OCCLUSION, ExplainConfig, SNetConfig
 from sscjax.domain import HEALTHY_PATTERN, LEVEL_NAMES, SCORES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.heatmaps import (
@@ -186,9 +186,10 @@ class ScanExplanation:
     dicom: dict | None = None  # the DICOM series' identity (`sscjax.io.DICOM_TAGS`), None for other input
 
 
-def snet_predict(models) -> tuple[Predict, int | None]:
-    """The (ensemble) S-Net as one jittable function of model inputs, and its input size (None: each slice's own,
-    the authors' conventions); ModelError when the runs take different sizes."""
+def snet_predict(models, bounded: bool = True) -> tuple[Predict, int | None]:
+    """The (ensemble) S-Net as one jittable function of model inputs (scores bounded to 0..100 unless not `bounded`:
+    the authors' heat maps take the raw outputs), and its input size (None: each slice's own, the authors'
+    conventions); ModelError when the runs take different sizes."""
     from sscjax import snet
 
     if not models.snet_modules:
@@ -199,7 +200,9 @@ def snet_predict(models) -> tuple[Predict, int | None]:
             f"the S-Net runs {', '.join(models.snet_runs)} take different input sizes "
             f"{sorted(sizes, key=str)} (None: the slice's own); the heat maps of an ensemble need one"
         )
-    predict = ensemble_predict([snet.predict_fn(m.module, snet.output_scale(m.config)) for m in models.snet_modules])
+    predict = ensemble_predict(
+        [snet.predict_fn(m.module, snet.output_scale(m.config), bounded) for m in models.snet_modules]
+    )
     return predict, sizes.pop()
 
 
@@ -216,24 +219,32 @@ def cohort_healthy_pattern(models) -> Path:
     return cohort.pattern_paths[HEALTHY_PATTERN]
 
 
-def read_texture(path: str | Path, pixel_mm: float) -> np.ndarray:
-    """A healthy-lung texture file (HU, one slice) in window units at the model's pixel size."""
+def read_texture(path: str | Path, pixel_mm: float | None) -> np.ndarray:
+    """A healthy-lung texture file (HU, one slice) in window units at the model's pixel size (None: at its own, as
+    the authors' code takes its seed)."""
     from sscjax.data.slices import window
     from sscjax.io import read_image
 
     pattern = read_image(path)
-    return healthy_texture(window(pattern.array[0]), pattern.geometry.spacing[0], pixel_mm)
+    texture = window(pattern.array[0])
+    return texture if pixel_mm is None else healthy_texture(texture, pattern.geometry.spacing[0], pixel_mm)
+
+
+def texture_pixel_mm(pixel_mm: float, settings: ExplainConfig) -> float | None:
+    """The pixel size the healthy texture is resampled to: the model's, or None (its own) in the authors' mode."""
+    return None if settings.occlusion == AUTHORS_OCCLUSION else pixel_mm
 
 
 def saved_threshold(models, settings: ExplainConfig) -> np.ndarray:
-    """The calibrated thresholds of the (first) S-Net run, or the settings' threshold before any calibration."""
+    """The calibrated thresholds of the (first) S-Net run, or the settings' threshold before any calibration (the
+    authors' mode: always the settings' one threshold, see `ExplainConfig.default_threshold`)."""
     import json
 
-    if models.snet_runs:
+    if models.snet_runs and settings.occlusion != AUTHORS_OCCLUSION:
         path = runs.calibration_dir(models.snet_runs[0]) / runs.CALIBRATION_FILE
         if path.is_file():
             return np.asarray(json.loads(path.read_text())["thresholds"], np.float64)
-    return np.full(len(SCORES), settings.threshold)
+    return np.full(len(SCORES), settings.default_threshold())
 
 
 def explain_scan(
@@ -245,31 +256,33 @@ def explain_scan(
     healthy: str | Path | None = None,
     threshold=None,
     settings: ExplainConfig | None = None,
+    lung: np.ndarray | None = None,
 ) -> ScanExplanation:
     """Heat maps of a scan's five cascade slices (or of `slice_index`), for the S-Net (ensemble) of `models`, with
-    `settings` (default: the S-Net run's) and `threshold` (default: the run's calibration, else the settings')."""
+    `settings` (default: the S-Net run's), `threshold` (default: the run's calibration, else the settings') and
+    the scan's `lung` mask (default: computed, `sscjax.lung.lung_mask`)."""
     from sscjax import cascade
     from sscjax.data.slices import resize_slices
     from sscjax.io import scan_id
     from sscjax.lung import lung_mask
     from sscjax.snet import prepare_slices
 
-    predict, size = snet_predict(models)
+    settings = settings or models.snet_modules[0].config.explain
+    predict, size = snet_predict(models, bounded=settings.occlusion != AUTHORS_OCCLUSION)
     if slice_index is None:
-        result = cascade.run_cascade(scan, models, levels_mm)
+        result = cascade.run_cascade(scan, models, levels_mm, lung=lung)
         index, lungs, names = result.slice_index, result.lungs, list(LEVEL_NAMES)
     else:
         index = np.asarray(slice_index, int)
         bad = index[(index < 0) | (index >= scan.n_slices)]
         if bad.size:
             raise ConfigError(f"{scan.source}: slice index {bad.tolist()} outside 0..{scan.n_slices - 1}")
-        lungs, names = lung_mask(scan)[index], [f"slice{k}" for k in index]
+        lungs, names = (lung_mask(scan) if lung is None else lung)[index], [f"slice{k}" for k in index]
     slices_hu = scan.array[index]
     images = prepare_slices(slices_hu, size)[..., 0]
     width = images.shape[-1]
     pixel_mm = scan.geometry.spacing[0] * scan.shape[2] / width
-    texture = read_texture(healthy or cohort_healthy_pattern(models), pixel_mm)
-    settings = settings or models.snet_modules[0].config.explain
+    texture = read_texture(healthy or cohort_healthy_pattern(models), texture_pixel_mm(pixel_mm, settings))
     cfg = scaled_config(width, settings)
     lungs_model = lungs.astype(bool) if size is None else resize_slices(lungs.astype(np.float32), size, order=0) > 0.5
     threshold = saved_threshold(models, settings) if threshold is None else threshold
@@ -322,14 +335,19 @@ def calibrate_run(
 
     run_dir = Path(run_dir)
     models = cascade.load_models([], [run_dir])
+    config = models.snet_modules[0].config
+    settings = settings or config.explain
+    if settings.occlusion == AUTHORS_OCCLUSION:
+        raise ConfigError(
+            f"{run_dir}: the authors' heat maps take one threshold for all patterns (explain.threshold, their -0.6 pp); "
+            "calibration chooses thresholds of the replace and constant maps"
+        )
     predict, size = snet_predict(models)
     if size is None:
         raise ConfigError(
             f"{run_dir}: calibration needs slices of one size; this run scores each slice at its own size "
             '(data.conventions = "authors")'
         )
-    config = models.snet_modules[0].config
-    settings = settings or config.explain
     ids = runs.read_splits(run_dir).get(split)
     if not ids:
         raise ConfigError(f"{run_dir}: its splits have no {split!r} patients")
@@ -338,7 +356,7 @@ def calibrate_run(
         cohort, snet.slices_cache(runs.run_workdir(run_dir)), image_size=size, neighbours=False, ids=ids
     )
     pixel_mm = float(np.mean(slices.spacing_yx[:, 1]))
-    texture = read_texture(healthy or cohort_healthy_pattern(models), pixel_mm)
+    texture = read_texture(healthy or cohort_healthy_pattern(models), texture_pixel_mm(pixel_mm, settings))
     cfg = scaled_config(size, settings)
     delta_fn = make_delta_fn(predict, (size, size), cfg)
     scores = np.mean([m.score(slices.images, windowed=True) for m in models.snets], axis=0)

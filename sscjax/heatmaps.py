@@ -5,7 +5,9 @@ At each position it replaces the image inside the lung, blended with linearly fa
 scorer scores the result; Delta P = score(replaced) - score(original) per score, averaged over all
 positions whose patch covers a pixel. Delta P < 0 means the covered region was seen as diseased.
 Positions whose patch touches no lung leave the image unchanged, so their Delta P is exactly 0 and
-they are not computed. Thresholding the maps gives area scores, and `calibrate` picks the threshold that makes
+they are not computed. The "authors" mode is the authors' code instead (docs/heatmaps.md): the weight of a position is
+the 5x5 box blur of patch ∩ lung, the content the healthy seed tiled over the whole image, and maps are 0 outside
+the lung; the same engine computes both, only the per-position weight and content differ. Thresholding the maps gives area scores, and `calibrate` picks the threshold that makes
 them agree best with the scorer. Arrays in, arrays out: no files (the orchestration is `sscjax.explain`).
 """
 
@@ -18,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sscjax.configs.snet import OCCLUSIONS, Occlusion
+from sscjax.configs.snet import AUTHORS_OCCLUSION, OCCLUSIONS, Occlusion
 from sscjax.domain import SCORES
 from sscjax.errors import ConfigError
 
 Predict = Callable[[jax.Array], jax.Array]  # (N, H, W, 1) images -> (N, 3) scores in %
+BLUR = 5  # side of the authors' box blur of patch ∩ lung (OpenCV `blur(B, (5, 5))`), pixels at any image size
 
 
 def default_chunk(shape: tuple[int, int]) -> int:
@@ -39,7 +42,7 @@ class HeatmapConfig:
     stride: int = 16
     fade: int = 16  # width in pixels of the linear fade at each patch edge
     chunk: int | None = None  # patch positions per forward batch; None: default_chunk(image shape)
-    occlusion: Occlusion = "replace"  # "replace" with healthy texture, or "constant" (classic occlusion)
+    occlusion: Occlusion = "replace"  # "replace" with healthy texture, "constant" (classic occlusion), "authors"
     constant: float = 0.0  # the fill value of constant occlusion, in model input units
 
     def __post_init__(self):
@@ -50,24 +53,50 @@ class HeatmapConfig:
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"heat-map chunk {self.chunk} must be at least 1")
         if self.occlusion not in OCCLUSIONS:
-            raise ConfigError(f"occlusion must be 'replace' or 'constant', not {self.occlusion!r}")
+            raise ConfigError(f"occlusion must be one of {', '.join(OCCLUSIONS)}, not {self.occlusion!r}")
 
 
-def fade_window(cfg: HeatmapConfig) -> np.ndarray:
-    """(patch, patch) blending weights: 1 inside, falling linearly to 0 over `fade` pixels at each edge."""
+def window_weights(cfg: HeatmapConfig) -> np.ndarray:
+    """(patch, patch) blending weights of one position before the lung crops them: 1 inside, falling linearly to 0
+    over `fade` pixels at each edge (the authors' mode: all 1, its blur comes after the crop)."""
+    if cfg.occlusion == AUTHORS_OCCLUSION:
+        return np.ones((cfg.patch, cfg.patch), np.float32)
     u = np.arange(cfg.patch) + 0.5
     ramp = np.minimum(1.0, np.minimum(u, cfg.patch - u) / cfg.fade)
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def texture_patch(texture: np.ndarray, cfg: HeatmapConfig) -> np.ndarray:
-    """The (patch, patch) replacement content: the healthy texture mirror-tiled or cropped to the patch size."""
+def replacement_content(texture: np.ndarray, cfg: HeatmapConfig, shape: tuple[int, int]) -> np.ndarray:
+    """What replaces the image: a (patch, patch) patch of the healthy texture mirror-tiled or cropped (the same at
+    every position), of the constant, or (authors) the whole (H, W) image's `authors_texture`."""
     if cfg.occlusion == "constant":
         return np.full((cfg.patch, cfg.patch), cfg.constant, np.float32)
+    if cfg.occlusion == AUTHORS_OCCLUSION:
+        return authors_texture(texture, shape)
     texture = np.asarray(texture, np.float32)
     reps = (-(-cfg.patch // texture.shape[0]), -(-cfg.patch // texture.shape[1]))
     tiled = np.pad(texture, [(0, (r - 1) * s) for r, s in zip(reps, texture.shape)], mode="symmetric")
     return np.ascontiguousarray(tiled[: cfg.patch, : cfg.patch])
+
+
+def authors_texture(seed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The authors' (H, W) texture: the cell [[rot180(E), flipud(E)], [flipud(E), rot180(E)]] of an (h, w) seed E
+    tiled H // 2h * 2 times down and W // 2w * 2 across, cropped to the image, anchored at its top-left corner."""
+    seed = np.asarray(seed, np.float32)
+    (h, w), (n_y, n_x) = seed.shape, shape
+    if 2 * h > n_y or 2 * w > n_x:
+        raise ConfigError(f"healthy seed of {h}x{w} pixels: at most half the slice's {n_y}x{n_x} for the authors' mode")
+    turned, flipped = np.rot90(seed, 2), np.flipud(seed)
+    cell = np.block([[turned, flipped], [flipped, turned]])
+    return np.ascontiguousarray(np.tile(cell, (n_y // (2 * h) * 2, n_x // (2 * w) * 2))[:n_y, :n_x])
+
+
+def box_blur(image: jax.Array, size: int = BLUR) -> jax.Array:
+    """The normalised size x size box filter with reflect-101 borders (OpenCV's `blur`) of an (H, W) array."""
+    r, (h, w) = size // 2, image.shape
+    padded = jnp.pad(image, r, mode="reflect")  # numpy's "reflect" leaves the edge out: OpenCV's BORDER_REFLECT_101
+    rows = jnp.stack([padded[i : i + h] for i in range(size)]).sum(axis=0)
+    return jnp.stack([rows[:, j : j + w] for j in range(size)]).sum(axis=0) / size**2
 
 
 def grid_shape(shape: tuple[int, int], cfg: HeatmapConfig) -> tuple[int, int]:
@@ -101,23 +130,30 @@ def _box_sum(grid: np.ndarray, k: int, forward: bool) -> np.ndarray:
     return c[hi][:, hi1] - c[lo][:, hi1] - c[hi][:, lo1] + c[lo][:, lo1]
 
 
-def _replace(image, lung, content, window, corner):
-    """One replaced image: (Hp, Wp) padded arrays, the patch blended in at `corner` inside the lung."""
-    weight = jax.lax.dynamic_update_slice(jnp.zeros_like(image), window, corner) * lung
-    fill = jax.lax.dynamic_update_slice(jnp.zeros_like(image), content, corner)
+def _placed(patch: jax.Array, corner: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """An (H, W) array of zeros with `patch` at `corner`, cut off by the image's bottom and right edges."""
+    padded = (shape[0] + patch.shape[0], shape[1] + patch.shape[1])  # room for a whole patch: no clamped corners
+    return jax.lax.dynamic_update_slice(jnp.zeros(padded, patch.dtype), patch, corner)[: shape[0], : shape[1]]
+
+
+def _replace(image, lung, content, window, corner, cfg: HeatmapConfig):
+    """One replaced (H, W) image: the content blended in with the position's weights, which are the window at
+    `corner` cropped by the lung (authors: then box-blurred, with their texture anchored to the image)."""
+    crop = _placed(window, corner, image.shape) * lung
+    if cfg.occlusion == AUTHORS_OCCLUSION:
+        weight, fill = box_blur(crop), content
+    else:
+        weight, fill = crop, _placed(content, corner, image.shape)
     return image * (1 - weight) + fill * weight
 
 
 def make_delta_fn(predict: Predict, shape: tuple[int, int], cfg: HeatmapConfig):
     """A jitted function (image, lung, content, corners (C, 2), base (1, 3)) -> Delta P (C, 3) for a chunk."""
-    window = jnp.asarray(fade_window(cfg))
-    h, w = shape
+    window = jnp.asarray(window_weights(cfg))
 
     @jax.jit
     def delta(image, lung, content, corners, base):
-        pad = ((0, cfg.patch), (0, cfg.patch))
-        image_p, lung_p = jnp.pad(image, pad), jnp.pad(lung, pad)
-        replaced = jax.vmap(lambda c: _replace(image_p, lung_p, content, window, c)[:h, :w])(corners)
+        replaced = jax.vmap(lambda c: _replace(image, lung, content, window, c, cfg))(corners)
         return predict(replaced[..., None]) - base
 
     return delta
@@ -131,7 +167,8 @@ def heatmaps(
     cfg: HeatmapConfig = HeatmapConfig(),
     delta_fn=None,
 ) -> np.ndarray:
-    """(H, W, 3) Delta P maps (TOT, GG, RET, in percentage points) of one slice in model input units.
+    """(H, W, 3) Delta P maps (TOT, GG, RET, in percentage points) of one slice in model input units (`texture`:
+    the healthy texture, or the authors' seed).
 
     Positions are evaluated by `jax.vmap` in chunks of `cfg.chunk` (None: `default_chunk`); pass `delta_fn` (from
     `make_delta_fn`) to reuse one compiled function over many slices of the same size.
@@ -139,7 +176,7 @@ def heatmaps(
     image = np.asarray(image, np.float32)
     lung_f = np.asarray(lung, np.float32)
     delta_fn = delta_fn or make_delta_fn(predict, image.shape, cfg)
-    content = jnp.asarray(texture_patch(texture, cfg))
+    content = jnp.asarray(replacement_content(texture, cfg, image.shape))
     base = jax.jit(predict)(jnp.asarray(image)[None, :, :, None])
     cells = lung_positions(lung_f > 0, cfg)
     deltas = np.zeros((len(cells), len(SCORES)), np.float32)
@@ -150,13 +187,15 @@ def heatmaps(
         corners[: len(chunk)] = chunk * cfg.stride
         out = delta_fn(jnp.asarray(image), jnp.asarray(lung_f), content, jnp.asarray(corners), base)
         deltas[start : start + len(chunk)] = np.asarray(out)[: len(chunk)]
-    return spread_over_patches(deltas, cells, image.shape, cfg)
+    maps = spread_over_patches(deltas, cells, image.shape, cfg)
+    return maps * (lung_f > 0)[..., None] if cfg.occlusion == AUTHORS_OCCLUSION else maps
 
 
 def spread_over_patches(
     deltas: np.ndarray, cells: np.ndarray, shape: tuple[int, int], cfg: HeatmapConfig
 ) -> np.ndarray:
-    """Average each position's Delta P over the pixels its patch covers (all grid positions count)."""
+    """Average each position's Delta P over the pixels its patch covers (all grid positions count: inside the lung
+    exactly those whose patch ∩ lung covers the pixel)."""
     ny, nx = grid_shape(shape, cfg)
     k = cfg.patch // cfg.stride
     grid = np.zeros((ny, nx, deltas.shape[1]), np.float64)

@@ -50,6 +50,8 @@ MIN_LEVEL_EXTENT_MM = 30.0
 # Direction cosines are stored with about 6 decimals; a larger departure of D^T D from the identity is a shear or
 # scale that would change every volume and distance (1e-3: 0.1 % in volume, 0.06 deg of shear).
 ORTHONORMAL_TOLERANCE = 1e-3
+# A mask's origin may lie off its scan's, and its spacing drift over the image, by this fraction of a voxel.
+MASK_GEOMETRY_TOL = 0.1
 # CT values in HU are 16-bit: padding outside the scan circle (-3024, -2048, -32768) below air, metal up to about
 # 30000 on the extended scale; values outside this range are not Hounsfield units.
 PLAUSIBLE_HU = (-32768.0, 32767.0)
@@ -512,6 +514,26 @@ def read_geometry(path: str | Path, series: str | None = None) -> tuple[Geometry
     """Canonical geometry and (z, y, x) shape of a scan; files are read from their header only."""
     _, geometry, shape, _ = _read_sitk(Path(path), series, volume=False, header_only=True)
     return canonical_geometry(geometry, shape), shape
+
+
+def read_mask(path: str | Path, scan: Scan, tol: float = MASK_GEOMETRY_TOL) -> np.ndarray:
+    """A mask file (any label > 0) as uint8 0/1 on `scan`'s canonical grid, read and flipped as scans are; ScanError
+    naming the file when its geometry is not the scan's (shape; spacing and origin within `tol` of a voxel over
+    the image; direction)."""
+    mask = read_image(path)
+    if mask.shape != scan.shape:
+        raise ScanError(f"{path}: mask of shape {mask.shape} (z, y, x), but the scan {scan.source} is {scan.shape}")
+    voxel = np.asarray(scan.geometry.spacing)
+    differences = {
+        "spacing": np.abs(np.subtract(mask.geometry.spacing, voxel)) * scan.shape[::-1] > tol * voxel,
+        "origin": np.abs(np.subtract(mask.geometry.origin, scan.geometry.origin)) > tol * voxel,
+        "direction": np.abs(np.subtract(mask.geometry.direction, scan.geometry.direction)) > ORTHONORMAL_TOLERANCE,
+    }
+    for what, off in differences.items():
+        if np.any(off):
+            mine, theirs = (np.round(getattr(g, what), 3).tolist() for g in (mask.geometry, scan.geometry))
+            raise ScanError(f"{path}: mask {what} {mine} is not the scan's {theirs} ({scan.source}, both canonical)")
+    return (mask.array > 0).astype(np.uint8)
 
 
 def in_file_orientation(array: np.ndarray, scan: Scan) -> tuple[np.ndarray, Geometry]:

@@ -189,13 +189,19 @@ def read_splits(run_dir: str | Path) -> dict:
 
 
 def split_scans(run_dir: str | Path, split: str, data_dir: str | Path) -> tuple[Cohort, list[str]]:
-    """(cohort in `data_dir`, scan ids) of a run's "valid" or "test" split; CohortError when a scan is missing."""
-    from sscjax.data import load_cohort
+    """(cohort in `data_dir`, scan ids) of a run's "valid" or "test" split; CohortError when a scan is missing. A run
+    trained elsewhere (imported: no splits.json) never saw the cohort: its splits are the cohort's own (the test set,
+    fold 0's validation patients)."""
+    from sscjax.data import ensure_splits, load_cohort
 
     if split not in ("valid", "test"):
         raise ConfigError(f"split {split!r} is not 'valid' or 'test'")
-    ids = read_splits(run_dir)[split]
     cohort = load_cohort(data_dir, check_scans=False)
+    if (Path(run_dir) / SPLITS_FILE).is_file():
+        ids = read_splits(run_dir)[split]
+    else:
+        splits = ensure_splits(cohort)
+        ids = list(splits.test) if split == "test" else splits.fold(0)[1]
     missing = [i for i in ids if i not in cohort.scan_paths]
     if missing:
         raise CohortError([f"{cohort.root}: scan {i} of the run's {split} split is missing" for i in missing])

@@ -375,16 +375,17 @@ def score_slices(model: nnx.Module, slices: np.ndarray, config: SNetConfig, wind
     return score_model(model, config).score(slices, windowed)
 
 
-def predict_fn(model: nnx.Module, scale: float = PERCENT) -> Callable[[jax.Array], jax.Array]:
+def predict_fn(model: nnx.Module, scale: float = PERCENT, bounded: bool = True) -> Callable[[jax.Array], jax.Array]:
     """A jitted, pure function (N, S, S, 1) model inputs (window units, the config's image size) -> (N, 3)
-    scores in % (outputs x `scale`, see `output_scale`), of the model in evaluation mode (for heat maps: vmap/jit
-    it freely)."""
+    scores in % (outputs x `scale`, see `output_scale`; bounded to 0..100 unless not `bounded`), of the model in
+    evaluation mode (for heat maps: vmap/jit it freely)."""
     model_def, params, state = train.split_model(model)
+    scores = percent_scores if bounded else raw_percent
 
     @jax.jit
     def forward(params, state, images):
         m = train.merge_model(model_def, params, state, jax.random.key(0), training=False)
-        return percent_scores(m, images, scale)
+        return scores(m, images, scale)
 
     return functools.partial(forward, params, state)
 

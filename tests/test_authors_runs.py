@@ -155,3 +155,31 @@ def test_the_authors_conventions_take_no_imagenet_norm():
     assert snet.model.kwargs["normalize_input"]
     with pytest.raises(ConfigError, match="normalize_input"):
         dataclasses.replace(snet, data=dataclasses.replace(snet.data, conventions=AUTHORS))
+
+
+def test_an_imported_snet_is_evaluated_on_the_cohorts_own_test_split(monkeypatch, capsys, tmp_path, cohort):
+    from sscjax.data import ensure_splits, load_cohort
+
+    run = tmp_path / "run"
+    assert import_run(monkeypatch, capsys, FIXTURES / "snet_convnext.pt", "snet", run)[0] == 0
+    code, _, err = ssc(monkeypatch, capsys, "evaluate", "snet", "--model", run, "--data", cohort, "--split", "test")
+    assert code == 0, err
+    test_ids = ensure_splits(load_cohort(cohort)).test
+    predictions = (run / "eval" / "test" / "predictions.csv").read_text().splitlines()[1:]
+    assert sorted({row.split(",")[0] for row in predictions}) == sorted(test_ids) and len(predictions) == 5 * len(
+        test_ids
+    )
+
+
+def test_imported_and_trained_snets_ensemble_each_with_its_own_conventions(monkeypatch, capsys, tmp_path, snet_trained):
+    trained, _ = snet_trained
+    imported = tmp_path / "imported"
+    assert import_run(monkeypatch, capsys, FIXTURES / "snet_convnext.pt", "snet", imported)[0] == 0
+    slices = np.load(FIXTURES / "snet_input_hu.npy")
+    both, _ = cascade.score_slices(cascade.load_models([], [trained, imported]), slices)
+    alone = [cascade.score_slices(cascade.load_models([], [run]), slices)[0][0] for run in (trained, imported)]
+    np.testing.assert_allclose(both[0], alone[0], atol=1e-4)  # the trained fold: resized, its own scale
+    np.testing.assert_allclose(both[1], alone[1], atol=1e-4)  # the imported fold: the authors' preprocessing
+    expected = np.load(FIXTURES / "snet_convnext_expected.npy")
+    np.testing.assert_allclose(both[1], np.clip(expected, 0, 100), atol=SCORE_TOL)
+    assert not np.allclose(both[0], both[1])

