@@ -115,6 +115,7 @@ def test_without_the_file_the_same_network_differs_from_it(config, expected):
     assert differ == [name for name, value in expected.items() if value.any()]  # the comparison above is not vacuous
 
 
+@pytest.mark.slow  # a ConvNeXt training step compiles for about 20 s: the loading is checked above
 def test_ssc_train_snet_small_pretrained_loads_the_file_and_trains(tmp_path, expected):
     from sscjax.phantom import write_cohort
 
