@@ -17,7 +17,7 @@ import jax
 
 from sscjax import __version__
 from sscjax.errors import ConfigError, ModelError
-from sscjax.runs import CHECKPOINT_DIR, CONFIG_FILE
+from sscjax.runs import CHECKPOINT_DIR, CONFIG_FILE, checkpoint_steps
 
 PLATFORMS = ("cpu", "gpu")  # what --device may name
 CHUNK = 1 << 20  # bytes hashed at a time
@@ -70,11 +70,10 @@ def input_record(path: str | Path) -> dict:
 
 def checkpoint_step(run_dir: str | Path, kind: str = "best") -> int:
     """The step of a run's newest `kind` checkpoint (the one its models are loaded from)."""
-    folder = Path(run_dir) / CHECKPOINT_DIR / kind
-    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    steps = checkpoint_steps(run_dir, kind)
     if not steps:
-        raise ModelError(f"{run_dir}: no saved {kind} checkpoint in {folder}")
-    return max(steps)
+        raise ModelError(f"{run_dir}: no saved {kind} checkpoint in {Path(run_dir) / CHECKPOINT_DIR / kind}")
+    return steps[-1]
 
 
 def run_record(run_dir: str | Path, kind: str = "best") -> dict:

@@ -159,10 +159,15 @@ def start_run(run_dir: str | Path, config, splits: dict, fingerprint: str, resum
     write_json(run_dir / FINGERPRINT_FILE, {"data_dir": str(config.data_dir), "fingerprint": fingerprint})
 
 
+def checkpoint_steps(run_dir: str | Path, kind: str = "best") -> list[int]:
+    """The steps of a run's finished checkpoints of `kind` ("best" or "latest"), oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR / kind
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
 def has_checkpoint(run_dir: str | Path, kind: str = "best") -> bool:
     """Whether a run folder holds a finished checkpoint of `kind` ("best" or "latest")."""
-    folder = Path(run_dir) / CHECKPOINT_DIR / kind
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+    return bool(checkpoint_steps(run_dir, kind))
 
 
 def read_config(run_dir: str | Path, net: str | None = None):
