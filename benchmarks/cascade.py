@@ -53,9 +53,8 @@ def preset_models(preset: str) -> cascade.Models:
     """One L-Net and one S-Net of a preset's architecture and input size, randomly initialised."""
     lnet_config, snet_config = networks.preset("lnet", preset), networks.preset("snet", preset)
     level = lnet.level_model(build_model(lnet_config.model, nnx.Rngs(0)), lnet_config)
-    scorer = snet.score_model(
-        snet.make_snet(dataclasses.replace(snet_config, pretrained="none"), nnx.Rngs(0)), snet_config
-    )
+    scratch = dataclasses.replace(snet_config, pretrained="none")
+    scorer = snet.SNet(snet.make_snet(scratch, nnx.Rngs(0)), scratch)
     return cascade.Models([level], [scorer])
 
 

@@ -19,9 +19,10 @@ from common import chest_slices, print_report, texture_patterns
 from flax import nnx
 from original_loop import authors_heatmaps_sequential, heatmaps_sequential
 
+from sscjax.configs.snet import SNetConfig
 from sscjax.heatmaps import HeatmapConfig, default_chunk, heatmaps, lung_positions, make_delta_fn
 from sscjax.models import create_model
-from sscjax.snet import predict_fn
+from sscjax.snet import SNet
 
 SEED_PX = 32  # side of the authors' mode's healthy seed (their code tiles it, at most half the slice)
 
@@ -49,7 +50,7 @@ def main() -> None:
 
     model = create_model(args.model, 3, in_chans=1, normalize_input=True, rngs=nnx.Rngs(args.seed))
     authors = args.occlusion == "authors"
-    predict = predict_fn(model, bounded=not authors)  # the authors' Delta P is of the raw outputs
+    predict = SNet(model, SNetConfig()).function(bounded=not authors)  # the authors' Delta P is of the raw outputs
     slices = chest_slices(1, args.image_size, args.seed)
     image, lung = slices.images[0], slices.lung[0]
     texture = texture_patterns(args.seed).gg[:SEED_PX, :SEED_PX] if authors else texture_patterns(args.seed).gg

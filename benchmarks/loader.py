@@ -14,7 +14,8 @@ import time
 import numpy as np
 from common import chest_slices, level_volumes, print_report, random_crops, texture_patterns
 
-from sscjax.data.snet_loader import SNetLoader, prefetch
+from sscjax.data.snet_loader import SNetLoader
+from sscjax.train import prefetch_batches
 
 
 def timed(function, steps: range) -> tuple[float, list]:
@@ -29,6 +30,16 @@ def one_at_a_time(loader: SNetLoader, step: int) -> dict:
     plan = loader.plan(step)
     rows = [loader.render(plan, np.array([row])) for row in loader.rows]
     return {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+
+
+class LoaderTask:
+    """The training engine's view of a loader (`sscjax.train.Task.train_batch`)."""
+
+    def __init__(self, loader: SNetLoader):
+        self.loader = loader
+
+    def train_batch(self, step: int, process_index: int, process_count: int) -> dict:
+        return self.loader.batch(step)
 
 
 def rate(seconds_per_batch: float, batch: int) -> dict:
@@ -48,9 +59,8 @@ def snet_figures(args) -> dict:
     naive_s, naive = timed(lambda step: one_at_a_time(loader, step), steps)
     identical = all(np.array_equal(a[k], b[k]) for a, b in zip(fast, naive) for k in a)
     start = time.perf_counter()
-    with prefetch(loader, steps.start, n_ahead=2 * args.workers, stop_step=steps.stop, workers=args.workers) as batches:
-        for _ in batches:
-            pass
+    for _ in prefetch_batches(LoaderTask(loader), steps.start, steps.stop):
+        pass
     prefetch_s = (time.perf_counter() - start) / len(steps)
     return {
         "batch": rate(fast_s, args.batch),
@@ -75,7 +85,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="S-Net batch size")
     parser.add_argument("--steps", type=int, default=6, help="batches timed per method")
     parser.add_argument("--slices", type=int, default=60, help="slices in the toy S-Net training set")
-    parser.add_argument("--workers", type=int, default=2, help="prefetch threads")
     parser.add_argument("--lnet-size", type=int, nargs=3, default=(256, 256, 256), help="L-Net resampled matrix")
     parser.add_argument("--lnet-crop", type=int, default=192, help="L-Net crop slices")
     parser.add_argument("--lnet-batch", type=int, default=4, help="L-Net batch size")

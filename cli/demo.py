@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import LazyBar
+
+if TYPE_CHECKING:
+    from sscjax.cascade import Models
+    from sscjax.data import Cohort, Splits
 
 
 def _stage(title: str) -> float:
@@ -65,21 +70,12 @@ def demo(out: Path, patients: int, seed: int) -> None:
     """Run the whole method on a synthetic cohort: phantoms -> L-Net and S-Net training (tiny presets; the S-Net
     starts from the real ImageNet weights of EfficientNet-Lite0) -> cascade and heat maps on held-out scans ->
     agreement statistics on the test split, beside the predict-the-mean baseline."""
-    from sscjax import cascade, explain, lnet, phantom
-    from sscjax.data import ensure_splits, load_cohort
-    from sscjax.io import read_scan
-
     data, runs_dir, results, stats = out / "data", out / "runs", out / "results", out / "evaluation"
     begin = time.perf_counter()
 
     t = _stage(f"1/6 Synthetic cohort: {patients} patients -> {data}")
-    if not (data / "scores.csv").is_file():
-        with click.progressbar(length=patients, label="   phantoms", show_pos=True) as bar:
-            phantom.write_cohort(data, patients, "small", seed, overwrite=True, progress=lambda case: bar.update(1))
-    cohort = load_cohort(data)
-    splits = ensure_splits(cohort)
-    train_ids, valid_ids = splits.fold(0)
-    click.echo(f"   {len(train_ids)} training, {len(valid_ids)} validation, {len(splits.test)} test patients")
+    cohort, splits = _make_cohort(data, patients, seed)
+    train_ids = splits.fold(0)[0]
     _done(t)
 
     t = _stage("2/6 L-Net (finds the five levels; tiny preset: the slice-wise heat-map net), fold 0")
@@ -91,31 +87,15 @@ def demo(out: Path, patients: int, seed: int) -> None:
     _done(t)
 
     t = _stage(f"4/6 Cascade on the {len(splits.test)} test scans -> {results}")
-    models = cascade.load_models([lnet_run], [snet_run])
-    with click.progressbar(list(splits.test), label="   scans", show_pos=True) as scans:
-        for sid in scans:
-            cascade.write_result(cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models), results)
-    pred_csv = cascade.collect_scores(results, models.records)
+    models, pred_csv = _run_cascade(cohort, splits.test, lnet_run, snet_run, results)
     _done(t)
 
     t = _stage("5/6 Heat maps: thresholds calibrated on the validation slices, then one test scan explained")
-    calibrating = LazyBar("   calibrate")
-    _calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=calibrating)
-    calibrating.close()
-    first = splits.test[0]
-    found = explain.explain_scan(read_scan(cohort.scan_paths[first]), models)
-    explained = explain.write_scan_explanation(found, results)
+    calibration_dir, explained = _explain(cohort, splits.test[0], snet_run, models, results)
     _done(t)
 
     t = _stage(f"6/6 Agreement on the test split -> {stats}")
-    from sscjax.report import evaluate_csv
-
-    from .evaluate import echo_report
-
-    baseline_csv = _baseline_scores(cohort, train_ids, splits.test, stats / "baseline_predict_the_mean.csv")
-    echo_report(*evaluate_csv(pred_csv, data / "scores.csv", baseline_csv, stats, only_predicted=True), stats)
-    levels = lnet.evaluate_lnet(lnet_run, "test")
-    level_baseline = lnet.mean_position_baseline(cohort, train_ids, splits.test)
+    levels, level_baseline = _evaluate(cohort, data, train_ids, splits.test, pred_csv, lnet_run, stats)
     _done(t)
 
     _summary(
@@ -130,6 +110,65 @@ def demo(out: Path, patients: int, seed: int) -> None:
         level_baseline,
         time.perf_counter() - begin,
     )
+
+
+def _make_cohort(data: Path, patients: int, seed: int) -> tuple[Cohort, Splits]:
+    """The synthetic cohort in `data` (written unless an earlier demo left it complete) and its splits, with the
+    sizes of fold 0 and the test split echoed."""
+    from sscjax import phantom
+    from sscjax.data import ensure_splits, load_cohort
+
+    if not (data / "scores.csv").is_file():
+        with click.progressbar(length=patients, label="   phantoms", show_pos=True) as bar:
+            phantom.write_cohort(data, patients, "small", seed, overwrite=True, progress=lambda case: bar.update(1))
+    cohort = load_cohort(data)
+    splits = ensure_splits(cohort)
+    train_ids, valid_ids = splits.fold(0)
+    click.echo(f"   {len(train_ids)} training, {len(valid_ids)} validation, {len(splits.test)} test patients")
+    return cohort, splits
+
+
+def _run_cascade(
+    cohort: Cohort, test_ids: list[str], lnet_run: Path, snet_run: Path, results: Path
+) -> tuple[Models, Path]:
+    """The cascade of the two runs on each test scan, written to `results`; the loaded models and the CSV of all
+    the scans' predicted scores."""
+    from sscjax import cascade
+    from sscjax.io import read_scan
+
+    models = cascade.load_models([lnet_run], [snet_run])
+    with click.progressbar(list(test_ids), label="   scans", show_pos=True) as scans:
+        for sid in scans:
+            cascade.write_result(cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models), results)
+    return models, cascade.collect_scores(results, models.records)
+
+
+def _explain(cohort: Cohort, scan_id: str, snet_run: Path, models: Models, results: Path) -> tuple[Path, Path]:
+    """Heat-map thresholds calibrated on the S-Net run's validation slices, then scan `scan_id` explained into
+    `results`; the calibration's folder and the explanation's."""
+    from sscjax import explain
+    from sscjax.io import read_scan
+
+    calibrating = LazyBar("   calibrate")
+    _calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=calibrating)
+    calibrating.close()
+    found = explain.explain_scan(read_scan(cohort.scan_paths[scan_id]), models)
+    return calibration_dir, explain.write_scan_explanation(found, results)
+
+
+def _evaluate(
+    cohort: Cohort, data: Path, train_ids: list[str], test_ids: list[str], pred_csv: Path, lnet_run: Path, stats: Path
+) -> tuple[dict, float]:
+    """The agreement with `data`/scores.csv of the cascade's test scores and of the predict-the-mean baseline's,
+    reported into `stats`; returns the L-Net's test level errors and its predict-the-mean-position baseline (mm)."""
+    from sscjax import lnet
+    from sscjax.report import evaluate_csv
+
+    from .evaluate import echo_report
+
+    baseline_csv = _baseline_scores(cohort, train_ids, test_ids, stats / "baseline_predict_the_mean.csv")
+    echo_report(*evaluate_csv(pred_csv, data / "scores.csv", baseline_csv, stats, only_predicted=True), stats)
+    return lnet.evaluate_lnet(lnet_run, "test"), lnet.mean_position_baseline(cohort, train_ids, test_ids)
 
 
 def _baseline_scores(cohort, train_ids, test_ids, path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from .common import (
     series_option,
     set_option,
 )
+
+if TYPE_CHECKING:
+    from sscjax.explain import ScanExplanation
 
 PATTERN_CHOICES = (*SCORES, "all")
 CHUNK_HELP = (
@@ -116,7 +120,7 @@ def explain(
     image = read_scan(scan, series)
     lung = read_mask(lung_mask, image) if lung_mask else None
     models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
-    settings = ex.explain_settings(models.snet_modules[0].config, assignments, chunk=chunk, occlusion=occlusion)
+    settings = ex.explain_settings(models.snets[0].config, assignments, chunk=chunk, occlusion=occlusion)
     scores = SCORES if pattern.lower() == "all" else (pattern.upper(),)
     click.echo(f"Explaining {scan} ...", err=True)
     found = ex.explain_scan(
@@ -129,7 +133,12 @@ def explain(
         settings=settings,
         lung=lung,
     )
-    folder = ex.write_scan_explanation(found, out, scores)
+    _echo_explanation(found, scores, ex.write_scan_explanation(found, out, scores))
+
+
+def _echo_explanation(found: ScanExplanation, scores: tuple[str, ...], folder: Path) -> None:
+    """A table of the explained slices' S-Net and derived scores and thresholds for `scores`, then where the
+    written maps are."""
     click.echo(f"{'slice':8s}{'pattern':>8s}{'S-Net %':>10s}{'derived %':>11s}{'threshold':>11s}")
     for name, exp in zip(found.names, found.explanations):
         for p in scores:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sscjax import networks
 
 from .common import LazyBar, device_option, set_option
+
+if TYPE_CHECKING:
+    from sscjax.train import StepInfo
 
 
 def training_options(net: str):
@@ -162,37 +167,50 @@ def run_training(
     main_process = jax.process_index() == 0
     for k in _folds(str(config.fold) if fold is None else fold, runs.n_folds(config.data_dir)):
         config = dataclasses.replace(config, fold=k)
-        run_dir = runs.default_run_dir(workdir, net, k)
-        preparing, training = LazyBar("prepare"), LazyBar("train")
+        _train_fold(entry, config, runs.default_run_dir(workdir, net, k), workdir, resume, main_process)
 
-        last = {"loss": "", "mae": ""}
 
-        def progress(info, last=last, training=training) -> None:  # this fold's bar and figures
-            if info.loss is not None:
-                last["loss"] = f"loss {info.loss:.4g}, {info.examples_per_s:.1f} ex/s"
-            if info.metrics:
-                last["mae"] = f", valid MAE {info.metrics['mae']:.2f}"
-            if main_process:
-                training(info.step, info.total, last["loss"] + last["mae"])
+def _train_fold(
+    entry: networks.Network, config: Any, run_dir: Path, workdir: Path, resume: bool, main_process: bool
+) -> None:
+    """Train `config`'s fold in `run_dir` behind a progress bar, with a line naming the run before and a summary
+    line after (both from the main process only, as the bars are)."""
+    net, k = entry.name, config.fold
+    preparing, training = LazyBar("prepare"), LazyBar("train")
+    if main_process:
+        click.echo(f"{net} fold {k}: {run_dir}")
+    try:
+        result = entry.train(
+            config,
+            workdir,
+            run_dir,
+            resume=resume,
+            progress=_fold_progress(training, main_process),
+            prepare_progress=preparing if main_process else None,
+        )
+    finally:
+        preparing.close()
+        training.close()
+    if main_process:
+        best = "none" if result.best_mae is None else f"{result.best_mae:.3f} at step {result.best_step}"
+        stop = " (early stop)" if result.stopped_early else ""
+        click.echo(f"{net} fold {k}: {result.step} steps{stop}, best validation MAE {best}")
 
+
+def _fold_progress(training: LazyBar, main_process: bool) -> Callable[[StepInfo], None]:
+    """The progress callback of one fold: its bar, followed by the loss and speed and the validation MAE as last
+    heard (drawn by the main process only)."""
+    last = {"loss": "", "mae": ""}
+
+    def progress(info: StepInfo) -> None:
+        if info.loss is not None:
+            last["loss"] = f"loss {info.loss:.4g}, {info.examples_per_s:.1f} ex/s"
+        if info.metrics:
+            last["mae"] = f", valid MAE {info.metrics['mae']:.2f}"
         if main_process:
-            click.echo(f"{net} fold {k}: {run_dir}")
-        try:
-            result = entry.train(
-                config,
-                workdir,
-                run_dir,
-                resume=resume,
-                progress=progress,
-                prepare_progress=preparing if main_process else None,
-            )
-        finally:
-            preparing.close()
-            training.close()
-        if main_process:
-            best = "none" if result.best_mae is None else f"{result.best_mae:.3f} at step {result.best_step}"
-            stop = " (early stop)" if result.stopped_early else ""
-            click.echo(f"{net} fold {k}: {result.step} steps{stop}, best validation MAE {best}")
+            training(info.step, info.total, last["loss"] + last["mae"])
+
+    return progress
 
 
 @click.group()

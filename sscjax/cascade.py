@@ -36,30 +36,25 @@ MIN_LUNG_PIXELS = 50  # a slice belongs to the lung range when its lung mask has
 
 @dataclass(frozen=True)
 class Models:
-    """The trained networks of a cascade: one entry per fold (no L-Nets when levels are given by hand).
-    `snet_modules` are the S-Nets themselves with their runs and configs (the heat maps need the pure functions);
-    `records` the provenance of each run ({"lnet": [...], "snet": [...]}), hashed once when the runs are loaded."""
+    """The trained networks of a cascade: one entry per fold (no L-Nets when levels are given by hand), with the
+    provenance of each run ({"lnet": [...], "snet": [...]}), hashed once when the runs are loaded."""
 
     lnets: list[lnet.LevelModel]
-    snets: list[snet.ScoreModel]
-    snet_modules: list[snet.LoadedSNet] = field(default_factory=list)
+    snets: list[snet.SNet]
     lnet_runs: list[str] = field(default_factory=list)
-    snet_runs: list[str] = field(default_factory=list)
     records: dict[str, list[dict]] = field(default_factory=lambda: {"lnet": [], "snet": []})
+
+    @property
+    def snet_runs(self) -> list[str]:
+        """The S-Nets' run folders."""
+        return [str(model.run) for model in self.snets]
 
 
 def load_models(lnet_runs: Sequence[str | Path], snet_runs: Sequence[str | Path]) -> Models:
     """Load every named run (best checkpoints) once, ready to score many scans."""
-    modules = [snet.LoadedSNet.read(r) for r in snet_runs]
+    snets = [snet.SNet.read(r) for r in snet_runs]  # first: it says best what is wrong with a folder
     records = {"lnet": list(map(provenance.run_record, lnet_runs)), "snet": list(map(provenance.run_record, snet_runs))}
-    return Models(
-        [lnet.level_model(r) for r in lnet_runs],
-        [snet.score_model(m.module, m.config) for m in modules],
-        modules,
-        [str(r) for r in lnet_runs],
-        [str(r) for r in snet_runs],
-        records,
-    )
+    return Models([lnet.level_model(r) for r in lnet_runs], snets, [str(r) for r in lnet_runs], records)
 
 
 @dataclass

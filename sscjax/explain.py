@@ -190,19 +190,15 @@ def snet_predict(models, bounded: bool = True) -> tuple[Predict, int | None]:
     """The (ensemble) S-Net as one jittable function of model inputs (scores bounded to 0..100 unless not `bounded`:
     the authors' heat maps take the raw outputs), and its input size (None: each slice's own, the authors'
     conventions); ModelError when the runs take different sizes."""
-    from sscjax import snet
-
-    if not models.snet_modules:
+    if not models.snets:
         raise ConfigError("no S-Net to explain: name a run with --snet")
-    sizes = {snet.input_size(m.config) for m in models.snet_modules}
+    sizes = {m.input_size for m in models.snets}
     if len(sizes) > 1:
         raise ModelError(
             f"the S-Net runs {', '.join(models.snet_runs)} take different input sizes "
             f"{sorted(sizes, key=str)} (None: the slice's own); the heat maps of an ensemble need one"
         )
-    predict = ensemble_predict(
-        [snet.predict_fn(m.module, snet.output_scale(m.config), bounded) for m in models.snet_modules]
-    )
+    predict = ensemble_predict([m.function(bounded) for m in models.snets])
     return predict, sizes.pop()
 
 
@@ -210,7 +206,7 @@ def cohort_healthy_pattern(models) -> Path:
     """The healthy-lung texture of the cohort the (first) S-Net was trained on: DATA/patterns/healthy.*."""
     from sscjax.data.cohort import load_cohort
 
-    config = models.snet_modules[0].config
+    config = models.snets[0].config
     cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
     if HEALTHY_PATTERN not in cohort.pattern_paths:
         raise ConfigError(
@@ -267,7 +263,7 @@ def explain_scan(
     from sscjax.lung import lung_mask
     from sscjax.snet import prepare_slices
 
-    settings = settings or models.snet_modules[0].config.explain
+    settings = settings or models.snets[0].config.explain
     predict, size = snet_predict(models, bounded=settings.occlusion != AUTHORS_OCCLUSION)
     if slice_index is None:
         result = cascade.run_cascade(scan, models, levels_mm, lung=lung)
@@ -319,6 +315,54 @@ def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, scores: 
 # ---------------------------------------------------------------- calibration on validation data
 
 
+def _split_ids(run_dir: Path, split: str) -> list[str]:
+    """The patients of the run's split `split`; ConfigError when it has none (nothing to calibrate on)."""
+    ids = runs.read_splits(run_dir).get(split)
+    if not ids:
+        raise ConfigError(f"{run_dir}: its splits have no {split!r} patients")
+    return ids
+
+
+def _slice_maps(
+    images: np.ndarray,
+    lungs: np.ndarray,
+    predict: Predict,
+    texture: np.ndarray,
+    cfg: HeatmapConfig,
+    delta_fn: Callable,
+    progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+    """(N, H, W, 3) Delta P maps of the slices, one compiled `delta_fn` for all; `progress(done, N)` after each."""
+    maps = []
+    for i, (image, lung) in enumerate(zip(images, lungs)):
+        maps.append(heatmaps(predict, image, lung, texture, cfg, delta_fn))
+        if progress:
+            progress(i + 1, len(images))
+    return np.stack(maps)
+
+
+def _write_calibration(
+    run_dir: Path, split: str, n_slices: int, result: Calibration, scores: np.ndarray, cfg: HeatmapConfig
+) -> Path:
+    """The run's calibration folder with the scatter plot of derived against S-Net scores (the paper's Fig. 7)
+    and calibration.json (the thresholds, their fit and the heat-map settings they hold for)."""
+    from sscjax import plots
+
+    folder = runs.calibration_dir(run_dir)
+    plots.calibration_scatter(result.derived, scores, result.thresholds, result.r2, folder / "calibration.png")
+    record = {
+        "split": split,
+        "n_slices": n_slices,
+        "thresholds": result.thresholds.tolist(),
+        "mae": result.mae,
+        "r2": result.r2,
+        "patterns": list(SCORES),
+        "heatmap": vars(cfg),
+    }
+    write_json(folder / runs.CALIBRATION_FILE, record)
+    return folder
+
+
 def calibrate_run(
     run_dir: str | Path,
     split: str = "valid",
@@ -329,13 +373,13 @@ def calibrate_run(
     """Choose an S-Net run's heat-map thresholds on its validation (or test) level slices, with `settings` (default:
     the run's); writes RUN/explain/calibration.json and the scatter plot of derived against S-Net scores (the
     paper's Fig. 7)."""
-    from sscjax import cascade, plots, snet
+    from sscjax import cascade, snet
     from sscjax.data.cohort import load_cohort
     from sscjax.data.slices import load_slices
 
     run_dir = Path(run_dir)
     models = cascade.load_models([], [run_dir])
-    config = models.snet_modules[0].config
+    config = models.snets[0].config
     settings = settings or config.explain
     if settings.occlusion == AUTHORS_OCCLUSION:
         raise ConfigError(
@@ -348,9 +392,7 @@ def calibrate_run(
             f"{run_dir}: calibration needs slices of one size; this run scores each slice at its own size "
             '(data.conventions = "authors")'
         )
-    ids = runs.read_splits(run_dir).get(split)
-    if not ids:
-        raise ConfigError(f"{run_dir}: its splits have no {split!r} patients")
+    ids = _split_ids(run_dir, split)
     cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
     slices = load_slices(
         cohort, snet.slices_cache(runs.run_workdir(run_dir)), image_size=size, neighbours=False, ids=ids
@@ -360,22 +402,6 @@ def calibrate_run(
     cfg = scaled_config(size, settings)
     delta_fn = make_delta_fn(predict, (size, size), cfg)
     scores = np.mean([m.score(slices.images, windowed=True) for m in models.snets], axis=0)
-    maps = []
-    for i, (image, lung) in enumerate(zip(slices.images, slices.lung)):
-        maps.append(heatmaps(predict, image, lung, texture, cfg, delta_fn))
-        if progress:
-            progress(i + 1, len(slices))
-    result = calibrate(np.stack(maps), slices.lung, scores, search_thresholds(settings))
-    folder = runs.calibration_dir(run_dir)
-    plots.calibration_scatter(result.derived, scores, result.thresholds, result.r2, folder / "calibration.png")
-    record = {
-        "split": split,
-        "n_slices": len(slices),
-        "thresholds": result.thresholds.tolist(),
-        "mae": result.mae,
-        "r2": result.r2,
-        "patterns": list(SCORES),
-        "heatmap": vars(cfg),
-    }
-    write_json(folder / runs.CALIBRATION_FILE, record)
-    return result, folder
+    maps = _slice_maps(slices.images, slices.lung, predict, texture, cfg, delta_fn, progress)
+    result = calibrate(maps, slices.lung, scores, search_thresholds(settings))
+    return result, _write_calibration(run_dir, split, len(slices), result, scores, cfg)

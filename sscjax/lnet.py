@@ -25,7 +25,21 @@ from flax import nnx
 from sscjax import plots, runs, train
 from sscjax.configs import AUTHORS, Conventions
 from sscjax.configs.lnet import LNetConfig, LNetData
-from sscjax.data import lnet as data
+from sscjax.data.lnet import (
+    LevelSet,
+    PreparedVolume,
+    cache_dir,
+    check_crops,
+    crop_bounds,
+    crop_starts,
+    level_set,
+    median_positions,
+    moments,
+    prepare_volume,
+    training_crops,
+    window_starts,
+    windows,
+)
 from sscjax.domain import LEVEL_NAMES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import Scan, read_scan, write_csv, write_json
@@ -60,26 +74,26 @@ def predict_positions(predict: train.Predictor, volume: np.ndarray, settings: LN
     """(5,) level positions in a resampled volume: per-level median over the sliding windows, made and read with
     the settings' conventions (the authors': windows z-scored with the whole volume's mean and SD)."""
     conventions, crop = settings.conventions, settings.crop
-    starts = data.window_starts(volume.shape[0], crop, settings.stride, conventions)
-    scale = data.moments(volume) if conventions == AUTHORS else None
-    outputs = _predict_in_chunks(predict, len(starts), lambda rows: data.windows(volume, starts[rows], crop, scale))
-    return data.median_positions(to_positions(outputs, crop, conventions), starts)
+    starts = window_starts(volume.shape[0], crop, settings.stride, conventions)
+    scale = moments(volume) if conventions == AUTHORS else None
+    outputs = _predict_in_chunks(predict, len(starts), lambda rows: windows(volume, starts[rows], crop, scale))
+    return median_positions(to_positions(outputs, crop, conventions), starts)
 
 
 def predict_crops(
-    predict: train.Predictor, levels: data.LevelSet, rows: np.ndarray, starts: np.ndarray, settings: LNetData
+    predict: train.Predictor, levels: LevelSet, rows: np.ndarray, starts: np.ndarray, settings: LNetData
 ) -> np.ndarray:
     """(n, 5) positions predicted within the crops (row, start), relative to each crop's start."""
     crop = settings.crop
     outputs = _predict_in_chunks(
-        predict, len(rows), lambda part: data.training_crops(levels, rows[part], starts[part], crop)[0]
+        predict, len(rows), lambda part: training_crops(levels, rows[part], starts[part], crop)[0]
     )
     return to_positions(outputs, crop, settings.conventions)
 
 
-def mean_crop_positions(levels: data.LevelSet, settings: LNetData) -> np.ndarray:
+def mean_crop_positions(levels: LevelSet, settings: LNetData) -> np.ndarray:
     """(5,) mean level positions relative to the start of a random training crop (starts uniform per scan)."""
-    lo, hi = data.crop_bounds(levels.positions, settings.crop, levels.volumes[0].array.shape[0], settings.margin)
+    lo, hi = crop_bounds(levels.positions, settings.crop, levels.volumes[0].array.shape[0], settings.margin)
     return (levels.positions - (lo + hi)[:, None] / 2).mean(axis=0)
 
 
@@ -103,15 +117,15 @@ def make_lnet(config: LNetConfig, rngs: nnx.Rngs, mean_targets: np.ndarray) -> n
 class LNetTask:
     """The L-Net for the training engine: random level-keeping crops, MSE, sliding-window validation (MAE in mm)."""
 
-    def __init__(self, config: LNetConfig, train_set: data.LevelSet, valid_set: data.LevelSet):
-        data.check_crops(train_set, config.data.crop, config.data.margin)
+    def __init__(self, config: LNetConfig, train_set: LevelSet, valid_set: LevelSet):
+        check_crops(train_set, config.data.crop, config.data.margin)
         self.config, self.train_set, self.valid_set = config, train_set, valid_set
         self.examples_per_epoch = len(train_set)
         settings, n_slices = config.data, valid_set.volumes[0].array.shape[0]
-        lo, hi = data.crop_bounds(valid_set.positions, settings.crop, n_slices, settings.margin)
+        lo, hi = crop_bounds(valid_set.positions, settings.crop, n_slices, settings.margin)
         self.valid_rows = np.repeat(np.flatnonzero(lo <= hi), VALID_CROPS)
         draw = np.random.default_rng([config.train.seed, len(valid_set), 7]).random(len(self.valid_rows))
-        self.valid_starts = data.crop_starts(
+        self.valid_starts = crop_starts(
             valid_set.positions[self.valid_rows], settings.crop, n_slices, settings.margin, draw
         )
         self.mean_crop_positions = mean_crop_positions(train_set, settings)
@@ -126,7 +140,7 @@ class LNetTask:
         settings, schedule = self.config.data, self.config.train
         rows = train.epoch_rows(schedule.seed, step, len(self.train_set), schedule.batch_size)
         draw = np.random.default_rng([schedule.seed, step, 1]).random(len(rows))
-        starts = data.crop_starts(
+        starts = crop_starts(
             self.train_set.positions[rows],
             settings.crop,
             self.train_set.volumes[0].array.shape[0],
@@ -134,7 +148,7 @@ class LNetTask:
             draw,
         )
         mine = np.arange(len(rows))[train.host_rows(len(rows), process_index, process_count)]
-        inputs, positions = data.training_crops(self.train_set, rows[mine], starts[mine], settings.crop)
+        inputs, positions = training_crops(self.train_set, rows[mine], starts[mine], settings.crop)
         if settings.noise > 0:
             # one generator per global row: the same noise whichever host renders the row
             inputs += settings.noise * np.stack(
@@ -188,7 +202,7 @@ class LNetTask:
         return plots.level_overlay(batch["inputs"][0, ..., 0], positions, value_range=CROP_RANGE)
 
 
-def baseline_mae(train_set: data.LevelSet, valid_set: data.LevelSet) -> float:
+def baseline_mae(train_set: LevelSet, valid_set: LevelSet) -> float:
     """Validation MAE (mm) of predicting every level at its mean training position (resampled slices)."""
     error = np.abs(train_set.positions.mean(axis=0) - valid_set.positions) * valid_set.slice_mm[:, None]
     return float(error.mean())
@@ -252,7 +266,7 @@ class LevelPrediction:
         }
 
 
-def predict_prepared(model: LevelModel, prepared: data.PreparedVolume, source: str = "") -> LevelPrediction:
+def predict_prepared(model: LevelModel, prepared: PreparedVolume, source: str = "") -> LevelPrediction:
     """Levels of a prepared volume, mapped to world z (clamped into the scan) and the original scan's nearest
     slices: the paper's rule, kept for the authors' networks too (their cascade code truncates z to a slice)."""
     positions = predict_positions(model.predict, prepared.array, model.settings)
@@ -272,7 +286,7 @@ def predict_levels(model: LevelModel | str | Path, scan: Scan | str | Path) -> L
         model = level_model(model)
     if not isinstance(scan, Scan):
         scan = read_scan(scan)
-    return predict_prepared(model, data.prepare_volume(scan, model.settings.size), scan.source)
+    return predict_prepared(model, prepare_volume(scan, model.settings.size), scan.source)
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -280,16 +294,16 @@ def predict_levels(model: LevelModel | str | Path, scan: Scan | str | Path) -> L
 
 def prepare(
     config: LNetConfig, workdir: str | Path, progress: Callable[[int, int], None] | None = None
-) -> tuple[data.LevelSet, data.LevelSet, dict, str]:
+) -> tuple[LevelSet, LevelSet, dict, str]:
     """(train set, validation set, splits record, cohort fingerprint) of the config's fold, volumes cached
     under `workdir`."""
     cohort, train_ids, valid_ids, record = runs.fold_split(config.data_dir, config.fold)
-    cache = data.cache_dir(workdir, config.data.size)
-    both = data.level_set(cohort.scan_paths, cohort.levels_mm, train_ids + valid_ids, cache, config.data.size, progress)
+    cache = cache_dir(workdir, config.data.size)
+    both = level_set(cohort.scan_paths, cohort.levels_mm, train_ids + valid_ids, cache, config.data.size, progress)
     n = len(train_ids)
 
-    def subset(rows: np.ndarray) -> data.LevelSet:
-        return data.LevelSet([both.ids[r] for r in rows], [both.volumes[r] for r in rows], both.positions[rows])
+    def subset(rows: np.ndarray) -> LevelSet:
+        return LevelSet([both.ids[r] for r in rows], [both.volumes[r] for r in rows], both.positions[rows])
 
     return subset(np.arange(n)), subset(np.arange(n, len(both))), record, cohort.fingerprint()
 

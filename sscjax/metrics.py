@@ -356,16 +356,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[str, str] = ("A", "B")) -> str:
-    """Markdown tables: overall agreement per pattern, per level (the paper's Table 5) and, if given, the
-    paired comparison of two methods (`names`: the evaluated and the compared method)."""
-    overall = _table(
+def _mae_sd(m: dict) -> str:
+    """A pattern's MAE with its SD in brackets, as the tables show it."""
+    return f"{_num(m['mae'])} ({_num(m['sd'])})"
+
+
+def _overall_table(result: dict) -> str:
+    """Agreement per pattern over all levels: n, MAE (SD), kappa and ICC with its 95 % interval."""
+    return _table(
         ["Pattern", "n", "MAE (SD) %", "Kappa", "ICC (95 % CI)"],
         [
             [
                 p,
                 str(m["n"]),
-                f"{_num(m['mae'])} ({_num(m['sd'])})",
+                _mae_sd(m),
                 _num(m["kappa"]),
                 f"{_num(m['icc'])} ({_num(m['icc_ci95'][0])} to {_num(m['icc_ci95'][1])})",
             ]
@@ -373,23 +377,48 @@ def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[s
             for m in [result[p]]
         ],
     )
-    per_level = _table(
+
+
+def _per_level_table(result: dict) -> str:
+    """Agreement per level, each pattern's MAE (SD), kappa and ICC side by side (the paper's Table 5)."""
+    return _table(
         ["Level", "n", *(f"{p} {s}" for p in SCORES for s in ("MAE (SD) %", "Kappa", "ICC"))],
         [
             [
                 level,
                 str(table[SCORES[0]]["n"]),
-                *(
-                    c
-                    for p in SCORES
-                    for m in [table[p]]
-                    for c in (f"{_num(m['mae'])} ({_num(m['sd'])})", _num(m["kappa"]), _num(m["icc"]))
-                ),
+                *(c for p in SCORES for m in [table[p]] for c in (_mae_sd(m), _num(m["kappa"]), _num(m["icc"]))),
             ]
             for level, table in result["per_level"].items()
         ],
     )
-    parts = ["## Agreement", overall, "## Per level", per_level]
+
+
+def _comparison_table(compare: dict, a: str, b: str) -> str:
+    """The paired tests per pattern on the absolute errors of methods `a` and `b`: their MAEs, Wilcoxon and t."""
+    return _table(
+        ["Pattern", "n", f"MAE {a}", f"MAE {b}", "Wilcoxon W", "p", "t", "p"],
+        [
+            [
+                p,
+                str(c["n"]),
+                _num(c["mean_a"]),
+                _num(c["mean_b"]),
+                _num(c["wilcoxon_statistic"], 1),
+                _num(c["wilcoxon_p"], 4),
+                _num(c["ttest_statistic"]),
+                _num(c["ttest_p"], 4),
+            ]
+            for p in SCORES
+            for c in [compare[p]]
+        ],
+    )
+
+
+def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[str, str] = ("A", "B")) -> str:
+    """Markdown tables: overall agreement per pattern, per level (the paper's Table 5) and, if given, the
+    paired comparison of two methods (`names`: the evaluated and the compared method)."""
+    parts = ["## Agreement", _overall_table(result), "## Per level", _per_level_table(result)]
     if result.get("merged_duplicates"):
         parts.insert(
             2,
@@ -398,24 +427,5 @@ def agreement_markdown(result: dict, compare: dict | None = None, names: tuple[s
         )
     if compare is not None:
         a, b = names
-        parts += [
-            f"## {a} vs {b}: paired tests on absolute errors",
-            _table(
-                ["Pattern", "n", f"MAE {a}", f"MAE {b}", "Wilcoxon W", "p", "t", "p"],
-                [
-                    [
-                        p,
-                        str(c["n"]),
-                        _num(c["mean_a"]),
-                        _num(c["mean_b"]),
-                        _num(c["wilcoxon_statistic"], 1),
-                        _num(c["wilcoxon_p"], 4),
-                        _num(c["ttest_statistic"]),
-                        _num(c["ttest_p"], 4),
-                    ]
-                    for p in SCORES
-                    for c in [compare[p]]
-                ],
-            ),
-        ]
+        parts += [f"## {a} vs {b}: paired tests on absolute errors", _comparison_table(compare, a, b)]
     return "\n\n".join(parts) + "\n"

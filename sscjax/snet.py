@@ -3,10 +3,10 @@
 The network maps one level slice (HU window [-1500, 1500] -> [0, 1], one channel, resized to the config's
 `image_size`; the model normalises it with its pretraining statistics, see `sscjax.models`) to TOT, GG and RET.
 Output scale: the head regresses percent / 100, so targets lie in [0, 1] and the MSE loss and its gradients are
-of order one whatever the pattern; every prediction this module hands out (`SNetTask.predict`, `ScoreModel`,
-`predict_fn`, validation, evaluation) is the head's output times 100, i.e. percent, bounded to 0..100 by
-`bounded_percent` (a regression head can overshoot; a share of the lung cannot); `raw_percent` and
-`ScoreModel.raw` keep the unbounded output for research. A run with `data.conventions = "authors"` (the paper
+of order one whatever the pattern; every prediction this module hands out (`SNetTask.predict`, `SNet`, the one
+way to run a trained S-Net, validation, evaluation) is the head's output times 100, i.e. percent, bounded to 0..100
+by `bounded_percent` (a regression head can overshoot; a share of the lung cannot); `SNet.raw` keeps the unbounded
+output for research. A run with `data.conventions = "authors"` (the paper
 authors' imported S-Nets) is run as their code runs it: each slice at its own size, outputs read as percent; it
 trains on percent targets and on slices at the cohort's own in-plane size (`with_own_size`). A config with `init`
 (ssc train --init) starts from that run's best weights in place of ImageNet's.
@@ -122,9 +122,9 @@ def make_snet(config: SNetConfig, rngs: nnx.Rngs, backbone: nnx.State | None = N
     (`backbone` if already read by `imagenet_backbone`). With `config.init`, the init run's network as it is."""
     if config.init is not None:
         return init_model(config)
+    backbone = imagenet_backbone(config) if backbone is None else backbone  # checked before the network is made
     model: Any = build_model(config.model, rngs)  # every S-Net network has a head
     model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
-    backbone = imagenet_backbone(config) if backbone is None else backbone
     if backbone is not None:
         nnx.update(model, backbone)
     return model
@@ -142,20 +142,15 @@ def output_scale(config: SNetConfig) -> float:
     return 1.0 if config.data.conventions == AUTHORS else PERCENT
 
 
-def input_size(config: SNetConfig) -> int | None:
-    """The side slices are resized to before scoring; None: each slice at its own size (the authors' conventions)."""
-    return None if config.data.conventions == AUTHORS else config.data.image_size
-
-
-def raw_percent(model: nnx.Module, images: jax.Array, scale: float = PERCENT) -> jax.Array:
+def _raw_percent(model: nnx.Module, images: jax.Array, scale: float = PERCENT) -> jax.Array:
     """The model's (N, 3) outputs x `scale` (`output_scale`) as float32 TOT, GG, RET in %, unbounded (for research;
-    users get `percent_scores`)."""
+    users get `_percent_scores`)."""
     return model(images).astype(jnp.float32) * scale
 
 
-def percent_scores(model: nnx.Module, images: jax.Array, scale: float = PERCENT) -> jax.Array:
+def _percent_scores(model: nnx.Module, images: jax.Array, scale: float = PERCENT) -> jax.Array:
     """The model's (N, 3) TOT, GG, RET in %, bounded to 0..100."""
-    return bounded_percent(raw_percent(model, images, scale))
+    return bounded_percent(_raw_percent(model, images, scale))
 
 
 # ---------------------------------------------------------------- training
@@ -212,7 +207,7 @@ class SNetTask:
         return train.mse(model(batch["inputs"]), batch["targets"] / output_scale(self.config))
 
     def predict(self, model: nnx.Module, inputs: jax.Array) -> jax.Array:
-        return percent_scores(model, inputs, output_scale(self.config))
+        return _percent_scores(model, inputs, output_scale(self.config))
 
     def validate(self, predict: train.Predictor) -> train.Validation:
         """Scores of the validation level slices: "mae" (mean over the patterns) and MAE, kappa, ICC per pattern;
@@ -228,11 +223,6 @@ class SNetTask:
             images["train/samples"] = plots.sample_grid_image(self.loader.batch(0))
             self.grid_pending = False
         return train.Validation({"mae": float(np.abs(pred - true).mean()), **found}, images)
-
-
-def mean_baseline(train_set: SliceSet, valid_set: SliceSet) -> np.ndarray:
-    """(3,) validation MAE (%) of predicting every slice as the mean training score of its pattern."""
-    return np.abs(train_set.scores.mean(axis=0) - valid_set.scores).mean(axis=0)
 
 
 def slices_cache(workdir: str | Path) -> Path:
@@ -306,27 +296,6 @@ def train_snet(
 # ---------------------------------------------------------------- inference
 
 
-def load_snet(run_dir: str | Path, kind: str = "best") -> tuple[nnx.Module, SNetConfig]:
-    """(model in evaluation mode with a run's best (or latest) weights, the run's config); ModelError when the
-    folder is not an S-Net run or has no checkpoint."""
-    return load_model(run_dir, NET, kind)
-
-
-@dataclass(frozen=True)
-class LoadedSNet:
-    """A trained S-Net read from its run folder: the module (evaluation mode, for pure functions such as the heat
-    maps' `predict_fn`) and the run's config."""
-
-    run: Path
-    module: nnx.Module
-    config: SNetConfig
-
-    @classmethod
-    def read(cls, run_dir: str | Path) -> LoadedSNet:
-        """The best checkpoint of an S-Net run."""
-        return cls(Path(run_dir), *load_snet(run_dir))
-
-
 def prepare_slices(slices: np.ndarray, image_size: int | None, windowed: bool = False) -> np.ndarray:
     """(N, H, W) slices in HU (or already in window units) -> (N, S, S, 1) model inputs, windowed and resized
     exactly as training slices are (`sscjax.data.slices`); image_size None: (N, H, W, 1), not resized."""
@@ -337,57 +306,57 @@ def prepare_slices(slices: np.ndarray, image_size: int | None, windowed: bool = 
     return (images if image_size is None else resize_slices(images, image_size, order=1))[..., None]
 
 
-@dataclass(frozen=True)
-class ScoreModel:
-    """A trained S-Net ready to score slices: a predictor of model inputs -> (N, 3) unbounded TOT, GG, RET in %,
-    and the side its inputs are resized to (None: not resized)."""
+@dataclass(frozen=True, eq=False)
+class SNet:
+    """A trained S-Net and the one way to run it: `score` (and `raw`) of slices in HU for the cascade, evaluation
+    and scripts, `function` (a pure, jittable function of model inputs) for the heat maps; each prepares inputs and
+    reads outputs by the run's conventions. Make one and score many slices with it: it compiles once."""
 
-    predict: train.Predictor
-    image_size: int | None
+    module: nnx.Module
+    config: SNetConfig
+    run: Path | None = None
+
+    @classmethod
+    def read(cls, run_dir: str | Path, kind: str = "best") -> SNet:
+        """A run's best (or latest) checkpoint; ModelError when the folder is not an S-Net run or has none."""
+        return cls(*load_model(run_dir, NET, kind), Path(run_dir))
+
+    @property
+    def input_size(self) -> int | None:
+        """The side slices are resized to before scoring; None: each slice at its own size (the authors' conventions)."""
+        return None if self.config.data.conventions == AUTHORS else self.config.data.image_size
+
+    @functools.cached_property
+    def _predict(self) -> train.Predictor:
+        """Model inputs -> (N, 3) unbounded outputs in %, batched on all devices."""
+        batch = train.inference_batch(self.config.train.predict_batch, self.config.data.image_size**2)
+        forward = functools.partial(_raw_percent, scale=output_scale(self.config))
+        return train.model_predictor(self.module, batch, forward=forward, compute_dtype=self.config.train.compute_dtype)
 
     def raw(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
         """(N, 3) unbounded network outputs in % of (N, H, W) slices in HU (or window units with windowed=True), any
         in-plane size."""
         if len(slices) == 0:
             return np.zeros((0, len(SCORES)), np.float32)
-        return self.predict(prepare_slices(slices, self.image_size, windowed))
+        return self._predict(prepare_slices(slices, self.input_size, windowed))
 
     def score(self, slices: np.ndarray, windowed: bool = False) -> np.ndarray:
-        """(N, 3) scores in %, bounded to 0..100, of (N, H, W) slices (see `raw`)."""
+        """(N, 3) TOT, GG, RET in %, bounded to 0..100, of (N, H, W) slices (see `raw`)."""
         return bounded_percent(self.raw(slices, windowed))
 
+    def function(self, bounded: bool = True) -> Callable[[jax.Array], jax.Array]:
+        """A jitted, pure function (N, S, S, 1) model inputs (window units, `input_size`) -> (N, 3) scores in %
+        (bounded to 0..100 unless not `bounded`) of the model in evaluation mode: vmap and jit it freely."""
+        model_def, params, state = train.split_model(self.module)
+        scores = _percent_scores if bounded else _raw_percent
+        scale = output_scale(self.config)
 
-def score_model(run_or_model: str | Path | nnx.Module, config: SNetConfig | None = None) -> ScoreModel:
-    """A ScoreModel from a run folder (its best checkpoint) or from a model and its config (compiled once:
-    make one and score many slices with it), preparing slices and reading outputs with the config's conventions."""
-    if isinstance(run_or_model, (str, Path)):
-        run_or_model, config = load_snet(run_or_model)
-    if config is None:
-        raise ConfigError("an S-Net model needs its config (image size) for scoring")
-    batch = train.inference_batch(config.train.predict_batch, config.data.image_size**2)
-    forward = functools.partial(raw_percent, scale=output_scale(config))
-    predict = train.model_predictor(run_or_model, batch, forward=forward, compute_dtype=config.train.compute_dtype)
-    return ScoreModel(predict, input_size(config))
+        @jax.jit
+        def forward(params, state, images):
+            m = train.merge_model(model_def, params, state, jax.random.key(0), training=False)
+            return scores(m, images, scale)
 
-
-def score_slices(model: nnx.Module, slices: np.ndarray, config: SNetConfig, windowed: bool = False) -> np.ndarray:
-    """One-off scoring: (N, 3) TOT, GG, RET in % of (N, H, W) slices in HU (see `ScoreModel.score`)."""
-    return score_model(model, config).score(slices, windowed)
-
-
-def predict_fn(model: nnx.Module, scale: float = PERCENT, bounded: bool = True) -> Callable[[jax.Array], jax.Array]:
-    """A jitted, pure function (N, S, S, 1) model inputs (window units, the config's image size) -> (N, 3)
-    scores in % (outputs x `scale`, see `output_scale`; bounded to 0..100 unless not `bounded`), of the model in
-    evaluation mode (for heat maps: vmap/jit it freely)."""
-    model_def, params, state = train.split_model(model)
-    scores = percent_scores if bounded else raw_percent
-
-    @jax.jit
-    def forward(params, state, images):
-        m = train.merge_model(model_def, params, state, jax.random.key(0), training=False)
-        return scores(m, images, scale)
-
-    return functools.partial(forward, params, state)
+        return functools.partial(forward, params, state)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -418,7 +387,8 @@ def evaluate_snet(
     from sscjax import report
 
     run_dir = Path(run_dir)
-    model, config = load_snet(run_dir)
+    model = SNet.read(run_dir)
+    config = model.config
     cohort, ids = runs.split_scans(run_dir, split, data_dir or config.data_dir)
     out = runs.eval_dir(run_dir, split)
     slices = load_slices(
@@ -429,7 +399,7 @@ def evaluate_snet(
         ids=ids,
         progress=progress,
     )
-    pred = np.round(score_model(model, config).score(slices.images, windowed=True).astype(np.float64), 3)
+    pred = np.round(model.score(slices.images, windowed=True).astype(np.float64), 3)
     pred_table, true_table = _score_table(slices, pred), _score_table(slices, slices.scores)
     joined, merged = metrics.join_truth(pred_table, true_table)
     result = metrics.joined_agreement(joined, merged)

@@ -455,6 +455,125 @@ def prefetch_batches(task: Task, start: int, stop: int) -> Iterator[Batch]:
             yield batch
 
 
+@dataclass(frozen=True)
+class _Cadence:
+    """Which steps are logged, validated and checkpointed: every `log_every`, `valid_every` and `checkpoint_every`
+    steps, and the last step for all three."""
+
+    total: int
+    log_every: int
+    valid_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, examples_per_epoch: int) -> _Cadence:
+        """The config's cadence: unless set, a validation each epoch and a checkpoint at each validation."""
+        valid_every = config.valid_every or steps_per_epoch(config, examples_per_epoch)
+        total = total_steps(config, examples_per_epoch)
+        return cls(total, config.log_every, valid_every, config.checkpoint_every or valid_every)
+
+    def _at(self, done: int, every: int) -> bool:
+        """Whether something done every `every` steps is due after `done` steps."""
+        return done % every == 0 or done == self.total
+
+    def due(self, done: int) -> tuple[bool, bool, bool]:
+        """(logging, validating, checkpointing) after `done` steps."""
+        return self._at(done, self.log_every), self._at(done, self.valid_every), self._at(done, self.checkpoint_every)
+
+
+class _Throughput:
+    """Training examples per second between logged steps, measured when the losses are read; the time spent
+    validating is left out."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.batch_size = batch_size
+        self.since_time, self.since_step = time.perf_counter(), step
+        self.read_time = self.since_time
+
+    def measure(self, step: int) -> float:
+        """Examples per second from the last logged step to now, when step `step`'s losses were read."""
+        self.read_time = time.perf_counter()
+        return (step - self.since_step) * self.batch_size / max(self.read_time - self.since_time, 1e-9)
+
+    def logged(self, step: int) -> None:
+        """Step `step` was logged: the next measure starts from its read."""
+        self.since_time, self.since_step = self.read_time, step
+
+    def validated(self) -> None:
+        """A validation just ended: the next measure leaves its time out."""
+        self.since_time = time.perf_counter()
+
+
+def _check_batch_size(config: TrainConfig, mesh: Mesh) -> None:
+    """ConfigError unless the global batch splits evenly over the devices and the hosts."""
+    if config.batch_size % mesh.size:
+        raise ConfigError(f"batch size {config.batch_size} is not divisible by the {mesh.size} devices")
+    host_rows(config.batch_size, jax.process_index(), jax.process_count())
+
+
+def _start(
+    task: Task, config: TrainConfig, mesh: Mesh, run_dir: Path, resume: bool
+) -> tuple[Callable, Callable, Checkpoints, tuple, dict[str, Any], int]:
+    """The compiled train and predict steps, the run's checkpoints (opened) and what `_restore_latest` starts from:
+    fresh (params, state, optimizer state) or, on `resume`, the latest checkpoint's."""
+    model_def, params, state, tx, opt_state = init_training(task, config, mesh)
+    train_step = make_train_step(task, model_def, tx)
+    predict_step = make_predict_step(task.predict, model_def, mesh)
+    checkpoints = Checkpoints(run_dir)
+    try:
+        return train_step, predict_step, checkpoints, *_restore_latest(checkpoints, resume, (params, state, opt_state))
+    except ConfigError:
+        checkpoints.close()
+        raise
+
+
+def _device_batch(host_batch: Batch, mesh: Mesh, batch_size: int) -> dict[str, jax.Array]:
+    """This host's rows of a batch as global arrays sharded over the mesh; ConfigError when the task made batches
+    of another size than the config's."""
+    batch = shard_batch(host_batch, mesh)
+    rows = {v.shape[0] for v in batch.values()}
+    if rows != {batch_size}:
+        raise ConfigError(f"the task made batches of {rows} rows, the config asks for {batch_size}")
+    return batch
+
+
+def _read_pending(pending: dict[int, dict], step: int, run_dir: Path, result: TrainResult) -> dict:
+    """The outputs of the steps run since the last read, read in one transfer (see `read_losses`) and their losses
+    kept in `result`; returns step `step`'s (the newest)."""
+    read = read_losses(pending, run_dir)
+    pending.clear()
+    result.losses.update({s: out["loss"] for s, out in read.items()})
+    return read[step]
+
+
+def _validate(
+    task: Task,
+    predict: Predictor,
+    model: dict,
+    step: int,
+    meta: dict,
+    checkpoints: Checkpoints,
+    log: RunLog,
+    result: TrainResult,
+) -> tuple[dict[str, float], dict]:
+    """Validate `model` (its params and state, run by `predict`), save it as the "best" checkpoint when the MAE
+    improved (see `_selection`) and log the validation; returns its metrics and the new meta."""
+    validation = task.validate(predict)
+    meta, improved = _selection(meta, float(validation.metrics["mae"]), step)
+    if improved:
+        checkpoints.save("best", step, {"model": model}, {"step": step, **meta})
+    _log_validation(log, result, step, validation)
+    return validation.metrics, meta
+
+
+def _save_latest(checkpoints: Checkpoints, step: int, arrays: tuple, meta: dict) -> None:
+    """(params, state, optimizer state) and the model-selection meta as the "latest" checkpoint, all a resume needs."""
+    params, state, opt_state = arrays
+    checkpoints.save(
+        "latest", step, {"model": {"params": params, "state": state}, "optimizer": opt_state}, {"step": step, **meta}
+    )
+
+
 def train(
     task: Task,
     config: TrainConfig,
@@ -467,72 +586,40 @@ def train(
     checkpoint there. Returns when the schedule ends or early stopping triggers."""
     run_dir = Path(run_dir)
     mesh = data_mesh()
-    if config.batch_size % mesh.size:
-        raise ConfigError(f"batch size {config.batch_size} is not divisible by the {mesh.size} devices")
-    host_rows(config.batch_size, jax.process_index(), jax.process_count())
-    total = total_steps(config, task.examples_per_epoch)
-    valid_every = config.valid_every or steps_per_epoch(config, task.examples_per_epoch)
-    checkpoint_every = config.checkpoint_every or valid_every
-
-    model_def, params, state, tx, opt_state = init_training(task, config, mesh)
-    train_step = make_train_step(task, model_def, tx)
-    predict_step = make_predict_step(task.predict, model_def, mesh)
-
-    checkpoints = Checkpoints(run_dir)
-    try:
-        (params, state, opt_state), meta, start = _restore_latest(checkpoints, resume, (params, state, opt_state))
-    except ConfigError:
-        checkpoints.close()
-        raise
-
+    _check_batch_size(config, mesh)
+    cadence = _Cadence.of(config, task.examples_per_epoch)
+    total = cadence.total
+    train_step, predict_step, checkpoints, (params, state, opt_state), meta, start = _start(
+        task, config, mesh, run_dir, resume
+    )
     log = RunLog(run_dir)
     base_key = jax.random.key(config.seed)
     result = TrainResult(start, meta["best_step"], meta["best_mae"], False, {})
-    last_time, last_step = time.perf_counter(), start
+    throughput = _Throughput(start, config.batch_size)
     pending, loss, speed = {}, None, None  # the steps' outputs stay on the device until read
     try:
         for step, host_batch in zip(range(start, total), prefetch_batches(task, start, total)):
-            batch = shard_batch(host_batch, mesh)
-            rows = {v.shape[0] for v in batch.values()}
-            if rows != {config.batch_size}:
-                raise ConfigError(f"the task made batches of {rows} rows, the config asks for {config.batch_size}")
+            batch = _device_batch(host_batch, mesh, config.batch_size)
             key = jax.random.fold_in(base_key, step)
             params, opt_state, state, out = train_step(params, opt_state, state, batch, key)
             done = step + 1
             pending[done] = out
-            logging = done % config.log_every == 0 or done == total
-            validating = done % valid_every == 0 or done == total
-            checkpointing = done % checkpoint_every == 0 or done == total
+            logging, validating, checkpointing = cadence.due(done)
             metrics = None
             if logging or validating or checkpointing:  # nothing is logged, validated or saved unchecked
-                read = read_losses(pending, run_dir)
-                pending.clear()
-                result.losses.update({s: out["loss"] for s, out in read.items()})
-                latest, now = read[done], time.perf_counter()
-                loss = latest["loss"]
-                speed = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
-            if logging:
-                assert speed is not None  # read above: logging reads the losses
-                rate = float(learning_rate(config, total)(step))
-                log.scalars(done, _train_scalars(latest, rate, speed))
-                last_time, last_step = now, done
+                latest = _read_pending(pending, done, run_dir, result)
+                loss, speed = latest["loss"], throughput.measure(done)
+                if logging:
+                    log.scalars(done, _train_scalars(latest, float(learning_rate(config, total)(step)), speed))
+                    throughput.logged(done)
             if validating:
-                kept = averaged_params(opt_state, params)
-                validation = task.validate(predictor(predict_step, kept, state, mesh, config.predict_batch))
-                metrics = validation.metrics
-                meta, improved = _selection(meta, float(metrics["mae"]), done)
-                if improved:
-                    checkpoints.save("best", done, {"model": {"params": kept, "state": state}}, {"step": done, **meta})
-                _log_validation(log, result, done, validation)
-                last_time = time.perf_counter()  # validation time is not training throughput
+                model = {"params": averaged_params(opt_state, params), "state": state}
+                predict = predictor(predict_step, model["params"], state, mesh, config.predict_batch)
+                metrics, meta = _validate(task, predict, model, done, meta, checkpoints, log, result)
+                throughput.validated()
             stop_early = config.early_stop is not None and meta["bad_validations"] >= config.early_stop
             if checkpointing or stop_early:
-                checkpoints.save(
-                    "latest",
-                    done,
-                    {"model": {"params": params, "state": state}, "optimizer": opt_state},
-                    {"step": done, **meta},
-                )
+                _save_latest(checkpoints, done, (params, state, opt_state), meta)
             result.step, result.best_step, result.best_mae = done, meta["best_step"], meta["best_mae"]
             if progress is not None:
                 progress(StepInfo(done, total, loss, speed, metrics))

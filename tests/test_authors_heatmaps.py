@@ -42,7 +42,7 @@ def run(tmp_path_factory) -> Path:
 def explained(run):
     """(predict, settings, cfg, maps (H, W, 3), lung) of the fixture slice through the run, as `ssc explain` runs it."""
     models = cascade.load_models([], [run])
-    settings = models.snet_modules[0].config.explain
+    settings = models.snets[0].config.explain
     predict, _ = explain.snet_predict(models, bounded=False)
     cfg = explain.scaled_config(SIZE, settings)
     image, lung = window(fixture_array("slice_hu")), fixture_array("lung_mask") > 0

@@ -15,7 +15,7 @@ from conftest import run_ssc as ssc
 
 from sscjax import cascade, explain, lnet, networks, runs, snet
 from sscjax.configs import AUTHORS
-from sscjax.data import lnet as data
+from sscjax.data.lnet import median_positions, moments, prepare_volume, window_starts, windows
 from sscjax.errors import ConfigError
 from sscjax.io import read_scan
 
@@ -67,7 +67,7 @@ def test_an_imported_lnet_finds_the_levels_of_the_authors_inference(monkeypatch,
     model = lnet.level_model(run)
     assert model.settings.conventions == AUTHORS
     scan = read_scan(VOLUME)
-    starts = data.window_starts(scan.shape[0], model.settings.crop, model.settings.stride, model.settings.conventions)
+    starts = window_starts(scan.shape[0], model.settings.crop, model.settings.stride, model.settings.conventions)
     np.testing.assert_array_equal(starts, expected["window_starts"])
     positions = lnet.predict_levels(model, scan).positions
     np.testing.assert_allclose(positions, want_slices, rtol=0, atol=POSITION_TOL)
@@ -78,13 +78,13 @@ def test_the_lnet_conventions_each_move_the_levels(monkeypatch, capsys, tmp_path
     above, which passes with all of them, checks each."""
     expected = np.asarray(json.loads((FIXTURES / "lnet_volume_expected.json").read_text())["levels_slice"])
     model = lnet.level_model(import_lnet(monkeypatch, capsys, tmp_path / "lnet"))
-    volume = data.prepare_volume(read_scan(VOLUME), model.settings.size).array
-    crop, stride, whole = model.settings.crop, model.settings.stride, data.moments(volume)
+    volume = prepare_volume(read_scan(VOLUME), model.settings.size).array
+    crop, stride, whole = model.settings.crop, model.settings.stride, moments(volume)
 
     def levels(starts_of: str, scale: tuple[float, float] | None, read_as: str) -> np.ndarray:
-        starts = data.window_starts(len(volume), crop, stride, starts_of)
-        outputs = model.predict(data.windows(volume, starts, crop, scale))
-        return data.median_positions(lnet.to_positions(outputs, crop, read_as), starts)
+        starts = window_starts(len(volume), crop, stride, starts_of)
+        outputs = model.predict(windows(volume, starts, crop, scale))
+        return median_positions(lnet.to_positions(outputs, crop, read_as), starts)
 
     np.testing.assert_allclose(levels(AUTHORS, whole, AUTHORS), expected, rtol=0, atol=POSITION_TOL)
     for name, wrong in {

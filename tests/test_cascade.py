@@ -61,7 +61,7 @@ def test_cascade_scores_the_nearest_slices_and_writes_them_with_geometry(monkeyp
     index = np.array([lv["slice_index"] for lv in result["levels"]])
     assert [lv["level"] for lv in result["levels"]] == [1, 2, 3, 4, 5] and np.all(np.diff(index) <= 0)
     np.testing.assert_array_equal(index, scan.geometry.nearest_slice(z, scan.n_slices))
-    expected = snet.score_model(snet_run).score(scan.array[index])
+    expected = snet.SNet.read(snet_run).score(scan.array[index])
     scores = np.array([[lv[p] for p in SCORES] for lv in result["levels"]])
     np.testing.assert_allclose(scores, expected, atol=2e-3)
     rounded = np.array([[lv[f"{p}_5"] for p in SCORES] for lv in result["levels"]])
@@ -206,14 +206,22 @@ RAW = np.array([130.0, -2.8, -7.0])  # TOT, GG, RET as an overshooting network p
 
 
 @pytest.fixture(scope="module")
-def overshooting(phantoms, tmp_path_factory):
-    """The cascade of one phantom scan with an S-Net whose outputs are forced outside 0..100: (result, out folder,
-    the montage captions)."""
+def overshooting(phantoms, snet_tiny, tmp_path_factory):
+    """The cascade of one phantom scan with an S-Net whose outputs are forced outside 0..100 (a zero head whose
+    bias is RAW): (result, out folder, the montage captions)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    from flax import nnx
+
     from sscjax import cascade, plots
 
     cohort, _, _ = phantoms
     sid = cohort.ids[0]
-    model = snet.ScoreModel(lambda inputs: np.tile(RAW, (len(inputs), 1)).astype(np.float32), 32)
+    scratch = dataclasses.replace(snet_tiny, pretrained="none")
+    module = snet.make_snet(scratch, nnx.Rngs(0))
+    module.head.bias.set_value(jnp.asarray(RAW / snet.PERCENT, jnp.float32))
+    model = snet.SNet(module, scratch)
     result = cascade.run_cascade(
         read_scan(cohort.scan_paths[sid]), cascade.Models([], [model]), cohort.levels_mm[sid], all_slices=True
     )

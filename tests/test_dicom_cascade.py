@@ -202,7 +202,7 @@ def test_explain_reads_the_named_series_and_writes_its_identity(monkeypatch, cap
     assert summary["dicom"] == SERIES_A
     (entry,) = summary["slices"]
     assert entry["slice_index"] == k
-    expected = snet.score_model(snet_run).raw(scan.array[[k]])[0, SCORES.index("GG")]
+    expected = snet.SNet.read(snet_run).raw(scan.array[[k]])[0, SCORES.index("GG")]
     assert entry["patterns"]["GG"]["snet"] == pytest.approx(expected, abs=1e-3)
     delta = read_image(tmp_path / sid / "explain" / f"slice{k}_GG_delta.mha")
     assert delta.shape == (1, *scan.shape[1:])

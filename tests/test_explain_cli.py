@@ -57,12 +57,13 @@ def test_explain_writes_maps_that_equal_the_library_heat_maps(
     assert image.geometry.z_of_index(0) == pytest.approx(scan.z_mm[k])
     assert saved.shape == scan.shape[1:]
 
-    model, config = snet.load_snet(snet_run)
+    model = snet.SNet.read(snet_run)
+    config = model.config
     size = config.data.image_size
     lung = resize_slices(lung_mask(scan)[[k]].astype(np.float32), size, order=0)[0] > 0.5
     texture = explain.read_texture(cohort / "patterns" / "healthy.mha", scan.geometry.spacing[0] * scan.shape[2] / size)
     maps = heatmaps.heatmaps(
-        snet.predict_fn(model),
+        model.function(),
         snet.prepare_slices(scan.array[[k]], size)[0, ..., 0],
         lung,
         texture,

@@ -18,7 +18,16 @@ from sscjax.cli.main import cli
 from sscjax import lnet, plots, run_files, runs
 from sscjax.configs import ModelConfig
 from sscjax.configs.lnet import LNetData
-from sscjax.data import lnet as data
+from sscjax.data.lnet import (
+    LevelSet,
+    PreparedVolume,
+    cache_dir,
+    load_prepared,
+    median_positions,
+    prepare_volume,
+    window_starts,
+    windows,
+)
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import Geometry, read_scan, resampled_geometry, write_image
 from sscjax.networks import preset
@@ -31,20 +40,20 @@ SETTINGS = LNetData(size=SIZE, crop=64, margin=2, stride=4)
 # ---------------------------------------------------------------- data
 
 
-def _volume(n: int, seed: int = 0) -> data.PreparedVolume:
+def _volume(n: int, seed: int = 0) -> PreparedVolume:
     array = np.random.default_rng(seed).normal(size=(n, 8, 8)).astype(np.float32)
     geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
-    return data.PreparedVolume(array, geometry, geometry, array.shape)
+    return PreparedVolume(array, geometry, geometry, array.shape)
 
 
-def _level_set(positions) -> data.LevelSet:
+def _level_set(positions) -> LevelSet:
     positions = np.asarray(positions, dtype=np.float32)
-    return data.LevelSet(
+    return LevelSet(
         [f"s{i}" for i in range(len(positions))], [_volume(40, i) for i in range(len(positions))], positions
     )
 
 
-def _task(levels: data.LevelSet, **data_settings) -> lnet.LNetTask:
+def _task(levels: LevelSet, **data_settings) -> lnet.LNetTask:
     config = preset("lnet", "tiny")
     config = config.__class__(
         **{**config.__dict__, "data": LNetData(**{"size": (40, 8, 8), "crop": 28, "margin": 2, **data_settings})}
@@ -97,20 +106,20 @@ def test_prepared_volumes_are_cached_until_the_source_changes(tmp_path):
     geometry = Geometry((1.5, 1.5, 3.0), (-10.0, 5.0, 100.0))
     array = np.arange(20 * 16 * 16, dtype=np.int16).reshape(20, 16, 16) % 3000 - 1500
     write_image(source, array, geometry)
-    cache = data.cache_dir(tmp_path / "runs", (10, 8, 8))
-    first = data.load_prepared(source, "scan", cache, (10, 8, 8))
+    cache = cache_dir(tmp_path / "runs", (10, 8, 8))
+    first = load_prepared(source, "scan", cache, (10, 8, 8))
     assert isinstance(first.array, np.memmap) and first.array.dtype == np.int16 and first.array.shape == (10, 8, 8)
     assert first.geometry == resampled_geometry(geometry, (20, 16, 16), (10, 8, 8))
     assert first.source_geometry == geometry and first.source_shape == (20, 16, 16)
     stamp = (cache / "scan.npy").stat().st_mtime_ns
 
     os.utime(source, ns=(1, 1))  # touched, same content: the cache stays
-    again = data.load_prepared(source, "scan", cache, (10, 8, 8))
+    again = load_prepared(source, "scan", cache, (10, 8, 8))
     assert (cache / "scan.npy").stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again.array, first.array)
 
     write_image(source, (array // 2).astype(np.int16), geometry)  # new content: prepared again
-    changed = data.load_prepared(source, "scan", cache, (10, 8, 8))
+    changed = load_prepared(source, "scan", cache, (10, 8, 8))
     assert not np.array_equal(changed.array, first.array)
     assert np.abs(changed.array).max() <= 750 + 1
 
@@ -120,31 +129,31 @@ def test_prepare_clips_hounsfield_units():
 
     scan = Scan(np.full((8, 8, 8), 3000, np.float32), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
     scan.array[:4] = -3000
-    prepared = data.prepare_volume(scan, (8, 8, 8))
+    prepared = prepare_volume(scan, (8, 8, 8))
     assert prepared.array.min() == -1500 and prepared.array.max() == 1500
 
 
 def test_window_starts_cover_the_volume_and_the_median_is_per_level():
-    np.testing.assert_array_equal(data.window_starts(80, 64, 4), [0, 4, 8, 12, 16])
-    np.testing.assert_array_equal(data.window_starts(81, 64, 4), [0, 4, 8, 12, 16, 17])
-    np.testing.assert_array_equal(data.window_starts(64, 64, 4), [0])
+    np.testing.assert_array_equal(window_starts(80, 64, 4), [0, 4, 8, 12, 16])
+    np.testing.assert_array_equal(window_starts(81, 64, 4), [0, 4, 8, 12, 16, 17])
+    np.testing.assert_array_equal(window_starts(64, 64, 4), [0])
     window_positions = np.asarray([[10, 5], [6, 1], [2, 9], [100, -3]], dtype=float)
     starts = np.asarray([0, 4, 8, 12])
-    np.testing.assert_allclose(data.median_positions(window_positions, starts), [(10 + 10) / 2, (5 + 9) / 2])
+    np.testing.assert_allclose(median_positions(window_positions, starts), [(10 + 10) / 2, (5 + 9) / 2])
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
 def test_windows_are_each_z_scored_over_their_own_voxels(dtype):
     rng = np.random.default_rng(3)
     volume = (rng.normal(-300, 400, (40, 12, 10)) + np.linspace(-500, 500, 40)[:, None, None]).astype(dtype)
-    starts = data.window_starts(40, 24, 5)
-    found = data.windows(volume, starts, 24)
+    starts = window_starts(40, 24, 5)
+    found = windows(volume, starts, 24)
     assert found.shape == (len(starts), 24, 12, 10, 1) and found.dtype == np.float32
     for window, start in zip(found, starts):
         crop = volume[start : start + 24].astype(np.float64)
         np.testing.assert_allclose(window[..., 0], (crop - crop.mean()) / crop.std(), atol=1e-5)
     flat = np.full((30, 4, 4), 7, dtype)
-    np.testing.assert_array_equal(data.windows(flat, np.array([0, 6]), 24), 0)  # constant window: SD 1, no NaN
+    np.testing.assert_array_equal(windows(flat, np.array([0, 6]), 24), 0)  # constant window: SD 1, no NaN
 
 
 # ---------------------------------------------------------------- inference on a scan stored head first

@@ -21,6 +21,7 @@ from sklearn.metrics import cohen_kappa_score
 from sscjax.cli.main import cli
 
 from sscjax import configs, networks, runs, snet
+from sscjax.data.slices import SliceSet
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import read_scan
 from sscjax.models import convert_weights, load_torch_weights
@@ -153,10 +154,15 @@ def test_validation_slices_are_the_real_level_slices(data, cohort):
 # ---------------------------------------------------------------- tiny training and evaluation
 
 
+def mean_baseline(train_set: SliceSet, valid_set: SliceSet) -> np.ndarray:
+    """(3,) validation MAE (%) of predicting every slice as the mean training score of its pattern."""
+    return np.abs(train_set.scores.mean(axis=0) - valid_set.scores).mean(axis=0)
+
+
 @pytest.mark.slow
 def test_tiny_run_beats_predicting_the_mean_on_every_pattern(snet_trained_full, data):
     _, result = snet_trained_full
-    baseline = snet.mean_baseline(*data[:2])
+    baseline = mean_baseline(*data[:2])
     best = next(v for v in result.validations if v["step"] == result.best_step)
     mae = np.array([best[f"mae_{p}"] for p in SCORES])
     assert np.all(mae < 0.9 * baseline), (mae, baseline)
@@ -252,16 +258,16 @@ def test_evaluation_csv_feeds_ssc_evaluate(evaluated, cohort, tmp_path):
 def test_scoring_hu_slices_matches_training_preprocessing(trained, data, cohort):
     run_dir, _ = trained
     _, valid_set, _ = data
-    model, config = snet.load_snet(run_dir)
-    scorer = snet.score_model(model, config)
+    scorer = snet.SNet.read(run_dir)
+    config = scorer.config
     from_cache = scorer.score(valid_set.images, windowed=True)
     sid = valid_set.scan_id[0]
     rows = np.flatnonzero(valid_set.scan_id == sid)
     scan = read_scan(cohort / "scans" / f"{sid}.mha")
     hu = scan.array[valid_set.slice_index[rows]]  # native 128 x 128 slices in HU
     assert hu.shape[1:] != (config.data.image_size,) * 2
-    np.testing.assert_allclose(snet.score_slices(model, hu, config), from_cache[rows], atol=1e-3)
-    fn = snet.predict_fn(model)
+    np.testing.assert_allclose(scorer.score(hu), from_cache[rows], atol=1e-3)
+    fn = scorer.function()
     np.testing.assert_allclose(np.asarray(fn(jnp.asarray(valid_set.images[..., None]))), from_cache, atol=1e-3)
     assert scorer.score(np.zeros((0, 50, 50))).shape == (0, 3)
 
@@ -332,8 +338,8 @@ def test_scores_are_bounded_to_0_100_and_the_raw_output_kept(tiny):
     model = snet.make_snet(scratch, nnx.Rngs(0))  # a zero head: the outputs are its bias
     model.head.bias.set_value(jnp.asarray([-0.05, 1.3, 0.2]))
     images = jnp.zeros((2, scratch.data.image_size, scratch.data.image_size, 1))
-    np.testing.assert_allclose(snet.predict_fn(model)(images), [[0.0, 100.0, 20.0]] * 2, rtol=1e-5)  # heat maps
-    scorer = snet.score_model(model, scratch)
+    scorer = snet.SNet(model, scratch)
+    np.testing.assert_allclose(scorer.function()(images), [[0.0, 100.0, 20.0]] * 2, rtol=1e-5)  # heat maps
     hu = np.full((3, 50, 50), -800.0)
     np.testing.assert_allclose(scorer.score(hu), [[0.0, 100.0, 20.0]] * 3, rtol=1e-5)
     np.testing.assert_allclose(scorer.raw(hu), [[-5.0, 130.0, 20.0]] * 3, rtol=1e-5)

@@ -132,7 +132,8 @@ def test_ssc_train_snet_small_pretrained_loads_the_file_and_trains(tmp_path, exp
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["preset"] == "small" and recorded["pretrained"] == str(FIXTURE.resolve())
     assert "snet fold 0: 2 steps" in result.output
-    model, trained_config = snet.load_snet(run, "latest")
+    loaded = snet.SNet.read(run, "latest")
+    model, trained_config = loaded.module, loaded.config
     # two Adam steps move a weight by at most the two steps' learning rates: the run started from the file
     moved = 2 * trained_config.train.learning_rate
     trained = params(model)

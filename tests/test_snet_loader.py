@@ -1,12 +1,14 @@
-"""S-Net loader: determinism from (seed, step), the synthetic share, prefetch, host shards, validation batches."""
+"""S-Net loader: determinism from (seed, step), the synthetic share, the engine's prefetch, host shards."""
 
 import threading
 
 import numpy as np
 import pytest
+from loader import LoaderTask  # benchmarks/loader.py
 
+from sscjax import train
 from sscjax.data.slices import SliceSet, window
-from sscjax.data.snet_loader import SNetLoader, prefetch, valid_batches
+from sscjax.data.snet_loader import SNetLoader
 from sscjax.data.synthesis import Patterns
 from sscjax.errors import ConfigError
 
@@ -109,33 +111,13 @@ def test_host_shards_make_up_the_global_batch(slices):
         SNetLoader(slices, 9, seed=2, patterns=toy_patterns(), process_count=2)
 
 
-def prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("snet-prefetch")]
+def prefetch_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")}
 
 
-def test_prefetch_yields_the_direct_batches_and_shuts_down(slices):
+def test_the_engines_prefetch_yields_the_direct_batches_and_shuts_down(slices):
     loader = SNetLoader(slices, 4, seed=7, patterns=toy_patterns())
-    with prefetch(loader, start_step=3, n_ahead=3, stop_step=9, workers=2) as batches:
-        fetched = list(batches)
+    before = prefetch_threads()
+    fetched = list(train.prefetch_batches(LoaderTask(loader), 3, 9))
     assert len(fetched) == 6 and all(same(b, loader.batch(3 + i)) for i, b in enumerate(fetched))
-    with prefetch(loader, start_step=0, n_ahead=4) as endless:
-        for step, batch in zip(range(3), endless):
-            assert same(batch, loader.batch(step))
-    assert not prefetch_threads()
-
-
-def test_validation_batches_are_real_unaugmented_level_slices(slices):
-    batches = list(valid_batches(slices, 4))
-    level = np.flatnonzero(slices.offset == 0)
-    index = np.concatenate([b["index"][b["valid"]] for b in batches])
-    assert np.array_equal(index, level)  # every level slice once, in order; no neighbours
-    assert all(b["image"].shape == (4, SIZE, SIZE, 1) for b in batches)
-    assert [b["valid"].sum() for b in batches] == [4, 4, 4, 3]  # 15 level slices, the last batch padded
-    for b in batches:
-        assert np.array_equal(b["image"][..., 0], slices.images[b["index"]])
-        assert np.array_equal(b["target"], slices.scores[b["index"]])
-    halves = [list(valid_batches(slices, 4, process_index=i, process_count=2)) for i in (0, 1)]
-    assert np.array_equal(
-        np.concatenate([np.concatenate([a["index"], b["index"]]) for a, b in zip(*halves)]),
-        np.concatenate([b["index"] for b in batches]),
-    )
+    assert prefetch_threads() == before

@@ -120,6 +120,7 @@ MODEL_ARGUMENTS = {
     "stochastic_depth_prob": "probability of dropping a residual block, rising linearly to this at the last block",
     "widths": "channels of each stage (ConvNeXt) or convolution (VGG11-bn)",
     "depths": "blocks of each ConvNeXt stage",
+    "layer_scale": "starting scale of each ConvNeXt block's output (torchvision: 1e-6; ImageNet weights bring theirs)",
     "fc1_width": "outputs of the first fully connected layer",
     "fc2_width": "outputs of the second fully connected layer",
     "depthwise": 'how the 7x7 depthwise convolutions run: "shifted" sums (fast on CPUs) or "grouped" (GPUs)',

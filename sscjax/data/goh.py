@@ -234,6 +234,43 @@ def _world_z(positions: np.ndarray, unit: str, scan: Path) -> np.ndarray:
     return np.asarray(geometry.z_of_index(positions), dtype=np.float64)
 
 
+def _check_destination(positions: str, out_dir: Path) -> None:
+    """SscError for an unknown position unit or an output folder that holds something: an import never mixes
+    with earlier files."""
+    if positions not in POSITION_UNITS:
+        raise SscError(f"positions '{positions}' must be one of {', '.join(POSITION_UNITS)}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SscError(f"{out_dir}: exists and is not an empty folder; choose a new output folder")
+
+
+def _match_scans(
+    patients: list[GohRow],
+    scans: dict[str, tuple[str, Path]],
+    xlsx: str | Path,
+    scans_dir: str | Path,
+    skip_missing: bool,
+) -> tuple[list[tuple[GohRow, str, Path]], list[GohRow]]:
+    """(patient, scan id, scan path) of the patients with a scan, and the patients without one: an error unless
+    `skip_missing`, and always an error when no patient has a scan."""
+    matched = [(p, *scans[patient_key(p.pat_id)]) for p in patients if patient_key(p.pat_id) in scans]
+    skipped = [p for p in patients if patient_key(p.pat_id) not in scans]
+    if skipped and not skip_missing:
+        raise CohortError([f"{xlsx} row {p.row}: no scan for PatID {p.pat_id} in {scans_dir}" for p in skipped])
+    if not matched:
+        raise SscError(f"{scans_dir}: none of the spreadsheet's patients has a scan here")
+    return matched, skipped
+
+
+def _place_scans(matched: list[tuple[GohRow, str, Path]], scan_folder: Path, copy: bool) -> None:
+    """Each matched scan linked (or, with `copy`, copied) into the cohort's scan folder as `<id><ext>`."""
+    scan_folder.mkdir(parents=True, exist_ok=True)
+    scan_folder = scan_folder.resolve()  # relative links must be computed between real locations
+    for _, sid, path in matched:
+        ext = "" if path.is_dir() else extension_of(path)
+        place = _place_mhd if ext == ".mhd" else _place
+        place(path.resolve(), scan_folder / f"{sid}{ext}", copy)
+
+
 def import_goh(
     xlsx: str | Path,
     scans_dir: str | Path,
@@ -250,31 +287,15 @@ def import_goh(
     scans' names as ids. Patients without a scan are an error unless `skip_missing`. Everything is checked
     before anything is written; validation problems of the written cohort are returned, not raised.
     """
-    if positions not in POSITION_UNITS:
-        raise SscError(f"positions '{positions}' must be one of {', '.join(POSITION_UNITS)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise SscError(f"{out_dir}: exists and is not an empty folder; choose a new output folder")
+    _check_destination(positions, out_dir)
     patients = read_goh_sheet(xlsx, sheet)
     scans = find_patient_scans(scans_dir)
-    matched = [(p, *scans[patient_key(p.pat_id)]) for p in patients if patient_key(p.pat_id) in scans]
-    skipped = [p for p in patients if patient_key(p.pat_id) not in scans]
-    if skipped and not skip_missing:
-        raise CohortError([f"{xlsx} row {p.row}: no scan for PatID {p.pat_id} in {scans_dir}" for p in skipped])
-    if not matched:
-        raise SscError(f"{scans_dir}: none of the spreadsheet's patients has a scan here")
+    matched, skipped = _match_scans(patients, scans, xlsx, scans_dir, skip_missing)
     used = {patient_key(p.pat_id) for p, _, _ in matched}
-    levels, scores = {}, {}
-    for patient, sid, path in matched:
-        levels[sid] = _world_z(patient.positions, positions, path)
-        scores[sid] = patient.scores
-    scan_folder = out_dir / SCANS_DIR
-    scan_folder.mkdir(parents=True, exist_ok=True)
-    scan_folder = scan_folder.resolve()  # relative links must be computed between real locations
-    for _, sid, path in matched:
-        ext = "" if path.is_dir() else extension_of(path)
-        place = _place_mhd if ext == ".mhd" else _place
-        place(path.resolve(), scan_folder / f"{sid}{ext}", copy)
+    levels = {sid: _world_z(patient.positions, positions, path) for patient, sid, path in matched}
+    scores = {sid: patient.scores for patient, sid, _ in matched}
+    _place_scans(matched, out_dir / SCANS_DIR, copy)
     write_levels_csv(out_dir / LEVELS_FILE, levels)
     write_scores_csv(out_dir / SCORES_FILE, scores)
     result = GohImport(

@@ -7,15 +7,11 @@ rest real slices drawn by the `Sampler` (balanced over TOT groups, or uniform); 
 every sample is augmented. All random draws for the global batch are made first; a host then renders only its
 own rows (`process_index`-th contiguous block of batch_size / process_count), vectorised with numpy over blocks
 of about BLOCK_PIXELS pixels (16 images of 128 px, one of 512 px): the result does not depend on the blocking.
-`prefetch` renders the next batches in background threads; `valid_batches` gives real, unaugmented level
-slices for validation and test.
+The training engine renders the next batches in background threads (`sscjax.train.prefetch_batches`).
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,75 +146,3 @@ class SNetLoader:
     def batch(self, step: int) -> Batch:
         """This host's rows of global batch `step`."""
         return self.render(self.plan(step), self.rows)
-
-
-class Prefetcher:
-    """Iterates loader.batch(step) for step = start, start + 1, ... (before `stop`, if given), rendering up
-    to n_ahead batches ahead in background threads; close() (or leaving a `with` block) stops them."""
-
-    def __init__(self, loader: SNetLoader, start: int = 0, n_ahead: int = 3, stop: int | None = None, workers: int = 1):
-        if n_ahead < 1 or workers < 1:
-            raise ConfigError(f"prefetch needs n_ahead >= 1 and workers >= 1, not {n_ahead}, {workers}")
-        self.loader = loader
-        self.next_step = start
-        self.stop = stop
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snet-prefetch")
-        self.pending: collections.deque[Future] = collections.deque()
-        for _ in range(n_ahead):
-            self._submit()
-
-    def _submit(self) -> None:
-        if self.stop is None or self.next_step < self.stop:
-            self.pending.append(self.executor.submit(self.loader.batch, self.next_step))
-            self.next_step += 1
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self
-
-    def __next__(self) -> Batch:
-        if not self.pending:
-            self.close()
-            raise StopIteration
-        batch = self.pending.popleft().result()
-        self._submit()
-        return batch
-
-    def close(self) -> None:
-        """Cancel the batches not yet started and wait for the running ones."""
-        for future in self.pending:
-            future.cancel()
-        self.pending.clear()
-        self.executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> Prefetcher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def prefetch(
-    loader: SNetLoader, start_step: int = 0, n_ahead: int = 3, stop_step: int | None = None, workers: int = 1
-) -> Prefetcher:
-    """Batches start_step, start_step + 1, ... of `loader`, prepared n_ahead ahead in background threads."""
-    return Prefetcher(loader, start_step, n_ahead, stop_step, workers)
-
-
-def valid_batches(slices: SliceSet, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-    """Real, unaugmented level slices (offset 0) in order, as {"image", "target", "index" (into `slices`),
-    "valid"}: the last batch is padded to batch_size by repeating its last sample with valid = False, so every
-    batch has one shape; with several processes each gets its contiguous block of every global batch."""
-    if batch_size < 1 or batch_size % process_count:
-        raise ConfigError(f"batch size {batch_size} must be positive and divisible by the {process_count} processes")
-    index = np.flatnonzero(slices.offset == 0)
-    rows = np.arange(batch_size).reshape(process_count, -1)[process_index]
-    for start in range(0, len(index), batch_size):
-        chunk = index[start : start + batch_size]
-        padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])])[rows]
-        valid = (np.arange(batch_size) < len(chunk))[rows]
-        yield {
-            "image": slices.images[padded][..., None],
-            "target": slices.scores[padded].astype(np.float32),
-            "index": padded,
-            "valid": valid,
-        }

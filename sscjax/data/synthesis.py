@@ -194,20 +194,10 @@ def texture_values(
     return ndimage.map_coordinates(patch, np.stack([u, v]), order=1, mode="mirror").astype(np.float32)
 
 
-def synthesize(
-    images: np.ndarray,
-    lung: np.ndarray,
-    scores: np.ndarray,
-    params: SynthesisParams,
-    patterns: Patterns,
-    config: SynthesisConfig,
-    texture_step: np.ndarray | float = 1.0,
-) -> Synthesis:
-    """Insert GG and RET texture into B healthy slices (images (B, H, W) in window units, lung (B, H, W),
-    scores (B, 3): TOT must be 0); texture_step: patch pixels per image pixel, per image or one for all."""
-    images = np.asarray(images, dtype=np.float32)
-    lung = np.asarray(lung, dtype=bool)
-    b, h, w = images.shape
+def _check_inputs(images: np.ndarray, lung: np.ndarray, scores: np.ndarray, params: SynthesisParams) -> np.ndarray:
+    """The lung area (pixels) of each slice; ValueError when the inputs disagree in shape, a slice is not healthy
+    (TOT > 0) or one has no lung to put lesions in."""
+    b = images.shape[0]
     if len(params) != b or lung.shape != images.shape or np.shape(scores) != (b, 3):
         raise ValueError(
             f"synthesis inputs disagree: images {images.shape}, lung {lung.shape}, "
@@ -222,26 +212,26 @@ def synthesize(
         raise ValueError(
             f"data synthesis needs lung on every slice; images {np.flatnonzero(lung_area == 0).tolist()} have none"
         )
-    px = max(h, w) / config.reference_size
-    sigma = config.fade_sigma_px * px
-    # Work inside the lungs' common bounding box, widened by the fade filter's reach: exactly the same result
-    # (nothing outside it reaches a lung pixel) on a fraction of the pixels.
-    window = _lung_window(lung, int(FADE_TRUNCATE * sigma + 0.5) + 1)
-    top, left = window[0].start, window[1].start
-    lung_window = lung[:, window[0], window[1]]
-    regions = ellipse_regions(lung_window, params, px)
-    lesions = regions & lung_window
-    weights = fade_weights(regions, sigma)
-    changed = lesions.any(axis=0)
-    bi, yi, xi = np.nonzero(changed)
-    step = np.broadcast_to(np.asarray(texture_step, dtype=np.float64), (b,))
-    textures = [
+    return lung_area
+
+
+def _pattern_textures(
+    patterns: Patterns,
+    params: SynthesisParams,
+    pixels: tuple[np.ndarray, ...],
+    shape: tuple[int, int],
+    step: np.ndarray,
+) -> list[np.ndarray]:
+    """The GG and RET textures (indexed by GG, RET) at `pixels` (image, row, column), each image's patch turned,
+    scaled and shifted by its parameters."""
+    bi, yi, xi = pixels
+    return [
         texture_values(
             patch,
             bi,
-            yi + top,
-            xi + left,
-            (h, w),
+            yi,
+            xi,
+            shape,
             params.texture_angle[:, p],
             params.texture_scale[:, p],
             params.texture_phase[:, p],
@@ -249,14 +239,61 @@ def synthesize(
         )
         for p, patch in ((GG, patterns.gg), (RET, patterns.ret))
     ]
-    wg, wr = (weights[p, bi, yi, xi] * lesions[p, bi, yi, xi] for p in (GG, RET))
+
+
+def _blend(
+    images: np.ndarray, pixels: tuple[np.ndarray, ...], textures: list[np.ndarray], wg: np.ndarray, wr: np.ndarray
+) -> np.ndarray:
+    """A copy of `images` with `pixels` faded towards the textures by their weights wg (GG) and wr (RET); where
+    both lesions reach, towards the textures mixed in proportion."""
     mixed = (wg * textures[GG] + wr * textures[RET]) / (wg + wr)  # wg + wr > 0 on every lesion pixel
     weight = 1 - (1 - wg) * (1 - wr)
     out = images.copy()
-    before = images[bi, yi + top, xi + left]
-    out[bi, yi + top, xi + left] = before * (1 - weight) + mixed * weight
+    out[pixels] = images[pixels] * (1 - weight) + mixed * weight
+    return out
+
+
+def _lesion_outcome(
+    lesions: np.ndarray, changed: np.ndarray, lung_area: np.ndarray, window: tuple[slice, slice], shape: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slices' new scores (percent of the lung changed, in GG and in RET) and their (B, H, W) lesion masks (bit 0
+    GG, bit 1 RET), from the lesions within the lung window."""
     area = np.stack([np.count_nonzero(m, axis=(1, 2)) for m in (changed, lesions[GG], lesions[RET])], axis=1)
     targets = (area / lung_area[:, None] * 100).astype(np.float32)
-    lesion = np.zeros((b, h, w), np.uint8)
+    lesion = np.zeros(shape, np.uint8)
     lesion[:, window[0], window[1]] = lesions[GG].astype(np.uint8) | (lesions[RET].astype(np.uint8) << 1)
-    return Synthesis(out, targets, lesion)
+    return targets, lesion
+
+
+def synthesize(
+    images: np.ndarray,
+    lung: np.ndarray,
+    scores: np.ndarray,
+    params: SynthesisParams,
+    patterns: Patterns,
+    config: SynthesisConfig,
+    texture_step: np.ndarray | float = 1.0,
+) -> Synthesis:
+    """Insert GG and RET texture into B healthy slices (images (B, H, W) in window units, lung (B, H, W),
+    scores (B, 3): TOT must be 0); texture_step: patch pixels per image pixel, per image or one for all."""
+    images = np.asarray(images, dtype=np.float32)
+    lung = np.asarray(lung, dtype=bool)
+    b, h, w = images.shape
+    lung_area = _check_inputs(images, lung, scores, params)
+    px = max(h, w) / config.reference_size
+    sigma = config.fade_sigma_px * px
+    # Work inside the lungs' common bounding box, widened by the fade filter's reach: exactly the same result
+    # (nothing outside it reaches a lung pixel) on a fraction of the pixels.
+    window = _lung_window(lung, int(FADE_TRUNCATE * sigma + 0.5) + 1)
+    lung_window = lung[:, window[0], window[1]]
+    regions = ellipse_regions(lung_window, params, px)
+    lesions = regions & lung_window
+    weights = fade_weights(regions, sigma)
+    changed = lesions.any(axis=0)
+    bi, yi, xi = np.nonzero(changed)
+    pixels = (bi, yi + window[0].start, xi + window[1].start)
+    step = np.broadcast_to(np.asarray(texture_step, dtype=np.float64), (b,))
+    textures = _pattern_textures(patterns, params, pixels, (h, w), step)
+    wg, wr = (weights[p, bi, yi, xi] * lesions[p, bi, yi, xi] for p in (GG, RET))
+    targets, lesion = _lesion_outcome(lesions, changed, lung_area, window, (b, h, w))
+    return Synthesis(_blend(images, pixels, textures, wg, wr), targets, lesion)

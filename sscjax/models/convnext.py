@@ -20,6 +20,7 @@ CONVNEXT_VARIANTS = {
     "large": ((192, 384, 768, 1536), (3, 3, 27, 3), 0.5),
 }
 LN_EPS = 1e-6
+LAYER_SCALE = 1e-6  # torchvision's starting scale of every block's output
 
 _init = nnx.initializers.normal(0.02)  # torchvision: trunc_normal_(std=0.02) (cut at +-2, i.e. 100 sd)
 
@@ -37,12 +38,14 @@ def conv(cin: int, cout: int, size: int, rngs: nnx.Rngs) -> nnx.Conv:
 class ConvNeXtBlock(nnx.Module):
     """dw7x7 -> LayerNorm -> Linear 4x -> exact GELU -> Linear -> layer scale -> stochastic depth, + x."""
 
-    def __init__(self, dim: int, drop_prob: float, depthwise: DepthwiseImpl | None, *, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, drop_prob: float, depthwise: DepthwiseImpl | None, layer_scale: float, *, rngs: nnx.Rngs
+    ):
         self.dwconv = DepthwiseConv2d(dim, 7, padding=((3, 3), (3, 3)), impl=depthwise, rngs=rngs)
         self.norm = layer_norm(dim, rngs)
         self.fc1 = nnx.Linear(dim, 4 * dim, kernel_init=_init, rngs=rngs)
         self.fc2 = nnx.Linear(4 * dim, dim, kernel_init=_init, rngs=rngs)
-        self.gamma = nnx.Param(jnp.full((dim,), 1e-6))
+        self.gamma = nnx.Param(jnp.full((dim,), layer_scale))
         # torchvision's StochasticDepth "row": one keep/drop draw per sample, survivors scaled by 1/(1-p)
         self.drop_path = nnx.Dropout(drop_prob, broadcast_dims=(1, 2, 3), rngs=rngs)
 
@@ -68,6 +71,7 @@ class ConvNeXt(nnx.Module):
     Stochastic depth grows linearly over all blocks, p_i = stochastic_depth_prob * i / (n_blocks - 1).
     `input_norm` = (mean, std) per channel, applied to the input first (None: the input is used as is).
     `depthwise` picks the 7x7 depthwise implementation (None: the faster one for the backend).
+    `layer_scale` is every block's starting output scale (torchvision's 1e-6; ImageNet weights bring their own).
     """
 
     torch_stem = "features.0.0.weight"
@@ -81,6 +85,7 @@ class ConvNeXt(nnx.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         stochastic_depth_prob: float = 0.0,
+        layer_scale: float = LAYER_SCALE,
         depthwise: DepthwiseImpl | None = None,
         input_norm: InputNorm | None = None,
         rngs: nnx.Rngs,
@@ -93,7 +98,7 @@ class ConvNeXt(nnx.Module):
             blocks = []
             for _ in range(depth):
                 p = stochastic_depth_prob * index / max(n_blocks - 1, 1)
-                blocks.append(ConvNeXtBlock(width, p, depthwise, rngs=rngs))
+                blocks.append(ConvNeXtBlock(width, p, depthwise, layer_scale, rngs=rngs))
                 index += 1
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)

@@ -200,58 +200,85 @@ class Anatomy:
         return np.where(y > y_vb, np.maximum(width, r_vb + 8.0), width)
 
 
-def sample_anatomy(rng: np.random.Generator) -> Anatomy:
-    """One random patient: sizes, landmark gaps and shapes (seeded)."""
-    size = float(np.clip(rng.normal(1.0, 0.08), 0.84, 1.18))
-    shared = rng.normal(0.5, 0.18)
+def _sample_levels(rng: np.random.Generator, shared: float) -> tuple[float, float, float, float, float]:
+    """The five level positions (mm): the carina, then gaps above and below it that all lean the same way
+    (`shared`, the patient's build, in 0..1 with some noise each); L4 lies midway between L3 and L5."""
 
-    def gap(lo, hi):
+    def gap(lo: float, hi: float) -> float:
         return lo + (hi - lo) * float(np.clip(shared + rng.normal(0, 0.15), 0, 1))
 
     carina = _q(rng.uniform(-360.0, 60.0))
     l1 = _q(carina + gap(25, 40))
     l3 = _q(carina - gap(30, 50))
     l5 = _q(l3 - gap(60, 110))
-    levels = (l1, carina, l3, round((l3 + l5) / 2, 2), l5)
-    dome_r = _q(l5 - 10.0)
-    apex_r = l1 + rng.uniform(28, 50)
+    return (l1, carina, l3, round((l3 + l5) / 2, 2), l5)
+
+
+def _sample_trunk(rng: np.random.Generator, size: float, levels: tuple[float, ...]) -> dict[str, Any]:
+    """The Anatomy fields of the lungs' extent and the trunk around them: apices, domes, cavity, muscle and fat."""
+    dome_r = _q(levels[4] - 10.0)
+    apex_r = levels[0] + rng.uniform(28, 50)
     half_x = 128.0 * size * rng.uniform(0.94, 1.06)
+    return {
+        "apex_r": apex_r,
+        "apex_l": apex_r + rng.uniform(-6, 8),
+        "dome_r": dome_r,
+        "dome_l": dome_r - rng.uniform(8, 25),
+        "x_mid": rng.uniform(-15, 15),
+        "y0": rng.uniform(-40, 20),
+        "cav_half_x": half_x,
+        "cav_front": half_x * rng.uniform(0.55, 0.64),
+        "cav_back": half_x * rng.uniform(0.64, 0.74),
+        "rib_t": rng.uniform(9, 12),
+        "muscle_lat": rng.uniform(6, 14),
+        "muscle_front": rng.uniform(8, 18),
+        "muscle_back": rng.uniform(40, 58),
+        "fat": rng.uniform(5, 30),
+        "power": rng.uniform(2.1, 2.5),
+    }
+
+
+def _sample_mediastinum(rng: np.random.Generator, size: float) -> dict[str, Any]:
+    """The Anatomy fields of the airways, great vessels and heart."""
+    return {
+        "trachea_r": rng.uniform(8, 10.5),
+        "trachea_wall": rng.uniform(1.8, 2.6),
+        "bronchus_r": (rng.uniform(6.0, 7.5), rng.uniform(5.0, 6.5)),
+        "bronchus_angle": (np.radians(rng.uniform(22, 32)), np.radians(rng.uniform(38, 50))),
+        "bronchus_len": (rng.uniform(18, 26), rng.uniform(36, 48)),
+        "aorta_r": (rng.uniform(13, 17), rng.uniform(12, 14), rng.uniform(10, 13)),
+        "arch_height": rng.uniform(14, 24),
+        "pa_r": rng.uniform(12, 15),
+        "heart_axes": (rng.uniform(48, 58) * size, rng.uniform(34, 42) * size),
+        "heart_angle": np.radians(rng.uniform(25, 45)),
+        "pericardial_fat": rng.uniform(2, 7),
+    }
+
+
+def _sample_skeleton(rng: np.random.Generator) -> dict[str, Any]:
+    """The Anatomy fields of the ribs, vertebrae, diaphragm domes and liver."""
+    return {
+        "rib_pitch": rng.uniform(26, 32),
+        "rib_phase": rng.uniform(0, 30),
+        "rib_drop": rng.uniform(55, 90),
+        "vertebra_pitch": rng.uniform(24, 28),
+        "vertebra_phase": rng.uniform(0, 28),
+        "dome_drop": (rng.uniform(25, 45), rng.uniform(25, 45), rng.uniform(55, 80)),
+        "liver_split": rng.uniform(10, 40),
+    }
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    """One random patient: sizes, landmark gaps and shapes (seeded). The helpers draw from `rng` in a fixed order
+    (trunk, mediastinum, skeleton): reordering them would change every phantom of a seed."""
+    size = float(np.clip(rng.normal(1.0, 0.08), 0.84, 1.18))
+    levels = _sample_levels(rng, rng.normal(0.5, 0.18))
     return Anatomy(
         levels=levels,
-        apex_r=apex_r,
-        apex_l=apex_r + rng.uniform(-6, 8),
-        dome_r=dome_r,
-        dome_l=dome_r - rng.uniform(8, 25),
-        x_mid=rng.uniform(-15, 15),
-        y0=rng.uniform(-40, 20),
         size=size,
-        cav_half_x=half_x,
-        cav_front=half_x * rng.uniform(0.55, 0.64),
-        cav_back=half_x * rng.uniform(0.64, 0.74),
-        rib_t=rng.uniform(9, 12),
-        muscle_lat=rng.uniform(6, 14),
-        muscle_front=rng.uniform(8, 18),
-        muscle_back=rng.uniform(40, 58),
-        fat=rng.uniform(5, 30),
-        power=rng.uniform(2.1, 2.5),
-        trachea_r=rng.uniform(8, 10.5),
-        trachea_wall=rng.uniform(1.8, 2.6),
-        bronchus_r=(rng.uniform(6.0, 7.5), rng.uniform(5.0, 6.5)),
-        bronchus_angle=(np.radians(rng.uniform(22, 32)), np.radians(rng.uniform(38, 50))),
-        bronchus_len=(rng.uniform(18, 26), rng.uniform(36, 48)),
-        aorta_r=(rng.uniform(13, 17), rng.uniform(12, 14), rng.uniform(10, 13)),
-        arch_height=rng.uniform(14, 24),
-        pa_r=rng.uniform(12, 15),
-        heart_axes=(rng.uniform(48, 58) * size, rng.uniform(34, 42) * size),
-        heart_angle=np.radians(rng.uniform(25, 45)),
-        pericardial_fat=rng.uniform(2, 7),
-        rib_pitch=rng.uniform(26, 32),
-        rib_phase=rng.uniform(0, 30),
-        rib_drop=rng.uniform(55, 90),
-        vertebra_pitch=rng.uniform(24, 28),
-        vertebra_phase=rng.uniform(0, 28),
-        dome_drop=(rng.uniform(25, 45), rng.uniform(25, 45), rng.uniform(55, 80)),
-        liver_split=rng.uniform(10, 40),
+        **_sample_trunk(rng, size, levels),
+        **_sample_mediastinum(rng, size),
+        **_sample_skeleton(rng),
     )
 
 

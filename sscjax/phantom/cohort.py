@@ -6,7 +6,7 @@ import csv
 import io as text_io
 import json
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +150,63 @@ def _remove_previous_phantoms(out: Path) -> None:
             (out / folder / f"{scan_id}.mha").unlink(missing_ok=True)
 
 
+def _check_counts(n_patients: int, seed: int) -> None:
+    """SscError for a cohort of no patients or a negative seed (numpy's SeedSequence takes none)."""
+    if n_patients < 1:
+        raise SscError(f"the number of patients must be at least 1 (got {n_patients})")
+    if seed < 0:
+        raise SscError(f"the cohort seed must be a non-negative integer (got {seed})")
+
+
+@dataclass
+class _CohortTables:
+    """The cohort's tables, gathered a case at a time: the rows of levels.csv, scores.csv and
+    truth/exact_scores.csv, and each patient's entry in truth/phantom.json."""
+
+    levels: list[list] = field(default_factory=list)
+    scores: list[list] = field(default_factory=list)
+    exact: list[list] = field(default_factory=list)
+    patients: list[dict] = field(default_factory=list)
+
+    def add(self, case: PhantomCase) -> None:
+        """A case's rows: its level positions, its scores per level (as given and exact) and its parameters."""
+        self.levels.append([case.scan_id, *(f"{v:.2f}" for v in case.levels_mm)])
+        for k, level in enumerate(LEVELS):
+            self.scores.append([case.scan_id, level, *case.scores[k].tolist()])
+            self.exact.append(
+                [case.scan_id, level, int(case.level_slices[k]), *(f"{v:.6f}" for v in case.exact_scores[k])]
+            )
+        self.patients.append(
+            {
+                "scan_id": case.scan_id,
+                "stored_reversed": case.stored_reversed,
+                "shape_zyx": list(case.scan.shape),
+                **case.params,
+            }
+        )
+
+    def write_csvs(self, out: Path) -> None:
+        """levels.csv, scores.csv and truth/exact_scores.csv into the cohort folder `out`."""
+        _write_text(out / "levels.csv", _csv(["scan_id", *LEVEL_NAMES], self.levels))
+        _write_text(out / "scores.csv", _csv(["scan_id", "level", *SCORES], self.scores))
+        _write_text(out / "truth" / "exact_scores.csv", _csv(["scan_id", "level", "slice_index", *SCORES], self.exact))
+
+
+def _phantom_meta(preset: str, settings: Preset, seed: int, n_patients: int, patients: list[dict]) -> dict:
+    """truth/phantom.json: how the cohort was generated (so that it can be made again) and each patient's
+    parameters."""
+    return {
+        "generator": "sscjax.phantom",
+        "version": GENERATOR_VERSION,
+        "preset": preset,
+        "preset_settings": asdict(settings),
+        "seed": int(seed),
+        "n_patients": n_patients,
+        "patient_seed": "numpy SeedSequence([seed, index]).generate_state(1, uint32)[0]",
+        "patients": patients,
+    }
+
+
 def write_cohort(
     out_dir: str | Path,
     n_patients: int,
@@ -165,47 +222,20 @@ def write_cohort(
     `overwrite`; overwriting replaces the files of an earlier phantom cohort there and nothing else.
     """
     settings = get_preset(preset)
-    if n_patients < 1:
-        raise SscError(f"the number of patients must be at least 1 (got {n_patients})")
-    if seed < 0:
-        raise SscError(f"the cohort seed must be a non-negative integer (got {seed})")
+    _check_counts(n_patients, seed)
     out = Path(out_dir)
     check_out_dir(out, overwrite)
     _remove_previous_phantoms(out)
-    level_rows, score_rows, exact_rows, patients = [], [], [], []
+    tables = _CohortTables()
     for i in range(n_patients):
         case = generate_patient(patient_seed(seed, i), preset, scan_id_of(i))
         _write_case(out, case)
-        level_rows.append([case.scan_id, *(f"{v:.2f}" for v in case.levels_mm)])
-        for k, level in enumerate(LEVELS):
-            score_rows.append([case.scan_id, level, *case.scores[k].tolist()])
-            exact_rows.append(
-                [case.scan_id, level, int(case.level_slices[k]), *(f"{v:.6f}" for v in case.exact_scores[k])]
-            )
-        patients.append(
-            {
-                "scan_id": case.scan_id,
-                "stored_reversed": case.stored_reversed,
-                "shape_zyx": list(case.scan.shape),
-                **case.params,
-            }
-        )
+        tables.add(case)
         if progress is not None:
             progress(case)
-    _write_text(out / "levels.csv", _csv(["scan_id", *LEVEL_NAMES], level_rows))
-    _write_text(out / "scores.csv", _csv(["scan_id", "level", *SCORES], score_rows))
-    _write_text(out / "truth" / "exact_scores.csv", _csv(["scan_id", "level", "slice_index", *SCORES], exact_rows))
+    tables.write_csvs(out)
     write_patterns(out, patient_seed(seed, 0), settings)
-    meta = {
-        "generator": "sscjax.phantom",
-        "version": GENERATOR_VERSION,
-        "preset": preset,
-        "preset_settings": asdict(settings),
-        "seed": int(seed),
-        "n_patients": n_patients,
-        "patient_seed": "numpy SeedSequence([seed, index]).generate_state(1, uint32)[0]",
-        "patients": patients,
-    }
+    meta = _phantom_meta(preset, settings, seed, n_patients, tables.patients)
     _write_text(out / "truth" / "phantom.json", json.dumps(meta, indent=1, default=float))
     _write_text(out / "README.md", README.format(version=GENERATOR_VERSION, preset=preset, seed=seed, n=n_patients))
     return out
