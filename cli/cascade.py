@@ -14,6 +14,7 @@ from .common import (
     resolve_models,
     scans_from,
     series_option,
+    set_option,
 )
 
 
@@ -45,8 +46,11 @@ from .common import (
 @click.option(
     "--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a killed run resumes)."
 )
+@set_option("quality.lung_hu=[-950,-400]")
 @device_option
-def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung_mask, all_slices, overwrite):
+def cascade(
+    scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung_mask, all_slices, overwrite, assignments
+):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
     With several trained folds (by default every fold under WORKDIR/lnet and WORKDIR/snet) the scores are the
@@ -55,12 +59,14 @@ def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung
     device, runs with config and checkpoint hashes, the input's sha256). Writes OUT/<scan>/scores.json, scores.csv,
     the five slices (.mha with their geometry), their lung masks and montage.png, and OUT/scores.csv for all scans
     with its provenance beside it (OUT/scores.provenance.json). A DICOM series' identity (patient, study and series)
-    goes into scores.json as `dicom`. Two scans with one id (file name without extension, or DICOM folder name) are
+    goes into scores.json as `dicom`. The warnings' limits are settings (`--set quality.<name>=<value>`; their
+    defaults and reasons in docs/outputs.md), recorded in the provenance as `quality_limits`. Two scans with one id (file name without extension, or DICOM folder name) are
     refused, since their results would share a folder.
     """
     from sscjax import cascade as cs
     from sscjax.errors import SscError
     from sscjax.io import check_writable, read_mask, read_scan
+    from sscjax.quality import quality_limits
 
     paths = cs.output_ids(scans_from(scans))
     levels = cs.parse_levels(levels_text) if levels_text else None
@@ -72,6 +78,7 @@ def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung
         raise SscError(
             f"--series names a series of one DICOM folder, but --scan gives {len(paths)} scans; give that folder alone"
         )
+    limits = quality_limits(assignments)
     check_writable(out)
     if series is not None and not overwrite:
         _refuse_other_series(out / next(iter(paths)), series)
@@ -85,7 +92,7 @@ def cascade(scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung
             try:
                 image = read_scan(path, series)
                 lung = read_mask(lung_mask, image) if lung_mask else None
-                result = cs.run_cascade(image, models, levels, all_slices, lung=lung)
+                result = cs.run_cascade(image, models, levels, all_slices, lung=lung, limits=limits)
                 cs.write_result(result, out)
             except SscError as e:
                 failures[str(path)] = str(e)

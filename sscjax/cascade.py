@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sscjax import lnet, metrics, plots, provenance, quality, snet
+from sscjax.configs import to_dict
 from sscjax.data.lnet import PreparedVolume, prepare_volume
 from sscjax.data.slices import window
 from sscjax.domain import LEVEL_NAMES, N_LEVELS, SCORES
@@ -169,10 +170,16 @@ def lung_range(lung: np.ndarray) -> np.ndarray:
 
 
 def scan_warnings(
-    scan: Scan, lung: np.ndarray, index: np.ndarray, fold_levels_mm: np.ndarray, fold_scores: np.ndarray
+    scan: Scan,
+    lung: np.ndarray,
+    index: np.ndarray,
+    fold_levels_mm: np.ndarray,
+    fold_scores: np.ndarray,
+    raw: np.ndarray,
+    limits: quality.QualityLimits,
 ) -> list[quality.QualityWarning]:
-    """The quality warnings of one scan's cascade (`sscjax.quality`), from the scan, its lung mask (0/1), the
-    level slices, and every fold's levels (F, 5) and bounded scores (F, 5, 3)."""
+    """The quality warnings of one scan's cascade (`sscjax.quality`) within `limits`, from the scan, its lung mask
+    (0/1), the level slices, every fold's levels (F, 5) and bounded scores (F, 5, 3), and the mean raw outputs."""
     lung_ml, lung_hu = quality.lung_stats(scan.array, lung.view(bool), float(np.prod(scan.geometry.spacing)))
     z = scan.z_mm
     facts = quality.ScanFacts(
@@ -184,8 +191,9 @@ def scan_warnings(
         lung_hu,
         fold_levels_mm,
         fold_scores,
+        raw,
     )
-    return quality.check_scan(facts)
+    return quality.check_scan(facts, limits)
 
 
 def run_cascade(
@@ -195,9 +203,10 @@ def run_cascade(
     all_slices: bool = False,
     batch: int = 32,
     lung: np.ndarray | None = None,
+    limits: quality.QualityLimits = quality.QualityLimits(),
 ) -> CascadeResult:
-    """Levels (found or given), slices, lung masks, scores, quality warnings and provenance of one canonical scan;
-    `lung`: its lung mask on the scan's grid (default: computed, `sscjax.lung.lung_mask`)."""
+    """Levels (found or given), slices, lung masks, scores, quality warnings (within `limits`) and provenance of
+    one canonical scan; `lung`: its lung mask on the scan's grid (default: computed, `sscjax.lung.lung_mask`)."""
     lung = lung_mask(scan) if lung is None else lung
     given = levels_mm is not None
     fold_levels = np.asarray(levels_mm, float)[None] if given else locate_levels(models, scan)
@@ -234,8 +243,8 @@ def run_cascade(
         [scan.geometry.slice_geometry(int(k)) for k in index],
         used,
         table,
-        scan_warnings(scan, lung, index, fold_levels, fold_scores),
-        provenance.record(scan.source, records),
+        scan_warnings(scan, lung, index, fold_levels, fold_scores, raw, limits),
+        {**provenance.record(scan.source, records), "quality_limits": to_dict(limits)},
         scan.dicom,
     )
 
@@ -303,11 +312,12 @@ def finished_scans(out_dir: str | Path) -> list[Path]:
 
 def batch_provenance(folders: list[Path], batch: dict) -> dict:
     """The provenance of OUT/scores.csv: `batch` (versions, device, runs) and per scan id its input record; a scan
-    whose result other versions, device or runs made (an earlier call into OUT) keeps its own under `provenance`."""
+    whose result other versions, device or runs made (an earlier call into OUT) keeps its own under `provenance`.
+    The warnings' limits are left out: they change no score in the CSV (each scores.json keeps its own)."""
     scans = {}
     for folder in folders:
         made = json.loads((folder / RESULT_FILE).read_text()).get("provenance") or {}
-        own = {key: value for key, value in made.items() if key != "input"}
+        own = {key: value for key, value in made.items() if key not in ("input", "quality_limits")}
         scans[folder.name] = {"input": made.get("input"), **({} if own == batch else {"provenance": own or None})}
     return {**batch, "scans": scans}
 

@@ -2,43 +2,71 @@
 the lungs, the folds disagree, the values are not those of an inspiratory chest CT in HU, the scores contradict
 each other). Each check is a small pure function on plain numbers; `check_scan` runs them all.
 
-The limits are deliberately wide: a warning should mark a result a reader must look at, not every unusual one.
-- EDGE_MM 10: L1 (origin of the great vessels) lies 2-4 cm below the lung apex and L5 (1 cm above the right
+The limits are settings (`QualityLimits`, `ssc cascade --set quality.<name>=<value>`), deliberately wide by default:
+a warning should mark a result a reader must look at, not every unusual one. Why each default:
+- edge_mm 10: L1 (origin of the great vessels) lies 2-4 cm below the lung apex and L5 (1 cm above the right
   hemidiaphragm) several cm above the costophrenic recesses, so a level within 1 cm of the scan's first or last
   slice means the scan stops inside the lungs (or the L-Net was pushed against the scan's end).
-- LEVEL_FOLD_MM 10: the method places levels to about a centimetre (L5 is defined as 1 cm above the diaphragm,
+- level_fold_mm 10: the method places levels to about a centimetre (L5 is defined as 1 cm above the diaphragm,
   incremental HRCT has 10 mm between slices); folds further apart than that point at different anatomy.
-- MIN_LEVEL_GAP_MM 10: adjacent Goh levels are 2-5 cm apart in adults (L4 halves the 6-8 cm from L3 to L5);
+- min_level_gap_mm 10: adjacent Goh levels are 2-5 cm apart in adults (L4 halves the 6-8 cm from L3 to L5);
   closer than 1 cm, two levels sit on the same anatomy.
-- LUNG_ML 1500..9000: an inspiratory adult CT, even with severe restriction, holds more than 1.5 L of lung, and
+- lung_ml 1500..9000: an inspiratory adult CT, even with severe restriction, holds more than 1.5 L of lung, and
   none more than 9 L (beyond the largest total lung capacity): outside, the scan is an expiration, a partial scan,
   a spacing in the wrong unit or a failed lung mask.
-- LUNG_HU -950..-500: the mean inspiratory lung is about -850..-700 HU, fibrosis raises it by a few tens to a
+- lung_hu -950..-500: the mean inspiratory lung is about -850..-700 HU, fibrosis raises it by a few tens to a
   hundred or two; above -500 HU the scan is an expiration (or the mask took in consolidation or soft tissue),
   below -950 HU the mask holds air outside the body or the values are not in HU.
-- MAX_SLICE_MM 5: Goh scoring reads thin-section CT; beyond the thickest routine chest reconstruction (5 mm)
+- max_slice_mm 5: Goh scoring reads thin-section CT; beyond the thickest routine chest reconstruction (5 mm)
   partial volume blurs ground glass and reticulation, and a level's nearest slice may lie 2.5 mm or more away.
-- SCORE_STEP 5 (the tolerance of the TOT checks): clinicians score in 5 % steps, so TOT may miss
+- score_step 5 (the tolerance of the TOT checks): clinicians score in 5 % steps, so TOT may miss
   max(GG, RET) <= TOT <= GG + RET by up to one step before the three scores contradict each other.
-- SCORE_FOLD_SD 10: two rounding steps, about twice the paper's MAE (4.5-5.9 %): folds that spread more disagree
+- score_fold_sd 10: two rounding steps, about twice the paper's MAE (4.5-5.9 %): folds that spread more disagree
   by more than the method's own error.
+- clip_pp 1: a regression head puts healthy slices a fraction of a point below 0 as a matter of course; an output
+  more than a point outside 0..100 % is one the shown score hides (the unbounded value stays under `raw`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from sscjax.configs import from_dict, setting
+from sscjax.configs.text import assign
 from sscjax.domain import LEVEL_NAMES, SCORE_STEP, SCORES
+from sscjax.errors import ConfigError
 
-EDGE_MM = 10.0  # a level this close to the scan's first or last slice: the scan may stop inside the lungs
-LEVEL_FOLD_MM = 10.0  # L-Net folds further apart than this (max - min) point at different anatomy
-MIN_LEVEL_GAP_MM = 10.0  # adjacent levels closer than this sit on the same anatomy
-LUNG_ML = (1500.0, 9000.0)  # lung volume of an inspiratory chest CT
-LUNG_HU = (-950.0, -500.0)  # mean lung HU of an inspiratory chest CT
-MAX_SLICE_MM = 5.0  # the thickest slices the texture scores are meant for
-SCORE_FOLD_SD = 10.0  # SD (%) between the S-Net folds beyond which they disagree more than the method errs
+QUALITY = "quality"  # the table of the limits in --set quality.<name>=<value>
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """The limits of the quality checks (see the module docstring for why each default)."""
+
+    edge_mm: float = setting(
+        10.0, "a level this close to the scan's first or last slice, mm: coverage warning", minimum=0
+    )
+    level_fold_mm: float = setting(10.0, "L-Net folds further apart than this on a level (max - min), mm", minimum=0)
+    min_level_gap_mm: float = setting(10.0, "adjacent levels closer than this sit on the same anatomy, mm", minimum=0)
+    lung_ml: tuple[float, float] = setting((1500.0, 9000.0), "[min, max] lung volume of an inspiratory chest CT, mL")
+    lung_hu: tuple[float, float] = setting((-950.0, -500.0), "[min, max] mean lung value of an inspiratory CT, HU")
+    max_slice_mm: float = setting(5.0, "the widest slice spacing the texture scores are meant for, mm", minimum=0)
+    score_step: float = setting(float(SCORE_STEP), "how far TOT may miss max(GG, RET)..GG + RET, %", minimum=0)
+    score_fold_sd: float = setting(10.0, "SD between the S-Net folds beyond which they disagree, %", minimum=0)
+    clip_pp: float = setting(
+        1.0, "an output further outside 0..100 % than this was clipped, percentage points", minimum=0
+    )
+
+
+def quality_limits(assignments: Sequence[str] = ()) -> QualityLimits:
+    """The default limits changed by `quality.<name>=<value>` assignments (--set); ConfigError naming a bad one."""
+    others = [a for a in assignments if not a.startswith(f"{QUALITY}.")]
+    if others:
+        raise ConfigError(f"--set {others[0]}: the cascade takes {QUALITY}.* settings only")
+    return from_dict(QualityLimits, assign({}, assignments).get(QUALITY, {}), QUALITY)
 
 
 @dataclass(frozen=True)
@@ -57,8 +85,9 @@ class QualityWarning:
 @dataclass(frozen=True)
 class ScanFacts:
     """What the checks look at, as the cascade has it: levels (world mm, L1..L5) and their nearest slices, the
-    world z of the scan's lowest and highest slice, slice spacing, lung volume and mean HU, and every fold's levels
-    (F_L, 5) and bounded scores (F_S, 5, 3) in % (one row each when there is one fold or the levels were given)."""
+    world z of the scan's lowest and highest slice, slice spacing, lung volume and mean HU, every fold's levels
+    (F_L, 5) and bounded scores (F_S, 5, 3) in % (one row each when there is one fold or the levels were given),
+    and the (5, 3) mean unbounded outputs in % that the shown scores are clipped from."""
 
     levels_mm: np.ndarray
     slice_index: np.ndarray
@@ -68,6 +97,7 @@ class ScanFacts:
     lung_hu: float
     fold_levels_mm: np.ndarray
     fold_scores: np.ndarray
+    raw_scores: np.ndarray
 
 
 def lung_stats(hu: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> tuple[float, float]:
@@ -79,7 +109,7 @@ def lung_stats(hu: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> tuple[floa
 
 
 def levels_at_edge(
-    levels_mm: np.ndarray, z_range_mm: tuple[float, float], limit_mm: float = EDGE_MM
+    levels_mm: np.ndarray, z_range_mm: tuple[float, float], limit_mm: float = QualityLimits.edge_mm
 ) -> list[QualityWarning]:
     """Levels within `limit_mm` of the scan's lowest or highest slice: the scan may not cover apex to base."""
     bottom, top = z_range_mm
@@ -100,7 +130,7 @@ def levels_at_edge(
 
 
 def level_fold_disagreement(
-    fold_levels_mm: np.ndarray, slice_mm: float, limit_mm: float = LEVEL_FOLD_MM
+    fold_levels_mm: np.ndarray, slice_mm: float, limit_mm: float = QualityLimits.level_fold_mm
 ) -> list[QualityWarning]:
     """Levels that the L-Net folds place more than `limit_mm` apart (max - min); needs two folds or more."""
     folds = np.asarray(fold_levels_mm, float)
@@ -119,7 +149,7 @@ def level_fold_disagreement(
 
 
 def level_order(
-    levels_mm: np.ndarray, slice_index: np.ndarray, min_gap_mm: float = MIN_LEVEL_GAP_MM
+    levels_mm: np.ndarray, slice_index: np.ndarray, min_gap_mm: float = QualityLimits.min_level_gap_mm
 ) -> list[QualityWarning]:
     """Adjacent levels out of anatomical order (L1 highest), or closer than `min_gap_mm` or on one slice."""
     z, index = np.asarray(levels_mm, float), np.asarray(slice_index)
@@ -146,7 +176,7 @@ def level_order(
     return found
 
 
-def lung_volume(lung_ml: float, limits_ml: tuple[float, float] = LUNG_ML) -> list[QualityWarning]:
+def lung_volume(lung_ml: float, limits_ml: tuple[float, float] = QualityLimits.lung_ml) -> list[QualityWarning]:
     """A lung volume outside `limits_ml`: not an inspiratory chest CT (or the mask or spacing is wrong)."""
     lo, hi = limits_ml
     if lo <= lung_ml <= hi:
@@ -160,7 +190,7 @@ def lung_volume(lung_ml: float, limits_ml: tuple[float, float] = LUNG_ML) -> lis
     ]
 
 
-def lung_density(lung_hu: float, limits_hu: tuple[float, float] = LUNG_HU) -> list[QualityWarning]:
+def lung_density(lung_hu: float, limits_hu: tuple[float, float] = QualityLimits.lung_hu) -> list[QualityWarning]:
     """A mean lung HU outside `limits_hu`: expiration, contrast or consolidation, or values not in HU (NaN, no
     lung at all, is the volume check's to report)."""
     lo, hi = limits_hu
@@ -175,7 +205,7 @@ def lung_density(lung_hu: float, limits_hu: tuple[float, float] = LUNG_HU) -> li
     ]
 
 
-def slice_thickness(slice_mm: float, limit_mm: float = MAX_SLICE_MM) -> list[QualityWarning]:
+def slice_thickness(slice_mm: float, limit_mm: float = QualityLimits.max_slice_mm) -> list[QualityWarning]:
     """Slices spaced wider than `limit_mm`: thicker than the thin-section CT that Goh scoring reads."""
     if slice_mm <= limit_mm:
         return []
@@ -211,7 +241,7 @@ def tot_consistency(scores: np.ndarray, step: float = SCORE_STEP) -> list[Qualit
     return found
 
 
-def score_fold_spread(fold_scores: np.ndarray, limit: float = SCORE_FOLD_SD) -> list[QualityWarning]:
+def score_fold_spread(fold_scores: np.ndarray, limit: float = QualityLimits.score_fold_sd) -> list[QualityWarning]:
     """Levels where a score's SD between the S-Net folds exceeds `limit` %; needs two folds or more."""
     folds = np.asarray(fold_scores, float)
     if len(folds) < 2:
@@ -230,16 +260,34 @@ def score_fold_spread(fold_scores: np.ndarray, limit: float = SCORE_FOLD_SD) -> 
     return found
 
 
-def check_scan(facts: ScanFacts) -> list[QualityWarning]:
+def clipped_outputs(raw_scores: np.ndarray, limit_pp: float = QualityLimits.clip_pp) -> list[QualityWarning]:
+    """Levels whose unbounded output (mean of the folds) lies more than `limit_pp` outside 0..100 %: the shown
+    score is clipped from it."""
+    raw = np.asarray(raw_scores, float)
+    outside = (raw < -limit_pp) | (raw > 100.0 + limit_pp)
+    return [
+        QualityWarning(
+            "output_clipped",
+            f"{LEVEL_NAMES[k]}: the S-Net put out "
+            + ", ".join(f"{p} {raw[k, j]:.1f} %" for j, p in enumerate(SCORES) if outside[k, j])
+            + f", shown clipped to 0..100 % (limit {limit_pp:g} percentage points outside; kept under raw)",
+            int(k) + 1,
+        )
+        for k in np.flatnonzero(outside.any(axis=1))
+    ]
+
+
+def check_scan(facts: ScanFacts, limits: QualityLimits = QualityLimits()) -> list[QualityWarning]:
     """Every check on one scan's cascade, in a fixed order: scan coverage and levels, lungs, slices, scores."""
     scores = np.asarray(facts.fold_scores, float).mean(axis=0)
     return [
-        *levels_at_edge(facts.levels_mm, facts.z_range_mm),
-        *level_fold_disagreement(facts.fold_levels_mm, facts.slice_mm),
-        *level_order(facts.levels_mm, facts.slice_index),
-        *lung_volume(facts.lung_ml),
-        *lung_density(facts.lung_hu),
-        *slice_thickness(facts.slice_mm),
-        *tot_consistency(scores),
-        *score_fold_spread(facts.fold_scores),
+        *levels_at_edge(facts.levels_mm, facts.z_range_mm, limits.edge_mm),
+        *level_fold_disagreement(facts.fold_levels_mm, facts.slice_mm, limits.level_fold_mm),
+        *level_order(facts.levels_mm, facts.slice_index, limits.min_level_gap_mm),
+        *lung_volume(facts.lung_ml, limits.lung_ml),
+        *lung_density(facts.lung_hu, limits.lung_hu),
+        *slice_thickness(facts.slice_mm, limits.max_slice_mm),
+        *tot_consistency(scores, limits.score_step),
+        *score_fold_spread(facts.fold_scores, limits.score_fold_sd),
+        *clipped_outputs(facts.raw_scores, limits.clip_pp),
     ]

@@ -247,6 +247,9 @@ def test_scores_outside_0_100_reach_no_file_and_the_raw_output_is_kept(overshoot
         assert [lv[f"{p}_5"] for p in SCORES] == [100, 0, 0]
         assert lv["raw"] == pytest.approx(dict(zip(SCORES, RAW)))
     assert result["mean"] == {"TOT": 100.0, "GG": 0.0, "RET": 0.0, "TOT_5": 100.0, "GG_5": 0.0, "RET_5": 0.0}
+    clipped = [w for w in result["warnings"] if w["code"] == "output_clipped"]
+    assert [w["level"] for w in clipped] == [1, 2, 3, 4, 5]
+    assert "TOT 130.0 %, GG -2.8 %, RET -7.0 %, shown clipped to 0..100 %" in clipped[0]["message"]
     for table in (folder / "scores.csv", folder.parent / "scores.csv", folder / "all_slices.csv"):
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -346,3 +349,57 @@ def test_warnings_and_provenance_reach_scores_json_and_the_console(monkeypatch, 
     assert record["models"] == {"lnet": [], "snet": [provenance.run_record(snet_run)]}
     assert record["models"]["snet"][0]["checkpoint_step"] > 0
     assert record["device"]["platform"] == platform and record["jax"] == jax.__version__
+
+
+def test_quality_limits_are_settings_of_the_cascade_and_recorded(monkeypatch, capsys, runs, phantoms, tmp_path):
+    _, snet_run = runs
+    cohort, _, _ = phantoms
+    sid = cohort.ids[0]
+    levels = ",".join(f"{z:.2f}" for z in cohort.levels_mm[sid])
+    args = ["cascade", "--scan", cohort.scan_paths[sid], "--snet", snet_run, "--levels", levels]
+    code, _, err = ssc(monkeypatch, capsys, *args, "--out", tmp_path / "default")
+    assert code == 0, err
+    default = json.loads((tmp_path / "default" / sid / "scores.json").read_text())
+    # a clean phantom with its true levels: nothing but the 50-step test network's overshoots below 0 %
+    assert {w["code"] for w in default["warnings"]} <= {"output_clipped"}
+    assert default["provenance"]["quality_limits"]["lung_hu"] == [-950.0, -500.0]
+    strict = ["--set", "quality.lung_hu=[-950,-900]", "--out", tmp_path / "strict"]
+    code, out, err = ssc(monkeypatch, capsys, *args, *strict)
+    assert code == 0, err
+    result = json.loads((tmp_path / "strict" / sid / "scores.json").read_text())
+    assert "lung_hu_implausible" in {w["code"] for w in result["warnings"]} and "lung_hu_implausible:" in out
+    assert result["provenance"]["quality_limits"]["lung_hu"] == [-950.0, -900.0]
+    code, _, err = ssc(monkeypatch, capsys, *args, "--set", "quality.lung_hu=[-950]", "--out", tmp_path / "bad")
+    assert code == 2 and "quality.lung_hu" in err and not (tmp_path / "bad").exists()
+
+
+REAL_SLICE = Path(__file__).parent / "fixtures" / "real_ct" / "chest_ct_slice_rle.dcm"
+
+
+@pytest.mark.skipif(not REAL_SLICE.is_file(), reason="needs the real CT fixture")
+def test_real_ct_stacked_to_a_short_thick_scan_trips_the_coverage_warnings_not_the_lung_ones(
+    monkeypatch, capsys, runs, tmp_path
+):
+    import SimpleITK as sitk
+
+    # the real slice (carina, 0.66 mm pixels, 238 cm^2 of lung at -791 HU) repeated 16 times 6 mm apart: real lung
+    # values, 2.3 L of lung, 90 mm of coverage
+    image = sitk.ReadImage(str(REAL_SLICE))
+    volume = sitk.JoinSeries([image[:, :, 0]] * 16)
+    volume.SetOrigin(image.GetOrigin())
+    volume.SetSpacing((*image.GetSpacing()[:2], 6.0))
+    path = tmp_path / "real.mha"
+    sitk.WriteImage(volume, str(path))
+    z = image.GetOrigin()[2] + 6.0 * np.array([15, 11, 7.5, 4, 0])  # L1 on the top slice, L5 on the bottom one
+    code, out, err = ssc(
+        monkeypatch, capsys, "cascade", "--scan", path, "--snet", runs[1], "--levels", ",".join(map(str, z)),
+        "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert code == 0, err
+    found = {
+        (w["code"], w.get("level"))
+        for w in json.loads((tmp_path / "out" / "real" / "scores.json").read_text())["warnings"]
+    }
+    assert {("thick_slices", None), ("level_at_scan_edge", 1), ("level_at_scan_edge", 5)} <= found
+    assert not {"lung_hu_implausible", "lung_volume_implausible"} & {code for code, _ in found}  # real lung, 2.3 L
+    assert "thick_slices: slice spacing 6.00 mm exceeds 5 mm" in out

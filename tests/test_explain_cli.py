@@ -134,6 +134,8 @@ def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_th
         lnet_trained[1],
         "--snet",
         snet_run,
+        "--set",
+        "explain.stride_px=32",  # the thresholds do not depend on the stride
         "--out",
         tmp_path,
     )

@@ -75,3 +75,29 @@ def test_no_module_of_the_library_imports_itself_through_others():
 
 def test_the_library_never_imports_the_cli():
     assert not [name for name, names in imported_names().items() if any(n.startswith("sscjax.cli") for n in names)]
+
+
+# The library's layers, lowest first: a module imports only from its own layer and those below it.
+LAYERS = (
+    ("errors", "domain", "configs", "networks", "io", "metrics", "quality"),  # settings, files, numbers
+    ("lung",),
+    ("data", "phantom", "runs", "plots", "report"),  # cohorts, splits, slices, batches, figures
+    ("models",),
+    ("train", "run_files", "provenance", "heatmaps"),  # the engine, run folders, the heat-map engine
+    ("lnet", "snet", "authors_runs"),  # the two networks' tasks and inference
+    ("cascade", "explain"),  # what users run
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of an sscjax module (by its first name under sscjax)."""
+    top = module.split(".")[1]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_imports_flow_one_way_from_files_to_what_users_run():
+    graph = {name: names for name, names in module_imports().items() if name != "sscjax"}
+    assert {n.split(".")[1] for n in graph} == {top for names in LAYERS for top in names}
+    upward = [(a, b) for a, names in graph.items() for b in names if layer_of(b) > layer_of(a)]
+    assert upward == []
+    assert layer_of("sscjax.cascade") > layer_of("sscjax.snet") > layer_of("sscjax.models") > layer_of("sscjax.io")

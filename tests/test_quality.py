@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sscjax import quality
+from sscjax.errors import ConfigError
 
 LEVELS = np.array([60.0, 30.0, -5.0, -40.0, -75.0])  # L1..L5, world mm, 25-35 mm apart
 INDEX = np.array([80, 70, 58, 47, 35])
@@ -23,7 +24,10 @@ def healthy_facts(**changes) -> quality.ScanFacts:
     """A scan that trips no check: phantom-like levels, 3 mm slices, 4 L of lung at -800 HU, two folds that agree."""
     folds = np.stack([LEVELS - 1.0, LEVELS + 1.0])
     scores = np.array([[20.0, 12.0, 10.0]] * 5)
-    facts = quality.ScanFacts(LEVELS, INDEX, Z_RANGE, 3.0, 4000.0, -800.0, folds, np.stack([scores - 2, scores + 2]))
+    raw = scores + np.array([0.0, -0.9, 0.0])  # a GG output just under 0 by less than the limit would be routine
+    facts = quality.ScanFacts(
+        LEVELS, INDEX, Z_RANGE, 3.0, 4000.0, -800.0, folds, np.stack([scores - 2, scores + 2]), raw
+    )
     return dataclasses.replace(facts, **changes)
 
 
@@ -150,6 +154,7 @@ def test_check_scan_reports_every_problem_of_one_scan_in_order():
         lung_hu=-450.0,
         fold_levels_mm=folds,
         fold_scores=np.stack([bad, bad]),
+        raw_scores=np.where(np.arange(5)[:, None] == 2, [20.0, -2.5, 10.0], bad),
     )
     assert codes(quality.check_scan(facts)) == [
         ("level_at_scan_edge", 5),
@@ -158,7 +163,35 @@ def test_check_scan_reports_every_problem_of_one_scan_in_order():
         ("lung_hu_implausible", None),
         ("thick_slices", None),
         ("tot_above_pattern_sum", 1),
+        ("output_clipped", 3),
     ]
+    wider = quality.quality_limits(["quality.lung_hu=[-950, -400]", "quality.max_slice_mm=10", "quality.clip_pp=3"])
+    assert ("lung_hu_implausible", None) not in codes(quality.check_scan(facts, wider))
+    assert ("thick_slices", None) not in codes(quality.check_scan(facts, wider))
+    assert ("output_clipped", 3) not in codes(quality.check_scan(facts, wider))
+
+
+def test_outputs_clipped_by_more_than_the_limit_are_named_with_their_raw_values():
+    raw = np.array([[20.0, 12.0, 10.0]] * 5)
+    raw[1] = [103.5, 101.0, -4.0]
+    found = quality.clipped_outputs(raw)
+    assert codes(found) == [("output_clipped", 2)]
+    assert "L2: the S-Net put out TOT 103.5 %, RET -4.0 %, shown clipped" in found[0].message
+    assert "GG" not in found[0].message  # 101.0 lies within the 1-point limit
+    raw[1] = [100.9, 0.0, -1.0]
+    assert quality.clipped_outputs(raw) == []
+
+
+def test_limits_are_settings_with_the_documented_defaults_and_checked_values():
+    assert quality.quality_limits() == quality.QualityLimits()
+    assert quality.QualityLimits().lung_hu == (-950.0, -500.0) and quality.QualityLimits().clip_pp == 1.0
+    assert quality.quality_limits(["quality.edge_mm=20"]).edge_mm == 20.0
+    with pytest.raises(ConfigError, match="quality.edge_mm"):
+        quality.quality_limits(["quality.edge_mm=-1"])
+    with pytest.raises(ConfigError, match="quality.nonsense: unknown setting"):
+        quality.quality_limits(["quality.nonsense=1"])
+    with pytest.raises(ConfigError, match="takes quality.\\* settings only"):
+        quality.quality_limits(["train.steps=3"])
 
 
 def test_a_warning_as_json_has_a_level_only_when_it_concerns_one():

@@ -197,7 +197,7 @@ def narrow_fit():
     the targets' variance)."""
     from sscjax.configs import ModelConfig
 
-    batch = random_batch(8, (64, 64, 64))
+    batch = random_batch(4, (64, 64, 64))
     kwargs = {"num_outputs": 5, "base": 2, "fc1_width": 128, "fc2_width": 128}
     config = ModelConfig("vgg11_3d", kwargs, dropout=0.0)
     return (*fit_fixed_batch(config, batch, steps=60, learning_rate=3e-4), float(batch["targets"].var()))
