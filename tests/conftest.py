@@ -6,6 +6,7 @@ how the commands use it; the slow tier (`pytest -m slow`) trains the whole tiny 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +17,20 @@ from click.testing import CliRunner
 
 # the benchmarks' reference implementations (the original code's loops) are the tests' references too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def pytest_configure(config):
+    """One XLA compilation cache for the session, in a fresh folder: the many tests that load the same trained run
+    compile the same programs, and a program compiles once (the cache starts empty, so a run's time is a cold one)."""
+    import tempfile
+
+    import jax
+
+    folder = tempfile.mkdtemp(prefix="sscjax-xla-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
 
 N_PATIENTS = 20  # 4 test patients and 4 folds of 4
 LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY = 20, 10  # the default tier's L-Net run (the tiny schedule is 120 steps)

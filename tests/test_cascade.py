@@ -403,3 +403,15 @@ def test_real_ct_stacked_to_a_short_thick_scan_trips_the_coverage_warnings_not_t
     assert {("thick_slices", None), ("level_at_scan_edge", 1), ("level_at_scan_edge", 5)} <= found
     assert not {"lung_hu_implausible", "lung_volume_implausible"} & {code for code, _ in found}  # real lung, 2.3 L
     assert "thick_slices: slice spacing 6.00 mm exceeds 5 mm" in out
+
+
+@pytest.mark.slow
+def test_clean_test_phantoms_show_no_warning_with_the_whole_tiny_schedules(lnet_trained_full, snet_trained_full):
+    from sscjax import cascade, runs
+
+    run = snet_trained_full[0]
+    cohort = load_cohort(runs.read_config(run).data_dir)
+    models = cascade.load_models([lnet_trained_full[1]], [run])
+    for sid in runs.read_splits(run)["test"]:
+        result = cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models)
+        assert [w.to_json() for w in result.warnings] == [], sid
