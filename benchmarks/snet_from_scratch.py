@@ -21,7 +21,7 @@ import optax
 from common import print_report
 from flax import nnx
 
-from sscjax import runs
+from sscjax.data import fold_split
 from sscjax.data.slices import SliceSet, load_slices, resize_slices
 from sscjax.models import create_model
 
@@ -78,7 +78,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    cohort, train_ids, _, record = runs.fold_split(args.data, 0)
+    cohort, train_ids, _, record = fold_split(args.data, 0)
     cache = args.data.parent / f".{args.data.name}_slices"
     slices = load_slices(cohort, cache, image_size=CACHE_SIZE, neighbours=True, ids=train_ids + record["test"])
     train, test = slices.of_scans(train_ids), slices.of_scans(record["test"]).level_only()

@@ -162,10 +162,11 @@ def run_training(
     import jax
 
     from sscjax import runs
+    from sscjax.data import n_folds
 
     entry = networks.network(net)
     main_process = jax.process_index() == 0
-    for k in _folds(str(config.fold) if fold is None else fold, runs.n_folds(config.data_dir)):
+    for k in _folds(str(config.fold) if fold is None else fold, n_folds(config.data_dir)):
         config = dataclasses.replace(config, fold=k)
         _train_fold(entry, config, runs.default_run_dir(workdir, net, k), workdir, resume, main_process)
 

@@ -25,6 +25,7 @@ from flax import nnx
 from sscjax import plots, runs, train
 from sscjax.configs import AUTHORS, Conventions
 from sscjax.configs.lnet import LNetConfig, LNetData
+from sscjax.data.cohort import fold_split
 from sscjax.data.lnet import (
     LevelSet,
     PreparedVolume,
@@ -297,7 +298,7 @@ def prepare(
 ) -> tuple[LevelSet, LevelSet, dict, str]:
     """(train set, validation set, splits record, cohort fingerprint) of the config's fold, volumes cached
     under `workdir`."""
-    cohort, train_ids, valid_ids, record = runs.fold_split(config.data_dir, config.fold)
+    cohort, train_ids, valid_ids, record = fold_split(config.data_dir, config.fold)
     cache = cache_dir(workdir, config.data.size)
     both = level_set(cohort.scan_paths, cohort.levels_mm, train_ids + valid_ids, cache, config.data.size, progress)
     n = len(train_ids)

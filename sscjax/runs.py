@@ -90,32 +90,6 @@ def _resumable(key: str) -> bool:
     return any(key == r or key.startswith(f"{r}.") for r in RESUMABLE)
 
 
-def fold_split(data_dir: str | Path, fold: int) -> tuple[Cohort, list[str], list[str], dict]:
-    """(cohort, training ids, validation ids, the record for the run's splits.json) of one fold; the cohort's
-    splits.json is made if it has none, so every run on the cohort uses the same test set and folds."""
-    from sscjax.data import ensure_splits, load_cohort
-
-    cohort = load_cohort(data_dir, check_scans=False)
-    splits = ensure_splits(cohort)
-    train_ids, valid_ids = splits.fold(fold)
-    record = {
-        "fold": fold,
-        "n_folds": splits.n_folds,
-        "seed": splits.seed,
-        "train": train_ids,
-        "valid": valid_ids,
-        "test": list(splits.test),
-    }
-    return cohort, train_ids, valid_ids, record
-
-
-def n_folds(data_dir: str | Path) -> int:
-    """The number of cross-validation folds of a cohort (its splits.json, made if missing)."""
-    from sscjax.data import ensure_splits, load_cohort
-
-    return ensure_splits(load_cohort(data_dir, check_scans=False)).n_folds
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out: dict = {}
     for k, v in d.items():

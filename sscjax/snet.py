@@ -33,7 +33,7 @@ from flax import nnx
 from sscjax import metrics, plots, runs, train
 from sscjax.configs import AUTHORS
 from sscjax.configs.snet import LITE0_PACKAGE, NO_PRETRAINING, SNetConfig
-from sscjax.data.cohort import load_cohort
+from sscjax.data.cohort import fold_split, load_cohort
 from sscjax.data.slices import SliceSet, load_slices, resize_slices, window
 from sscjax.data.snet_loader import SNetLoader
 from sscjax.data.synthesis import Patterns, load_patterns
@@ -235,7 +235,7 @@ def prepare(
 ) -> tuple[SliceSet, SliceSet, Patterns | None, dict, str]:
     """(training slices, validation level slices, synthesis patterns or None, splits record, cohort
     fingerprint) of the config's fold; slices cached under `workdir`."""
-    cohort, train_ids, valid_ids, record = runs.fold_split(config.data_dir, config.fold)
+    cohort, train_ids, valid_ids, record = fold_split(config.data_dir, config.fold)
     both = load_slices(
         cohort,
         slices_cache(workdir),

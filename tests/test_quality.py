@@ -24,7 +24,7 @@ def healthy_facts(**changes) -> quality.ScanFacts:
     """A scan that trips no check: phantom-like levels, 3 mm slices, 4 L of lung at -800 HU, two folds that agree."""
     folds = np.stack([LEVELS - 1.0, LEVELS + 1.0])
     scores = np.array([[20.0, 12.0, 10.0]] * 5)
-    raw = scores + np.array([0.0, -0.9, 0.0])  # a GG output just under 0 by less than the limit would be routine
+    raw = scores + np.array([0.0, -4.9, 0.0])  # a GG output just under 0 by less than the limit is routine
     facts = quality.ScanFacts(
         LEVELS, INDEX, Z_RANGE, 3.0, 4000.0, -800.0, folds, np.stack([scores - 2, scores + 2]), raw
     )
@@ -154,7 +154,7 @@ def test_check_scan_reports_every_problem_of_one_scan_in_order():
         lung_hu=-450.0,
         fold_levels_mm=folds,
         fold_scores=np.stack([bad, bad]),
-        raw_scores=np.where(np.arange(5)[:, None] == 2, [20.0, -2.5, 10.0], bad),
+        raw_scores=np.where(np.arange(5)[:, None] == 2, [20.0, -6.5, 10.0], bad),
     )
     assert codes(quality.check_scan(facts)) == [
         ("level_at_scan_edge", 5),
@@ -165,7 +165,7 @@ def test_check_scan_reports_every_problem_of_one_scan_in_order():
         ("tot_above_pattern_sum", 1),
         ("output_clipped", 3),
     ]
-    wider = quality.quality_limits(["quality.lung_hu=[-950, -400]", "quality.max_slice_mm=10", "quality.clip_pp=3"])
+    wider = quality.quality_limits(["quality.lung_hu=[-950, -400]", "quality.max_slice_mm=10", "quality.clip_pp=7"])
     assert ("lung_hu_implausible", None) not in codes(quality.check_scan(facts, wider))
     assert ("thick_slices", None) not in codes(quality.check_scan(facts, wider))
     assert ("output_clipped", 3) not in codes(quality.check_scan(facts, wider))
@@ -173,18 +173,19 @@ def test_check_scan_reports_every_problem_of_one_scan_in_order():
 
 def test_outputs_clipped_by_more_than_the_limit_are_named_with_their_raw_values():
     raw = np.array([[20.0, 12.0, 10.0]] * 5)
-    raw[1] = [103.5, 101.0, -4.0]
+    raw[1] = [106.5, 104.0, -7.0]
     found = quality.clipped_outputs(raw)
     assert codes(found) == [("output_clipped", 2)]
-    assert "L2: the S-Net put out TOT 103.5 %, RET -4.0 %, shown clipped" in found[0].message
-    assert "GG" not in found[0].message  # 101.0 lies within the 1-point limit
-    raw[1] = [100.9, 0.0, -1.0]
+    assert "L2: the S-Net put out TOT 106.5 %, RET -7.0 %, shown clipped" in found[0].message
+    assert "GG" not in found[0].message  # 104.0 lies within the 5-point limit
+    raw[1] = [104.9, 0.0, -4.9]
     assert quality.clipped_outputs(raw) == []
+    assert codes(quality.clipped_outputs(raw, 0.0)) == [("output_clipped", 2)]
 
 
 def test_limits_are_settings_with_the_documented_defaults_and_checked_values():
     assert quality.quality_limits() == quality.QualityLimits()
-    assert quality.QualityLimits().lung_hu == (-950.0, -500.0) and quality.QualityLimits().clip_pp == 1.0
+    assert quality.QualityLimits().lung_hu == (-950.0, -500.0) and quality.QualityLimits().clip_pp == 5.0
     assert quality.quality_limits(["quality.edge_mm=20"]).edge_mm == 20.0
     with pytest.raises(ConfigError, match="quality.edge_mm"):
         quality.quality_limits(["quality.edge_mm=-1"])

@@ -1,7 +1,7 @@
-"""Cohorts (the dataset folder format), their validation and reproducible patient splits; slice extraction,
+"""Cohorts (the dataset folder format), their validation and reproducible patient splits (and each fold's); slice extraction,
 sampling, synthesis and loading live in sibling modules."""
 
-from sscjax.data.cohort import Cohort, LevelRow, cohort_summary, ensure_splits, load_cohort
+from sscjax.data.cohort import Cohort, LevelRow, cohort_summary, ensure_splits, fold_split, load_cohort, n_folds
 from sscjax.data.splits import Splits, make_splits, read_splits, write_splits
 
 __all__ = [
@@ -10,8 +10,10 @@ __all__ = [
     "Splits",
     "cohort_summary",
     "ensure_splits",
+    "fold_split",
     "load_cohort",
     "make_splits",
+    "n_folds",
     "read_splits",
     "write_splits",
 ]
