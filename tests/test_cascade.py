@@ -250,6 +250,7 @@ def test_scores_outside_0_100_reach_no_file_and_the_raw_output_is_kept(overshoot
     clipped = [w for w in result["warnings"] if w["code"] == "output_clipped"]
     assert [w["level"] for w in clipped] == [1, 2, 3, 4, 5]
     assert "TOT 130.0 %, RET -7.0 %, shown clipped to 0..100 %" in clipped[0]["message"]  # GG -2.8: within 5
+    assert [w["level"] for w in result["warnings"] if w["code"] == "tot_above_pattern_sum"] == [1, 2, 3, 4, 5]
     for table in (folder / "scores.csv", folder.parent / "scores.csv", folder / "all_slices.csv"):
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -376,33 +377,45 @@ def test_quality_limits_are_settings_of_the_cascade_and_recorded(monkeypatch, ca
 REAL_SLICE = Path(__file__).parent / "fixtures" / "real_ct" / "chest_ct_slice_rle.dcm"
 
 
+def real_ct_warnings(monkeypatch, capsys, snet_run, folder: Path, n: int, spacing: float, slices) -> tuple[set, str]:
+    """The cascade's warnings ({(code, level)}) and printed output for the real slice (carina, 0.66 mm pixels, 238 cm^2
+    of lung at -791 HU) repeated `n` times `spacing` mm apart, with the levels on the given slice positions."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(REAL_SLICE))
+    volume = sitk.JoinSeries([image[:, :, 0]] * n)
+    volume.SetOrigin(image.GetOrigin())
+    volume.SetSpacing((*image.GetSpacing()[:2], spacing))
+    sitk.WriteImage(volume, str(folder / "real.mha"))
+    z = image.GetOrigin()[2] + spacing * np.asarray(slices, float)
+    code, out, err = ssc(
+        monkeypatch, capsys, "cascade", "--scan", folder / "real.mha", "--snet", snet_run,
+        "--levels", ",".join(map(str, z)), "--out", folder / "out",
+    )  # fmt: skip
+    assert code == 0, err
+    warnings = json.loads((folder / "out" / "real" / "scores.json").read_text())["warnings"]
+    return {(w["code"], w.get("level")) for w in warnings}, out
+
+
 @pytest.mark.skipif(not REAL_SLICE.is_file(), reason="needs the real CT fixture")
 def test_real_ct_stacked_to_a_short_thick_scan_trips_the_coverage_warnings_not_the_lung_ones(
     monkeypatch, capsys, runs, tmp_path
 ):
-    import SimpleITK as sitk
-
-    # the real slice (carina, 0.66 mm pixels, 238 cm^2 of lung at -791 HU) repeated 16 times 6 mm apart: real lung
-    # values, 2.3 L of lung, 90 mm of coverage
-    image = sitk.ReadImage(str(REAL_SLICE))
-    volume = sitk.JoinSeries([image[:, :, 0]] * 16)
-    volume.SetOrigin(image.GetOrigin())
-    volume.SetSpacing((*image.GetSpacing()[:2], 6.0))
-    path = tmp_path / "real.mha"
-    sitk.WriteImage(volume, str(path))
-    z = image.GetOrigin()[2] + 6.0 * np.array([15, 11, 7.5, 4, 0])  # L1 on the top slice, L5 on the bottom one
-    code, out, err = ssc(
-        monkeypatch, capsys, "cascade", "--scan", path, "--snet", runs[1], "--levels", ",".join(map(str, z)),
-        "--out", tmp_path / "out",
-    )  # fmt: skip
-    assert code == 0, err
-    found = {
-        (w["code"], w.get("level"))
-        for w in json.loads((tmp_path / "out" / "real" / "scores.json").read_text())["warnings"]
-    }
+    # 16 slices 6 mm apart: real lung values, 2.3 L of lung, 90 mm; L1 on the top slice, L5 on the bottom one
+    found, out = real_ct_warnings(monkeypatch, capsys, runs[1], tmp_path, 16, 6.0, [15, 11, 7.5, 4, 0])
     assert {("thick_slices", None), ("level_at_scan_edge", 1), ("level_at_scan_edge", 5)} <= found
     assert not {"lung_hu_implausible", "lung_volume_implausible"} & {code for code, _ in found}  # real lung, 2.3 L
     assert "thick_slices: slice spacing 6.00 mm exceeds 5 mm" in out
+
+
+@pytest.mark.skipif(not REAL_SLICE.is_file(), reason="needs the real CT fixture")
+def test_real_ct_stacked_to_a_thin_partial_scan_trips_the_volume_and_level_gap_warnings(
+    monkeypatch, capsys, runs, tmp_path
+):
+    # 20 slices 2 mm apart: 0.9 L of lung, a partial scan; L4 lies 4 mm below L3
+    found, _ = real_ct_warnings(monkeypatch, capsys, runs[1], tmp_path, 20, 2.0, [17, 13, 9, 7, 2])
+    assert {("lung_volume_implausible", None), ("levels_too_close", 4)} <= found
+    assert not {"thick_slices", "lung_hu_implausible"} & {code for code, _ in found}
 
 
 @pytest.mark.slow
