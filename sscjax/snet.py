@@ -40,7 +40,7 @@ from sscjax.data.synthesis import Patterns, load_patterns
 from sscjax.domain import SCORES
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import atomic_write, read_geometry
-from sscjax.models import build_model
+from sscjax.models import abstract_model, build_model, with_rates
 from sscjax.run_files import check_init, init_model, load_model
 
 NET = "snet"
@@ -123,10 +123,15 @@ def make_snet(config: SNetConfig, rngs: nnx.Rngs, backbone: nnx.State | None = N
     if config.init is not None:
         return init_model(config)
     backbone = imagenet_backbone(config) if backbone is None else backbone  # checked before the network is made
-    model: Any = build_model(config.model, rngs)  # every S-Net network has a head
-    model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
-    if backbone is not None:
-        nnx.update(model, backbone)
+    if backbone is None:
+        model: Any = build_model(config.model, rngs)  # every S-Net network has a head
+        model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
+        return model
+    # every weight but the head's comes from the backbone: no random initialisation to compute and overwrite
+    model = with_rates(abstract_model(config.model.name, seed=config.train.seed, **config.model.kwargs), config.model)
+    nnx.update(model, backbone)
+    for weight in (model.head.kernel, model.head.bias):
+        weight.set_value(jnp.zeros(weight.shape, weight.dtype))
     return model
 
 
