@@ -177,6 +177,18 @@ def test_corrupt_files_are_user_errors(tmp_path):
         assert str(path) in str(error.value)
 
 
+def test_random_bytes_are_refused_as_user_errors(tmp_path):
+    """Random files hit pickle opcodes whose length fields reach far past the file (the C unpickler would
+    allocate them: MemoryError, OverflowError); each must be refused as a ModelError naming the file."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "junk.pth"
+    for _ in range(2000):
+        path.write_bytes(rng.bytes(512))
+        with pytest.raises(ModelError) as error:
+            read_state_dict(path)
+        assert str(path) in str(error.value)
+
+
 def test_mismatches_are_reported_by_name(tmp_path, state):
     broken = dict(state)
     del broken["features.5.1.block.3.bias"]

@@ -153,6 +153,14 @@ FILES = {
     ),
     "deeply-nested-pickle": (lambda t: zip_pth(t / "deep.pth", deep_list(100_000)), "unreadable"),
     "garbage-pth": (lambda t: _write(t / "junk.pth", os.urandom(4096)), "unreadable"),
+    "legacy-bytes8-longer-than-file": (
+        lambda t: legacy_file(t / "claims.pth", [b"\x80\x04\x8e" + struct.pack("<Q", 1 << 44) + b"x."]),
+        "claims 17,592,186,044,416 bytes",
+    ),
+    "zip-long4-longer-than-file": (
+        lambda t: zip_pth(t / "claims.pth", b"\x80\x02\x8b" + struct.pack("<i", 1 << 30) + b"x."),
+        "claims 1,073,741,824 bytes",
+    ),
     "empty-file": (lambda t: _write(t / "empty.pth", b""), "unreadable"),
     "zip-without-data-pkl": (lambda t: _zip(t / "other.pth", {"readme.txt": b"hello"}), "without data.pkl"),
     "safetensors-absurd-header-length": (

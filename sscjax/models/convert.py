@@ -12,13 +12,14 @@ import io
 import json
 import math
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -124,14 +125,49 @@ class RefusedGlobalError(ModelError):
         )
 
 
+class BoundedReader:
+    """A view of a binary file whose reads may not ask for more bytes than the file has left, so that a length
+    field in a pickle is checked before anything is allocated for it."""
+
+    def __init__(self, file: BinaryIO, path: Path):
+        self.file, self.path = file, path
+        here = file.tell()
+        self.end = file.seek(0, io.SEEK_END)
+        file.seek(here)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.end - self.file.tell()
+        if n > left:
+            raise ModelError(
+                f"{self.path}: unreadable weights file (a pickled field claims {n:,} bytes, the file has {left:,} left)"
+            )
+        return self.file.read(n)
+
+    def readline(self) -> bytes:
+        return self.file.readline()
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
 class TensorUnpickler(pickle.Unpickler):
-    """Unpickles torch state dicts into TensorRefs; refuses every global not in SAFE_GLOBALS."""
+    """Unpickles torch state dicts into TensorRefs; refuses every global not in SAFE_GLOBALS. Each pickle is
+    first walked opcode by opcode through a BoundedReader: the C unpickler allocates a declared length before
+    reading it, so a length beyond the file is refused here first."""
 
     def __init__(self, file: BinaryIO, path: Path):
         super().__init__(file)
+        self.file = file
         self.path = path
         self.storage_dtypes: dict[str, np.dtype] = {}
         self.storage_numel: dict[str, int] = {}
+
+    def load(self) -> Any:
+        start = self.file.tell()
+        for _ in pickletools.genops(cast(BinaryIO, BoundedReader(self.file, self.path))):
+            pass
+        self.file.seek(start)
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in SAFE_GLOBALS:
