@@ -43,10 +43,17 @@ def blur_reflect101(image: np.ndarray, size: int = BLUR) -> np.ndarray:
 
 
 def authors_heatmaps_sequential(
-    predict: Predict, image: np.ndarray, lung: np.ndarray, seed: np.ndarray, patch: int, stride: int
+    predict: Predict,
+    image: np.ndarray,
+    lung: np.ndarray,
+    seed: np.ndarray,
+    patch: int,
+    stride: int,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """The authors' loop: (H, W, 3) maps and the forward passes made, one batch-1 pass per window position (empty
-    ones too, as their code does) plus one for the original."""
+    ones too, as their code does) plus one for the original; `limit` stops after that many positions (for timing
+    a sample of the passes, which all cost the same: the maps are then partial)."""
     h, w = image.shape
     image = np.asarray(image, np.float32)
     texture, lung = authors_texture(seed, (h, w)), np.asarray(lung) > 0
@@ -54,14 +61,14 @@ def authors_heatmaps_sequential(
     total = np.zeros((h, w, len(SCORES)))
     count = np.zeros((h, w))
     passes = 1
-    for y0 in range(0, h, stride):
-        for x0 in range(0, w, stride):
-            box = np.zeros((h, w), np.float32)
-            box[y0 : y0 + patch, x0 : x0 + patch] = 1
-            covered = box * lung
-            weight = blur_reflect101(covered).astype(np.float32)
-            replaced = image * (1 - weight) + texture * weight
-            total += covered[..., None] * (np.asarray(predict(jnp.asarray(replaced[None, :, :, None])))[0] - base)
-            count += covered
-            passes += 1
+    corners = [(y0, x0) for y0 in range(0, h, stride) for x0 in range(0, w, stride)]
+    for y0, x0 in corners[:limit]:
+        box = np.zeros((h, w), np.float32)
+        box[y0 : y0 + patch, x0 : x0 + patch] = 1
+        covered = box * lung
+        weight = blur_reflect101(covered).astype(np.float32)
+        replaced = image * (1 - weight) + texture * weight
+        total += covered[..., None] * (np.asarray(predict(jnp.asarray(replaced[None, :, :, None])))[0] - base)
+        count += covered
+        passes += 1
     return np.where(count[..., None] > 0, total / np.maximum(count, 1)[..., None], 0.0), passes

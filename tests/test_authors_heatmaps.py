@@ -15,6 +15,7 @@ from conftest import run_ssc as ssc
 
 from sscjax import authors_runs, cascade, explain, heatmaps
 from sscjax.data.slices import window
+from sscjax.domain import SCORES
 from sscjax.io import Geometry, write_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -155,3 +156,47 @@ def test_a_lung_mask_of_another_geometry_is_refused_in_one_line(monkeypatch, cap
         message = (err + out).strip().splitlines()
         assert code != 0 and any(str(other) in line and says in line for line in message), err + out
         assert lung.is_file()
+
+
+# ---------------------------------------------------------------- a real CT slice
+
+REAL_SLICE = FIXTURES / "real_ct" / "chest_ct_slice_rle.dcm"
+
+
+@pytest.mark.skipif(not REAL_SLICE.is_file(), reason="needs the real CT fixture")
+def test_a_real_ct_slice_gets_the_authors_maps_inside_a_given_lung_mask(monkeypatch, capsys, tmp_path, run):
+    """`ssc explain --occlusion authors --lung-mask` on a real 512x512 chest CT slice (stacked into a volume) with
+    the imported authors' S-Net: the maps are their loop's on that slice (at patch 128 / stride 64 to keep it short),
+    inside the given mask (the computed lung with its left half cut away) and zero outside it."""
+    import SimpleITK as sitk
+
+    from sscjax.io import read_image
+    from sscjax.lung import lung_mask
+
+    image = sitk.ReadImage(str(REAL_SLICE))
+    volume = sitk.JoinSeries([image[:, :, 0]] * SLICES)
+    volume.SetOrigin(image.GetOrigin())
+    volume.SetSpacing((*image.GetSpacing()[:2], 5.0))
+    sitk.WriteImage(volume, str(tmp_path / "real.mha"))
+    scan = read_image(tmp_path / "real.mha", volume=True)
+    given = lung_mask(scan).astype(np.uint8)
+    given[..., : given.shape[2] // 2] = 0
+    mask = write_image(tmp_path / "lung.mha", given, scan.geometry)
+    seed = write_image(tmp_path / "healthy.mha", fixture_array("healthy_seed_hu")[None], scan.geometry)
+    k, sizes = SLICES // 2, ("--set", "explain.patch_px=128", "--set", "explain.stride_px=64")
+    args = ("explain", "--scan", tmp_path / "real.mha", "--snet", run, "--slice-index", k, "--healthy", seed)
+    code, _, err = ssc(monkeypatch, capsys, *args, "--lung-mask", mask, *sizes, "--out", tmp_path / "out")
+    assert code == 0, err
+    maps = np.stack([np.load(tmp_path / "out" / "real" / "explain" / f"slice{k}_{s}_delta.npy") for s in SCORES], -1)
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from original_loop import authors_heatmaps_sequential
+
+    predict, _ = explain.snet_predict(cascade.load_models([], [run]), bounded=False)
+    lung = given[k] > 0
+    loop, passes = authors_heatmaps_sequential(
+        predict, window(scan.array[k]), lung, window(fixture_array("healthy_seed_hu")), 128, 64
+    )
+    assert maps.shape == (512, 512, 3) and passes == 1 + 8 * 8
+    assert np.abs(maps - loop).max() < MAP_TOL
+    assert not maps[~lung].any() and (maps[lung] != 0).mean() > 0.5
