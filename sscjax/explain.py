@@ -315,14 +315,6 @@ def write_scan_explanation(found: ScanExplanation, out_dir: str | Path, scores: 
 # ---------------------------------------------------------------- calibration on validation data
 
 
-def _split_ids(run_dir: Path, split: str) -> list[str]:
-    """The patients of the run's split `split`; ConfigError when it has none (nothing to calibrate on)."""
-    ids = runs.read_splits(run_dir).get(split)
-    if not ids:
-        raise ConfigError(f"{run_dir}: its splits have no {split!r} patients")
-    return ids
-
-
 def _slice_maps(
     images: np.ndarray,
     lungs: np.ndarray,
@@ -374,7 +366,6 @@ def calibrate_run(
     the run's); writes RUN/explain/calibration.json and the scatter plot of derived against S-Net scores (the
     paper's Fig. 7)."""
     from sscjax import cascade, snet
-    from sscjax.data.cohort import load_cohort
     from sscjax.data.slices import load_slices
 
     run_dir = Path(run_dir)
@@ -392,8 +383,9 @@ def calibrate_run(
             f"{run_dir}: calibration needs slices of one size; this run scores each slice at its own size "
             '(data.conventions = "authors")'
         )
-    ids = _split_ids(run_dir, split)
-    cohort = load_cohort(config.data_dir, check_scans=False, check_splits=False)
+    cohort, ids = runs.split_scans(run_dir, split, config.data_dir)
+    if not ids:
+        raise ConfigError(f"{run_dir}: its {split!r} split has no patients to calibrate on")
     slices = load_slices(
         cohort, snet.slices_cache(runs.run_workdir(run_dir)), image_size=size, neighbours=False, ids=ids
     )
