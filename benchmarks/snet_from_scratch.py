@@ -1,6 +1,6 @@
 """Does an S-Net network learn the scores from random weights? The diagnosis of docs/snet_training.md as one script:
-a bare training loop (no augmentation, balancing or synthesis) on the real level and neighbour slices of a
-cohort's fold-0 training patients, scored on its test split against predict-the-mean and against a linear
+a bare training loop (uniform sampling; synthetic lesions and augmentation only when asked) on the level and
+neighbour slices of a cohort's fold-0 training patients, scored on its test split against predict-the-mean and against a linear
 regression on the lung's density (mean and SD of the window values inside each slice's lung mask, and the level),
 which shows how easy the signal is once the lung is known. Prints one JSON object.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -23,6 +24,8 @@ from flax import nnx
 
 from sscjax.data import fold_split
 from sscjax.data.slices import SliceSet, load_slices, resize_slices
+from sscjax.data.snet_loader import SNetLoader
+from sscjax.data.synthesis import load_patterns
 from sscjax.models import create_model
 
 CACHE_SIZE = 128  # slices are extracted once at this size and resized for the network
@@ -42,9 +45,31 @@ def linear_on_lung(train: SliceSet, test: SliceSet) -> np.ndarray:
     return np.clip(lung_features(test) @ coef, 0.0, 100.0)
 
 
-def train_network(args, images: np.ndarray, targets: np.ndarray) -> tuple[nnx.Module, float]:
-    """The network trained `args.steps` steps of `args.batch` uniformly drawn slices (Adam, MSE on percent / 100,
-    a zero head as the S-Net starts): (model in evaluation mode, mean training loss of the last 50 steps)."""
+def batch_source(args, train: SliceSet, cohort) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """Training batch `step` -> (images at `args.size`, targets in percent / 100): the engine's S-Net loader with
+    uniform sampling, and synthetic lesions and augmentation only where asked."""
+    patterns = load_patterns(cohort.pattern_paths) if args.synthetic_fraction else None
+    loader = SNetLoader(
+        train,
+        args.batch,
+        0,
+        patterns=patterns,
+        synthetic_fraction=args.synthetic_fraction,
+        balanced=False,
+        synthesis=args.synthetic_fraction > 0,
+        augment=args.augment,
+    )
+
+    def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+        drawn = loader.batch(step)
+        return resize_slices(drawn["image"][..., 0], args.size, order=1)[..., None], drawn["target"] / 100
+
+    return batch
+
+
+def train_network(args, batch: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> tuple[nnx.Module, float]:
+    """The network trained `args.steps` steps of `batch(step)` (Adam, MSE on percent / 100, a zero head as the S-Net
+    starts): (model in evaluation mode, mean training loss of the last 50 steps)."""
     options = {"input_norm": ((args.lung_norm[0],), (args.lung_norm[1],))} if args.lung_norm else {}
     model = create_model(args.model, 3, in_chans=1, normalize_input=not args.lung_norm, rngs=nnx.Rngs(0), **options)
     model.head.kernel.set_value(jnp.zeros_like(model.head.kernel.get_value()))
@@ -56,11 +81,11 @@ def train_network(args, images: np.ndarray, targets: np.ndarray) -> tuple[nnx.Mo
         optimizer.update(model, grads)
         return loss
 
-    rng, losses = np.random.default_rng(0), []
+    losses = []
     model.train()
-    for _ in range(args.steps):
-        rows = rng.integers(0, len(images), args.batch)
-        losses.append(float(step(model, optimizer, jnp.asarray(images[rows]), jnp.asarray(targets[rows]))))
+    for i in range(args.steps):
+        images, targets = batch(i)
+        losses.append(float(step(model, optimizer, jnp.asarray(images), jnp.asarray(targets))))
     model.eval()
     return model, float(np.mean(losses[-50:]))
 
@@ -76,6 +101,10 @@ def main() -> None:
     parser.add_argument(
         "--lung-norm", type=float, nargs=2, metavar=("MEAN", "SD"), help="input (x - MEAN) / SD instead of ImageNet's"
     )
+    parser.add_argument(
+        "--synthetic-fraction", type=float, default=0.0, help="share of each batch made by synthetic lesions"
+    )
+    parser.add_argument("--augment", action="store_true", help="the engine's affine and intensity augmentation")
     args = parser.parse_args()
 
     cohort, train_ids, _, record = fold_split(args.data, 0)
@@ -83,7 +112,7 @@ def main() -> None:
     slices = load_slices(cohort, cache, image_size=CACHE_SIZE, neighbours=True, ids=train_ids + record["test"])
     train, test = slices.of_scans(train_ids), slices.of_scans(record["test"]).level_only()
     start = time.perf_counter()
-    model, loss = train_network(args, resize_slices(train.images, args.size, order=1)[..., None], train.scores / 100)
+    model, loss = train_network(args, batch_source(args, train, cohort))
     seconds = time.perf_counter() - start
     pred = np.clip(
         np.asarray(model(jnp.asarray(resize_slices(test.images, args.size, order=1)[..., None]))) * 100, 0, 100

@@ -16,6 +16,7 @@ from .common import (
     series_option,
     set_option,
 )
+from .report import echo_reports
 
 
 @click.command()
@@ -43,13 +44,32 @@ from .common import (
 )
 @lung_mask_option
 @click.option("--all-slices", is_flag=True, help="Also score every slice of the lung range (CSV and plot).")
+@click.option("--report", "html", is_flag=True, help="Then write the scans' HTML pages (`ssc report`).")
+@click.option(
+    "--dicom-out",
+    is_flag=True,
+    help="Also write DICOM for PACS into OUT/<scan>/dicom/: the scores as a Structured Report, the level slices "
+    'with lung outline and scores as Secondary Capture images (needs highdicom: pip install -e ".[dicom]").',
+)
 @click.option(
     "--overwrite", is_flag=True, help="Redo scans whose results exist (default: skip them, so a killed run resumes)."
 )
 @set_option("quality.lung_hu=[-950,-400]")
 @device_option
 def cascade(
-    scans, series, lnet_runs, snet_runs, workdir, out, levels_text, lung_mask, all_slices, overwrite, assignments
+    scans,
+    series,
+    lnet_runs,
+    snet_runs,
+    workdir,
+    out,
+    levels_text,
+    lung_mask,
+    all_slices,
+    html,
+    dicom_out,
+    overwrite,
+    assignments,
 ):
     """Score scans end to end: L-Net levels -> nearest slices -> S-Net TOT, GG, RET (%) per level.
 
@@ -68,6 +88,10 @@ def cascade(
     from sscjax.io import check_writable, read_mask, read_scan
     from sscjax.quality import quality_limits
 
+    if dicom_out:
+        from sscjax.dicom_out import require_highdicom
+
+        require_highdicom()
     paths = cs.output_ids(scans_from(scans))
     levels = cs.parse_levels(levels_text) if levels_text else None
     if levels is not None and len(paths) > 1:
@@ -99,8 +123,12 @@ def cascade(
     for sid, path in paths.items():
         if str(path) not in failures and cs.result_done(out, sid):
             _print_scores(out / sid / cs.RESULT_FILE)
+            if dicom_out:
+                _export_dicom(out / sid, path, failures)
     if any(cs.result_done(out, sid) for sid in paths):
         click.echo(f"All scans' levels: {cs.collect_scores(out, models.records)} (provenance: {cs.BATCH_PROVENANCE})")
+        if html:
+            echo_reports(out)
     echo_failures(failures, len(paths))
 
 
@@ -113,7 +141,9 @@ def _refuse_other_series(folder: Path, series: str) -> None:
 
     if not (folder / RESULT_FILE).is_file():
         return
-    made = (json.loads((folder / RESULT_FILE).read_text()).get("dicom") or {}).get("series_instance_uid")
+    made = (json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")).get("dicom") or {}).get(
+        "series_instance_uid"
+    )
     if made != series:
         raise SscError(
             f"{folder} holds the results of {f'DICOM series {made}' if made else 'another scan'}, not of series "
@@ -124,7 +154,7 @@ def _refuse_other_series(folder: Path, series: str) -> None:
 def _print_scores(path: Path) -> None:
     import json
 
-    result = json.loads(path.read_text())
+    result = json.loads(path.read_text(encoding="utf-8"))
     click.echo(f"\n{result['scan']}  ({path.parent})")
     if dicom := result.get("dicom"):
         click.echo(
@@ -144,3 +174,18 @@ def _print_scores(path: Path) -> None:
     click.echo(f"  {len(result['warnings'])} quality warning(s){':' if result['warnings'] else ''}")
     for warning in result["warnings"]:
         click.echo(f"    {warning['code']}: {warning['message']}")
+
+
+def _export_dicom(folder: Path, path: Path, failures: dict[str, str]) -> None:
+    """Write a finished scan's DICOM objects (--dicom-out) and say where and with which identity; a failure is
+    the scan's failure."""
+    from sscjax.dicom_out import export_cascade
+    from sscjax.errors import SscError
+
+    try:
+        export = export_cascade(folder)
+    except SscError as e:
+        failures[str(path)] = str(e)
+        return
+    click.echo(f"  DICOM: the SR and {len(export.files) - 1} SC images in {export.folder}")
+    click.echo(f"    {export.describe()}")

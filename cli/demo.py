@@ -215,7 +215,9 @@ def _summary(out, lnet_run, snet_run, results, explained, calibration_dir, stats
 
     from sscjax.io import write_json
 
-    headline = _headline(json.loads((stats / "metrics.json").read_text()), levels, level_baseline, seconds)
+    headline = _headline(
+        json.loads((stats / "metrics.json").read_text(encoding="utf-8")), levels, level_baseline, seconds
+    )
     summary = write_json(out / SUMMARY_FILE, headline)
     click.secho(f"\n== Done in {seconds / 60:.1f} min. Headline figures on the test split", bold=True)
     click.echo(

@@ -77,6 +77,12 @@ CHUNK_HELP = (
     "calibration, else its explain.threshold: -1, in the authors' mode their -0.6 for all patterns).",
 )
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
+@click.option(
+    "--dicom-out",
+    is_flag=True,
+    help="Also write the GG and RET lesion maps as a DICOM SEG referencing the input series' images "
+    '(OUT/<scan>/dicom/lesions_seg.dcm; DICOM input only; needs highdicom: pip install -e ".[dicom]").',
+)
 @set_option("explain.stride_px=8")
 @device_option
 @click.pass_context
@@ -96,6 +102,7 @@ def explain(
     occlusion,
     threshold,
     chunk,
+    dicom_out,
     assignments,
 ):
     """Replacement heat maps (the paper's Fig. 6) for a scan's five level slices.
@@ -115,9 +122,17 @@ def explain(
     from sscjax.cascade import parse_levels
     from sscjax.io import check_writable, read_mask, read_scan
 
+    if dicom_out:
+        from sscjax.dicom_out import require_highdicom
+
+        require_highdicom()
     levels = parse_levels(levels_text) if levels_text else None
     check_writable(out)
     image = read_scan(scan, series)
+    if dicom_out:
+        from sscjax.dicom_out import check_seg_input
+
+        check_seg_input(image)
     lung = read_mask(lung_mask, image) if lung_mask else None
     models = resolve_models(lnet_runs, snet_runs, workdir, need_lnet=not slice_index and levels is None)
     settings = ex.explain_settings(models.snets[0].config, assignments, chunk=chunk, occlusion=occlusion)
@@ -134,6 +149,11 @@ def explain(
         lung=lung,
     )
     _echo_explanation(found, scores, ex.write_scan_explanation(found, out, scores))
+    if dicom_out:
+        from sscjax.dicom_out import export_explanation
+
+        export = export_explanation(found, scan, out)
+        click.echo(f"DICOM SEG of the GG and RET lesion maps: {export.files[0]} ({export.describe()})")
 
 
 def _echo_explanation(found: ScanExplanation, scores: tuple[str, ...], folder: Path) -> None:

@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": ("sscjax.cli.evaluate:evaluate", "Agreement statistics: MAE, kappa, ICC, plots."),
     "cascade": ("sscjax.cli.cascade:cascade", "Score scans end to end: levels, slices, TOT/GG/RET."),
     "explain": ("sscjax.cli.explain:explain", "Replacement heat maps that explain the S-Net scores."),
+    "report": ("sscjax.cli.report:report", "HTML report pages of scored scans and of the cohort."),
     "demo": ("sscjax.cli.demo:demo", "Run the whole method on a small synthetic cohort."),
 }
 

@@ -316,7 +316,7 @@ def batch_provenance(folders: list[Path], batch: dict) -> dict:
     The warnings' limits are left out: they change no score in the CSV (each scores.json keeps its own)."""
     scans = {}
     for folder in folders:
-        made = json.loads((folder / RESULT_FILE).read_text()).get("provenance") or {}
+        made = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")).get("provenance") or {}
         own = {key: value for key, value in made.items() if key not in ("input", "quality_limits")}
         scans[folder.name] = {"input": made.get("input"), **({} if own == batch else {"provenance": own or None})}
     return {**batch, "scans": scans}

@@ -239,7 +239,7 @@ def saved_threshold(models, settings: ExplainConfig) -> np.ndarray:
     if models.snet_runs and settings.occlusion != AUTHORS_OCCLUSION:
         path = runs.calibration_dir(models.snet_runs[0]) / runs.CALIBRATION_FILE
         if path.is_file():
-            return np.asarray(json.loads(path.read_text())["thresholds"], np.float64)
+            return np.asarray(json.loads(path.read_text(encoding="utf-8"))["thresholds"], np.float64)
     return np.full(len(SCORES), settings.default_threshold())
 
 

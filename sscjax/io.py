@@ -242,7 +242,7 @@ def write_json(path: str | Path, data) -> Path:
 def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
     """Write rows of dicts as a CSV with a header, atomically."""
     path = Path(path)
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fieldnames or (list(rows[0]) if rows else []))
         writer.writeheader()
         writer.writerows(rows)

@@ -34,14 +34,20 @@ def new_figure(size: tuple[float, float] = (5.0, 4.5)) -> tuple[Figure, Axes]:
     return fig, fig.add_subplot()
 
 
+def render(fig: Figure, fmt: str = "png", dpi: int = DPI) -> bytes:
+    """The contents of `fig` as a file of format `fmt` (png, pdf, svg, ...), rendered in memory."""
+    rendered = io.BytesIO()
+    fig.savefig(rendered, format=fmt, dpi=dpi)
+    return rendered.getvalue()
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write `fig` atomically to `path` (format from the extension, e.g. .png, .pdf, .svg). It is rendered in memory
     first, so the temporary file exists only while the finished bytes are written, not while matplotlib draws."""
     path = Path(path)
-    rendered = io.BytesIO()
-    fig.savefig(rendered, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    rendered = render(fig, path.suffix.lstrip(".").lower() or "png", dpi)
     with atomic_write(path) as tmp:
-        tmp.write_bytes(rendered.getvalue())
+        tmp.write_bytes(rendered)
     return path
 
 
@@ -94,6 +100,8 @@ def correlation_plot(pred, true, path: str | Path, title: str, unit: str = "%") 
 # --- slices and heat maps -----------------------------------------------------------------------------
 
 LUNG_WINDOW = (0.05, 0.55)  # HU -1350..150 (level -600, width 1500) in the S-Net's [0, 1] units of -1500..1500
+LUNG_WINDOW_HU = (-1350.0, 150.0)  # LUNG_WINDOW in HU
+LUNG_OUTLINE = "tab:cyan"
 
 
 def _show_slice(ax: Axes, image: np.ndarray, spacing_yx: tuple[float, float]) -> None:
@@ -144,18 +152,46 @@ def heatmap_overlay(
     return save_figure(fig, path)
 
 
-def level_montage(
-    images: list[np.ndarray], spacing_yx: list[tuple[float, float]], captions: list[str], path: str | Path, title: str
-) -> Path:
-    """The five level slices side by side, each with its caption (level, z, scores)."""
+def level_figure(
+    images: list[np.ndarray],
+    spacing_yx: list[tuple[float, float]],
+    captions: list[str],
+    title: str,
+    lungs: list[np.ndarray] | None = None,
+) -> Figure:
+    """The five level slices side by side, each with its caption (level, z, scores) and, if given, its lung mask
+    outlined."""
     fig = Figure(figsize=(3.2 * len(images), 3.9), layout="constrained")
     FigureCanvasAgg(fig)
     for i, (image, spacing, caption) in enumerate(zip(images, spacing_yx, captions)):
         ax = fig.add_subplot(1, len(images), i + 1)
         _show_slice(ax, image, spacing)
+        if lungs is not None and lungs[i].any():
+            ax.contour(lungs[i].astype(float), levels=[0.5], colors=LUNG_OUTLINE, linewidths=0.8)
         ax.set_title(caption, fontsize="small")
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
+
+
+def level_montage(
+    images: list[np.ndarray], spacing_yx: list[tuple[float, float]], captions: list[str], path: str | Path, title: str
+) -> Path:
+    """The five level slices side by side, each with its caption (level, z, scores), written to `path`."""
+    return save_figure(level_figure(images, spacing_yx, captions, title), path)
+
+
+def coronal_levels(volume: np.ndarray, slice_index, spacing_zx: tuple[float, float], title: str) -> Figure:
+    """A coronal reformat (head up, lung window) of a canonical (z, y, x) volume in HU with the five levels' slices
+    drawn (`level_overlay`) and named."""
+    image = level_overlay(volume, np.asarray(slice_index), value_range=LUNG_WINDOW_HU)
+    height = image.shape[0] * spacing_zx[0] / (image.shape[1] * spacing_zx[1])  # per unit of width
+    fig, ax = new_figure((4.5, float(np.clip(4.0 * height + 0.5, 2.0, 9.0))))
+    ax.imshow(image, aspect=spacing_zx[0] / spacing_zx[1], interpolation="nearest")
+    for name, k in zip(LEVEL_NAMES, slice_index):
+        ax.text(image.shape[1], len(volume) - 1 - k, f" {name}", color="tab:green", va="center", fontsize="small")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize="medium")
+    return fig
 
 
 def scores_along_z(z_mm: np.ndarray, scores: np.ndarray, levels_mm: np.ndarray, path: str | Path, title: str) -> Path:

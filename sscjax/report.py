@@ -65,7 +65,7 @@ def write_agreement(
     markdown = metrics.agreement_markdown(result, paired, labels)
     written = [write_json(out / "metrics.json", {**(header or {}), **result})]
     with atomic_write(out / "metrics.md") as tmp:
-        tmp.write_text(markdown)
+        tmp.write_text(markdown, encoding="utf-8")
     written += [out / "metrics.md", write_csv(out / "metrics.csv", metrics.agreement_rows(result))]
     if paired is not None:
         written.append(write_csv(out / "compare.csv", metrics.compare_rows(paired)))

@@ -80,7 +80,7 @@ def load_config(path: str | Path):
     """Read a config JSON written by `save_config` (settings added since it was written take their defaults)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config ({e})") from None
     return config_from_dict(data, str(path))
@@ -99,7 +99,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"{path}: cannot read ({e})") from None
 

@@ -81,11 +81,12 @@ def test_the_library_never_imports_the_cli():
 LAYERS = (
     ("errors", "domain", "configs", "networks", "io", "metrics", "quality"),  # settings, files, numbers
     ("lung",),
-    ("data", "phantom", "runs", "plots", "report"),  # cohorts, splits, slices, batches, figures
+    ("data", "phantom", "runs", "plots", "report", "scan_report"),  # cohorts, splits, slices, batches, figures, pages
     ("models",),
     ("train", "run_files", "provenance", "heatmaps"),  # the engine, run folders, the heat-map engine
     ("lnet", "snet", "authors_runs"),  # the two networks' tasks and inference
     ("cascade", "explain"),  # what users run
+    ("dicom_out",),  # their results as DICOM objects for PACS
 )
 
 

@@ -195,7 +195,7 @@ MHD_DATA_FILE = re.compile(r"^(\s*ElementDataFile\s*=\s*)(.+?)\s*$", flags=re.MU
 
 def _place_mhd(source: Path, target: Path, copy: bool) -> None:
     """A .mhd header in the cohort whose data file is the source's (linked by a relative path, or copied)."""
-    text = source.read_text(errors="replace")
+    text = source.read_text(encoding="utf-8", errors="surrogateescape")
     match = MHD_DATA_FILE.search(text)
     data_file = match.group(2) if match else None
     if data_file is None or data_file == "LOCAL":
@@ -214,7 +214,9 @@ def _place_mhd(source: Path, target: Path, copy: bool) -> None:
     else:
         reference = os.path.relpath(data, target.parent)
     with atomic_write(target) as tmp:
-        tmp.write_text(text[: match.start(2)] + reference + text[match.end(2) :])
+        tmp.write_text(
+            text[: match.start(2)] + reference + text[match.end(2) :], encoding="utf-8", errors="surrogateescape"
+        )
 
 
 def _place(source: Path, target: Path, copy: bool) -> None:

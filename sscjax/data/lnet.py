@@ -82,7 +82,7 @@ def _cached(meta_path: Path, array_path: Path, source: Path, size: tuple[int, in
     if not (meta_path.is_file() and array_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     if meta.get("version") != CACHE_VERSION or meta.get("size") != list(size):

@@ -15,6 +15,7 @@ import pickle
 import pickletools
 import re
 import struct
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -164,8 +165,10 @@ class TensorUnpickler(pickle.Unpickler):
 
     def load(self) -> Any:
         start = self.file.tell()
-        for _ in pickletools.genops(cast(BinaryIO, BoundedReader(self.file, self.path))):
-            pass
+        with warnings.catch_warnings():  # a STRING opcode's bad escapes (read, never used) warn in pickletools
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for _ in pickletools.genops(cast(BinaryIO, BoundedReader(self.file, self.path))):
+                pass
         self.file.seek(start)
         return super().load()
 

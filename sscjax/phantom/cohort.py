@@ -56,7 +56,7 @@ def _write_case(out: Path, case: PhantomCase) -> None:
 def _write_text(path: Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_write(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _csv(header: list[str], rows: list[list]) -> str:
@@ -140,7 +140,7 @@ def _remove_previous_phantoms(out: Path) -> None:
     if not previous.is_file():
         return
     try:
-        ids = [p["scan_id"] for p in json.loads(previous.read_text())["patients"]]
+        ids = [p["scan_id"] for p in json.loads(previous.read_text(encoding="utf-8"))["patients"]]
     except (ValueError, KeyError, TypeError):
         return
     for scan_id in ids:
