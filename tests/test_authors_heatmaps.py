@@ -166,7 +166,7 @@ REAL_SLICE = FIXTURES / "real_ct" / "chest_ct_slice_rle.dcm"
 @pytest.mark.skipif(not REAL_SLICE.is_file(), reason="needs the real CT fixture")
 def test_a_real_ct_slice_gets_the_authors_maps_inside_a_given_lung_mask(monkeypatch, capsys, tmp_path, run):
     """`ssc explain --occlusion authors --lung-mask` on a real 512x512 chest CT slice (stacked into a volume) with
-    the imported authors' S-Net: the maps are their loop's on that slice (at patch 128 / stride 64 to keep it short),
+    the imported authors' S-Net: the maps are their loop's on that slice (at patch 256 / stride 128 to keep it short),
     inside the given mask (the computed lung with its left half cut away) and zero outside it."""
     import SimpleITK as sitk
 
@@ -183,7 +183,7 @@ def test_a_real_ct_slice_gets_the_authors_maps_inside_a_given_lung_mask(monkeypa
     given[..., : given.shape[2] // 2] = 0
     mask = write_image(tmp_path / "lung.mha", given, scan.geometry)
     seed = write_image(tmp_path / "healthy.mha", fixture_array("healthy_seed_hu")[None], scan.geometry)
-    k, sizes = SLICES // 2, ("--set", "explain.patch_px=128", "--set", "explain.stride_px=64")
+    k, sizes = SLICES // 2, ("--set", "explain.patch_px=256", "--set", "explain.stride_px=128")
     args = ("explain", "--scan", tmp_path / "real.mha", "--snet", run, "--slice-index", k, "--healthy", seed)
     code, _, err = ssc(monkeypatch, capsys, *args, "--lung-mask", mask, *sizes, "--out", tmp_path / "out")
     assert code == 0, err
@@ -195,8 +195,8 @@ def test_a_real_ct_slice_gets_the_authors_maps_inside_a_given_lung_mask(monkeypa
     predict, _ = explain.snet_predict(cascade.load_models([], [run]), bounded=False)
     lung = given[k] > 0
     loop, passes = authors_heatmaps_sequential(
-        predict, window(scan.array[k]), lung, window(fixture_array("healthy_seed_hu")), 128, 64
+        predict, window(scan.array[k]), lung, window(fixture_array("healthy_seed_hu")), 256, 128
     )
-    assert maps.shape == (512, 512, 3) and passes == 1 + 8 * 8
+    assert maps.shape == (512, 512, 3) and passes == 1 + 4 * 4
     assert np.abs(maps - loop).max() < MAP_TOL
     assert not maps[~lung].any() and (maps[lung] != 0).mean() > 0.5

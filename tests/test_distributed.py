@@ -80,6 +80,7 @@ def test_four_devices_give_the_one_device_losses(single, tmp_path):
         assert b["mae"] == pytest.approx(a["mae"], rel=1e-3)
 
 
+@pytest.mark.slow  # a proof across two processes (8 s); the one-process, four-device check stays in the default tier
 def test_two_processes_train_save_and_restore(single, tmp_path):
     results = _run(tmp_path, "run", processes=2)
     assert sorted(r["process"] for r in results) == [0, 1]

@@ -219,6 +219,7 @@ def test_the_image_of_a_training_crop_has_its_level_lines_at_the_labelled_slices
     assert not (image[others] == plots.TRUE_RGB).all(axis=-1).all(axis=-1).any()
 
 
+@pytest.mark.slow  # a proof that the VGG starts at the mean (8 s of compiling a VGG training step)
 def test_an_untrained_vgg_lnet_predicts_the_mean_training_position():
     task = _task(_level_set([[30, 25, 20, 15, 10], [37, 33, 28, 24, 20]]))
     config = task.config.__class__(
