@@ -117,6 +117,8 @@ MODEL_ARGUMENTS = {
     "base": "channels of the first convolution, doubled at each stage",
     "in_chans": "input channels: 1 (CT), the stem of RGB weights summed",
     "normalize_input": "subtract the mean and divide by the SD of the images the ImageNet weights saw",
+    "input_norm": "[[mean], [SD]] per input channel (window units) applied first, when normalize_input is false: "
+    "[[0.2667], [0.1]] centres lung density (-700 HU, SD 300 HU) for networks that start from random weights",
     "stochastic_depth_prob": "probability of dropping a residual block, rising linearly to this at the last block",
     "widths": "channels of each stage (ConvNeXt) or convolution (VGG11-bn)",
     "depths": "blocks of each ConvNeXt stage",
