@@ -61,7 +61,6 @@ SCORE_MEANINGS = {
 }
 PATTERN_MEANINGS = {"GG": "Ground-glass opacity", "RET": "Reticulation"}
 SC_MIN_PX = 512  # the level images are enlarged by a whole factor to at least this size, so the text is legible
-LUNG_OUTLINE = "tab:cyan"
 
 
 class DicomOutError(SscError):
@@ -245,7 +244,7 @@ def _burnt_in(image_hu: np.ndarray, lung: np.ndarray, lines: list[str], notes: l
     from matplotlib.figure import Figure
 
     from sscjax.data.slices import window
-    from sscjax.plots import LUNG_WINDOW
+    from sscjax.plots import LUNG_OUTLINE, LUNG_WINDOW
 
     rows, cols = image_hu.shape
     factor = max(1, math.ceil(SC_MIN_PX / max(rows, cols)))

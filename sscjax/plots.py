@@ -100,7 +100,8 @@ def correlation_plot(pred, true, path: str | Path, title: str, unit: str = "%") 
 # --- slices and heat maps -----------------------------------------------------------------------------
 
 LUNG_WINDOW = (0.05, 0.55)  # HU -1350..150 (level -600, width 1500) in the S-Net's [0, 1] units of -1500..1500
-LUNG_WINDOW_HU = (-1350.0, 150.0)  # LUNG_WINDOW in HU
+_HU_SPAN = HU_RANGE[1] - HU_RANGE[0]
+LUNG_WINDOW_HU = (HU_RANGE[0] + LUNG_WINDOW[0] * _HU_SPAN, HU_RANGE[0] + LUNG_WINDOW[1] * _HU_SPAN)  # in HU
 LUNG_OUTLINE = "tab:cyan"
 
 
