@@ -50,33 +50,29 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / total) if total else float("nan")
 
 
+def level_slices(demo: Path, scan_id: str) -> np.ndarray:
+    """The canonical slice index of each level the demo's cascade chose for a test scan."""
+    levels = json.loads((demo / "results" / scan_id / "scores.json").read_text(encoding="utf-8"))["levels"]
+    return np.asarray([lv["slice_index"] for lv in levels])
+
+
 def explain_mode(demo: Path, models, mode: str, scan_ids: list[str]) -> dict:
     """Every test scan's five level slices explained in one mode: maps, lungs, S-Net and derived scores, truth."""
     settings = dataclasses.replace(models.snets[0].config.explain, occlusion=mode)
-    maps, lungs, snet, derived, segs, truth, seconds = [], [], [], [], [], [], 0.0
+    explained, truth, seconds = [], [], 0.0
     for scan_id in scan_ids:
-        index = np.asarray([lv["slice_index"] for lv in read_json(demo / "results" / scan_id / "scores.json")])
+        index = level_slices(demo, scan_id)
         scan = read_scan(demo / "data" / "scans" / f"{scan_id}.mha")
         start = time.perf_counter()
         found = explain.explain_scan(scan, models, slice_index=index, settings=settings)
         seconds += time.perf_counter() - start
-        for e in found.explanations:
-            maps.append(e.maps), lungs.append(e.lung), snet.append(e.scores), derived.append(e.derived)
-            segs.append(e.segmentation)
+        explained += found.explanations
         truth.append(true_lesions(demo, scan_id, index, found.explanations[0].lung.shape[0]))
-    return {
-        "maps": np.stack(maps),
-        "lungs": np.stack(lungs),
-        "snet": np.stack(snet),
-        "derived": np.stack(derived),
-        "segmentation": np.stack(segs),
+    fields = {"maps": "maps", "lungs": "lung", "snet": "scores", "derived": "derived", "segmentation": "segmentation"}
+    return {key: np.stack([getattr(e, name) for e in explained]) for key, name in fields.items()} | {
         "truth": np.concatenate(truth),
-        "seconds_per_slice": seconds / len(maps),
+        "seconds_per_slice": seconds / len(explained),
     }
-
-
-def read_json(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["levels"]
 
 
 def mode_figures(found: dict) -> dict:
