@@ -33,9 +33,13 @@ def pytest_configure(config):
 
 
 N_PATIENTS = 20  # 4 test patients and 4 folds of 4
-LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY = 20, 10  # the default tier's L-Net run (the tiny schedule is 120 steps)
+# the default tier's L-Net run: 20 steps of 2 volumes validated every 10 (the tiny schedule: 120 steps of 4)
+LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY, LNET_SHORT_BATCH = 20, 10, 2
 SNET_STEPS, SNET_VALID_EVERY = 200, 25  # the slow tier's S-Net run
-SNET_SHORT_STEPS = 50  # the default tier's S-Net run, validated at 25 and 50
+SNET_SHORT_STEPS, SNET_SHORT_BATCH = (
+    50,
+    8,
+)  # the default tier's S-Net run (batch 8, the preset's 16), validated at 25, 50
 SNET_IMAGE_SIZE = 64
 
 
@@ -89,7 +93,7 @@ def _train_lnet(project, cohort, workdir, *extra):
 
 @pytest.fixture(scope="session")
 def lnet_trained(project, cohort, workdir):
-    """`ssc train lnet --preset tiny` on fold 0 through the CLI, for 20 steps validated every 10:
+    """`ssc train lnet --preset tiny` on fold 0 through the CLI, for 20 steps of 2 volumes validated every 10:
     (project root, run folder, printed output)."""
     return _train_lnet(
         project,
@@ -99,6 +103,8 @@ def lnet_trained(project, cohort, workdir):
         str(LNET_SHORT_STEPS),
         "--set",
         f"train.valid_every={LNET_SHORT_VALID_EVERY}",
+        "--set",
+        f"train.batch_size={LNET_SHORT_BATCH}",
     )
 
 
@@ -118,19 +124,21 @@ def snet_tiny(cohort):
     return dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, image_size=SNET_IMAGE_SIZE))
 
 
-def _train_snet(config, workdir, steps: int):
-    """(run folder, result) of the S-Net `config` trained on fold 0 for `steps`, validated every 25."""
+def _train_snet(config, workdir, steps: int, batch_size: int | None = None):
+    """(run folder, result) of the S-Net `config` trained on fold 0 for `steps` (of `batch_size`, if given), validated
+    every 25."""
     from sscjax import runs, snet
 
     schedule = dataclasses.replace(config.train, steps=steps, valid_every=SNET_VALID_EVERY, checkpoint_every=None)
+    schedule = schedule if batch_size is None else dataclasses.replace(schedule, batch_size=batch_size)
     result = snet.train_snet(dataclasses.replace(config, train=schedule), workdir)
     return runs.default_run_dir(workdir, "snet", 0), result
 
 
 @pytest.fixture(scope="session")
 def snet_trained(snet_tiny, workdir):
-    """The tiny S-Net trained on fold 0 for 50 steps, validated at 25 and 50: (run folder, result)."""
-    return _train_snet(snet_tiny, workdir, SNET_SHORT_STEPS)
+    """The tiny S-Net trained on fold 0 for 50 steps of 8 slices, validated at 25 and 50: (run folder, result)."""
+    return _train_snet(snet_tiny, workdir, SNET_SHORT_STEPS, SNET_SHORT_BATCH)
 
 
 @pytest.fixture(scope="session")

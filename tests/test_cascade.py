@@ -206,22 +206,20 @@ RAW = np.array([130.0, -2.8, -7.0])  # TOT, GG, RET as an overshooting network p
 
 
 @pytest.fixture(scope="module")
-def overshooting(phantoms, snet_tiny, tmp_path_factory):
-    """The cascade of one phantom scan with an S-Net whose outputs are forced outside 0..100 (a zero head whose
-    bias is RAW): (result, out folder, the montage captions)."""
-    import dataclasses
-
+def overshooting(phantoms, snet_trained, tmp_path_factory):
+    """The cascade of one phantom scan with an S-Net whose outputs are forced outside 0..100 (the trained network
+    with a zero head whose bias is RAW): (result, out folder, the montage captions)."""
     import jax.numpy as jnp
-    from flax import nnx
 
     from sscjax import cascade, plots
+    from sscjax.run_files import load_model
 
     cohort, _, _ = phantoms
     sid = cohort.ids[0]
-    scratch = dataclasses.replace(snet_tiny, pretrained="none")
-    module = snet.make_snet(scratch, nnx.Rngs(0))
+    module, config = load_model(snet_trained[0])
+    module.head.kernel.set_value(jnp.zeros_like(module.head.kernel.get_value()))
     module.head.bias.set_value(jnp.asarray(RAW / snet.PERCENT, jnp.float32))
-    model = snet.SNet(module, scratch)
+    model = snet.SNet(module, config)
     result = cascade.run_cascade(
         read_scan(cohort.scan_paths[sid]), cascade.Models([], [model]), cohort.levels_mm[sid], all_slices=True
     )
@@ -428,3 +426,57 @@ def test_clean_test_phantoms_show_no_warning_with_the_whole_tiny_schedules(lnet_
     for sid in runs.read_splits(run)["test"]:
         result = cascade.run_cascade(read_scan(cohort.scan_paths[sid]), models)
         assert [w.to_json() for w in result.warnings] == [], sid
+
+
+def changed_head_run(run_dir: Path, folder: Path, change) -> Path:
+    """A copy of a trained run whose head kernel and bias (numpy, outputs last) `change(kernel, bias)` edits in
+    place: a model made to disagree with its original in a known way."""
+    from flax import nnx
+
+    from sscjax.run_files import load_model, write_run
+
+    model, config = load_model(run_dir)
+    kernel, bias = np.array(model.head.kernel[...]), np.array(model.head.bias[...])
+    change(kernel, bias)
+    model.head.kernel = nnx.Param(kernel)
+    model.head.bias = nnx.Param(bias)
+    return write_run(folder, config, model)
+
+
+def test_models_made_to_disagree_trip_the_fold_and_score_warnings_end_to_end(
+    monkeypatch, capsys, runs, phantoms, tmp_path
+):
+    lnet_run, snet_run = runs
+    cohort, _, _ = phantoms
+    sid = cohort.ids[0]
+
+    def swap_l2_l3(kernel, bias):
+        kernel[..., [1, 2]], bias[[1, 2]] = kernel[..., [2, 1]], bias[[2, 1]]
+
+    def l3_as_l4(kernel, bias):
+        kernel[..., 2], bias[2] = kernel[..., 3], bias[3]  # the tiny L-Net's outputs are per-slice scores
+
+    def raise_gg(kernel, bias):
+        bias[1] += 0.8  # GG 80 points higher
+
+    swapped = changed_head_run(lnet_run, tmp_path / "lnet_swapped", swap_l2_l3)
+    moved = changed_head_run(lnet_run, tmp_path / "lnet_moved", l3_as_l4)
+    high_gg = changed_head_run(snet_run, tmp_path / "snet_high_gg", raise_gg)
+
+    def warnings(name, *models):
+        code, out, err = ssc(
+            monkeypatch, capsys, "cascade", "--scan", cohort.scan_paths[sid], *models, "--out", tmp_path / name
+        )
+        assert code == 0, err
+        found = json.loads((tmp_path / name / sid / "scores.json").read_text())["warnings"]
+        assert all(f"{w['code']}: {w['message']}" in out for w in found)
+        return {(w["code"], w.get("level")) for w in found}
+
+    found = warnings("swapped", "--lnet", swapped, "--snet", snet_run, "--snet", high_gg)
+    assert ("levels_out_of_order", 3) in found
+    assert {("score_folds_disagree", k) for k in range(1, 6)} <= found
+    assert {("tot_below_max_pattern", k) for k in range(1, 6)} <= found
+    assert not any(code == "level_folds_disagree" for code, _ in found)  # one L-Net fold
+    found = warnings("moved", "--lnet", lnet_run, "--lnet", moved, "--snet", snet_run)
+    assert [level for code, level in found if code == "level_folds_disagree"] == [3]
+    assert not any(code in ("score_folds_disagree", "tot_below_max_pattern") for code, _ in found)  # one S-Net fold

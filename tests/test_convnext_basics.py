@@ -35,11 +35,13 @@ def narrow_fit():
     return (*fit_fixed_batch(narrow(), batch, steps=60, learning_rate=1e-3), float(batch["targets"].var()))
 
 
+@pytest.mark.slow  # a 60-step fit: a proof that the network can learn, not a quick check
 def test_a_narrow_convnext_fits_one_fixed_batch(narrow_fit):
     first, last, eval_mse, _, variance = narrow_fit
     assert first > 0.9 * variance and last < 0.02 * variance and eval_mse < 0.02 * variance, (first, last, eval_mse)
 
 
+@pytest.mark.slow  # a 60-step fit: a proof that the network can learn, not a quick check
 def test_the_gradient_reaches_every_stage(narrow_fit):
     norms = narrow_fit[3]
     blocks = [f"stages.{s}.{b}" for s, depth in enumerate(NARROW["depths"]) for b in range(depth)]
@@ -50,17 +52,18 @@ def test_the_gradient_reaches_every_stage(narrow_fit):
 
 def test_stochastic_depth_acts_in_training_only_and_layer_norm_the_same_in_both_modes():
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
+    forward = nnx.jit(lambda m: m(x))  # one compiled program per mode, not one per operation
     model = build_model(narrow(0.5), nnx.Rngs(0))
     for block in (b for stage in model.stages for b in stage):  # blocks that matter, so dropping one shows
         block.gamma.set_value(jnp.ones_like(block.gamma.get_value()))
     model.train()
-    dropped = [np.asarray(model(x)) for _ in range(2)]  # the dropout stream advances between calls
+    dropped = [np.asarray(forward(model)) for _ in range(2)]  # the dropout stream advances between calls
     assert np.abs(dropped[0] - dropped[1]).max() > 1e-4
     model.eval()
-    evaluated = np.asarray(model(x))
-    np.testing.assert_array_equal(evaluated, np.asarray(model(x)))
+    evaluated = np.asarray(forward(model))
+    np.testing.assert_array_equal(evaluated, np.asarray(forward(model)))
     plain = build_model(narrow(0.0), nnx.Rngs(0))
     nnx.update(plain, nnx.state(model, nnx.Param))
-    np.testing.assert_allclose(np.asarray(plain(x)), evaluated, rtol=1e-5, atol=1e-6)  # eval: no block dropped
+    np.testing.assert_allclose(np.asarray(forward(plain)), evaluated, rtol=1e-5, atol=1e-6)  # eval: no block dropped
     plain.train()
-    np.testing.assert_allclose(np.asarray(plain(x)), evaluated, rtol=1e-5, atol=1e-6)  # LayerNorm: no mode
+    np.testing.assert_allclose(np.asarray(forward(plain)), evaluated, rtol=1e-5, atol=1e-6)  # LayerNorm: no mode

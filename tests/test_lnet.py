@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY, N_PATIENTS, train_lnet_cli
+from conftest import LNET_SHORT_BATCH, LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY, N_PATIENTS, train_lnet_cli
 from flax import nnx
 from sscjax.cli.main import cli
 
@@ -311,7 +311,9 @@ def test_run_folder_records_config_splits_fingerprint_and_tensorboard(trained):
     root, run_dir, _ = trained
     config = runs.read_config(run_dir, "lnet")
     tiny = preset("lnet", "tiny", data_dir=str((root / "data").resolve()), fold=0)
-    schedule = dataclasses.replace(tiny.train, steps=LNET_SHORT_STEPS, valid_every=LNET_SHORT_VALID_EVERY)
+    schedule = dataclasses.replace(
+        tiny.train, steps=LNET_SHORT_STEPS, valid_every=LNET_SHORT_VALID_EVERY, batch_size=LNET_SHORT_BATCH
+    )
     assert config == dataclasses.replace(tiny, train=schedule)
     splits = runs.read_splits(run_dir)
     assert splits["fold"] == 0 and not set(splits["train"]) & set(splits["valid"])

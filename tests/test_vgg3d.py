@@ -165,6 +165,7 @@ def narrow_fit():
     return (*fit_fixed_batch(config, batch, steps=60, learning_rate=3e-4), float(batch["targets"].var()))
 
 
+@pytest.mark.slow  # a 60-step fit: a proof that the network can learn, not a quick check
 def test_the_gradient_reaches_every_layer(narrow_fit):
     norms = narrow_fit[3]
     layers = [f"features.{i}.{part}" for i in range(8) for part in ("conv", "bn")] + ["fc1", "fc2", "head"]
@@ -172,6 +173,7 @@ def test_the_gradient_reaches_every_layer(narrow_fit):
     assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms
 
 
+@pytest.mark.slow  # a 60-step fit: a proof that the network can learn, not a quick check
 def test_a_narrow_vgg11_fits_one_fixed_batch_to_near_zero_loss(narrow_fit):
     # A network that cannot fit 4 examples has a bug (wrong gradients, a frozen layer, BatchNorm statistics that
     # differ between modes). Measured: training loss 1.3e-4 of the targets' variance, evaluation 0.24 (the running
@@ -210,3 +212,12 @@ def test_head_is_initialised_like_torchvision_and_dropout_acts_only_in_training(
     x = np.asarray(jax.random.normal(jax.random.key(6), (1, 63, 63, 63, 1)))
     # N(0, 0.01) layers keep the untrained outputs near 0, the middle of the crop: no large first steps
     assert float(np.abs(model_predictor(model, 1)(x)).max()) < 0.5
+
+
+def test_convolutions_are_drawn_he_normal_fan_out_as_torchvision_and_flax_would():
+    from sscjax.models.vgg3d import he_normal_fan_out
+
+    shape, key = (3, 3, 3, 16, 32), jax.random.key(4)
+    kernel = np.asarray(he_normal_fan_out(key, shape))
+    np.testing.assert_array_equal(kernel, nnx.initializers.variance_scaling(2.0, "fan_out", "normal")(key, shape))
+    assert kernel.shape == shape and abs(kernel.std() / np.sqrt(2 / (27 * 32)) - 1) < 0.05

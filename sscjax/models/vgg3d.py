@@ -40,6 +40,14 @@ def adaptive_avg_pool3d(x: jax.Array, size: int = POOLED_SIZE) -> jax.Array:
     return jnp.einsum("ndhwc,id,jh,kw->nijkc", x, md, mh, mw)
 
 
+def he_normal_fan_out(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """torchvision's VGG convolution init (He normal, fan out) of a (kd, kh, kw, in, out) kernel, drawn as
+    (kd*kh*kw, in, out): the same fans and numbers (a partitionable threefry draw depends only on the flat index),
+    which XLA on a CPU compiles three times faster than a five-dimensional draw (0.5 s against 1.5 s a shape)."""
+    init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+    return init(key, (int(np.prod(shape[:-2])), *shape[-2:]), dtype).reshape(shape)
+
+
 def _linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
     """A fully connected layer initialised like torchvision's VGG classifier, N(0, 0.01)."""
     return nnx.Linear(cin, cout, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
@@ -55,7 +63,7 @@ class ConvReluBN(nnx.Module):
             out_features,
             (3, 3, 3),
             padding=((1, 1),) * 3,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            kernel_init=he_normal_fan_out,
             rngs=rngs,
         )
         self.bn = TorchBatchNorm(out_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
