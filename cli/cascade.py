@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sscjax.results import RESULT_FILE
+
 from .common import (
     device_option,
     echo_failures,
@@ -122,7 +124,7 @@ def cascade(
                 failures[str(path)] = str(e)
     for sid, path in paths.items():
         if str(path) not in failures and cs.result_done(out, sid):
-            _print_scores(out / sid / cs.RESULT_FILE)
+            _print_scores(out / sid / RESULT_FILE)
             if dicom_out:
                 _export_dicom(out / sid, path, failures)
     if any(cs.result_done(out, sid) for sid in paths):
@@ -136,7 +138,6 @@ def _refuse_other_series(folder: Path, series: str) -> None:
     """Refuse to skip a finished scan folder whose results another input made than the --series asked for."""
     import json
 
-    from sscjax.cascade import RESULT_FILE
     from sscjax.errors import SscError
 
     if not (folder / RESULT_FILE).is_file():

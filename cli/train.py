@@ -155,6 +155,9 @@ def run_training(
     if show_config:
         click.echo(networks.render(config), nl=False)
         return
+    scratch = networks.scratch_settings(config)
+    if scratch:
+        click.echo(f"random weights: the settings' scratch changes {', '.join(scratch)} (--set still wins)")
     if distributed:
         from sscjax.train import initialize_distributed
 

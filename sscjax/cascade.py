@@ -27,8 +27,8 @@ from sscjax.domain import LEVEL_NAMES, N_LEVELS, SCORES
 from sscjax.errors import ModelError, ScanError
 from sscjax.io import Geometry, Scan, remove_partial_writes, scan_id, write_csv, write_image, write_json
 from sscjax.lung import lung_mask
+from sscjax.results import RESULT_FILE
 
-RESULT_FILE = "scores.json"
 LEVEL_CSV = "scores.csv"
 BATCH_PROVENANCE = "scores.provenance.json"  # beside OUT/scores.csv
 ALL_SLICES_CSV = "all_slices.csv"

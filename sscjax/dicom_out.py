@@ -29,6 +29,7 @@ from sscjax import __version__
 from sscjax.domain import LEVEL_NAMES, N_LEVELS, SCORES
 from sscjax.errors import SscError
 from sscjax.io import Geometry, Scan, atomic_write, read_image, remove_partial_writes
+from sscjax.results import RESULT_FILE, scanned_input
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -228,12 +229,6 @@ def _built(what: str, where: str | Path, make, *args, **kwargs):
         raise DicomOutError(f"{where}: cannot make the DICOM {what}: {e}") from None
 
 
-def _input_folder(result: dict) -> Path:
-    """The DICOM folder a cascade result was read from (absolute in its provenance, else as given)."""
-    recorded = (result.get("provenance") or {}).get("input") or {}
-    return Path(recorded.get("path") or result["source"])
-
-
 # ---------------------------------------------------------------- cascade: SC images and the SR
 
 
@@ -414,8 +409,6 @@ def export_cascade(scan_folder: str | Path) -> DicomExport:
     """Write a finished cascade result's DICOM objects into SCAN_FOLDER/dicom/: the five level images as RGB
     Secondary Capture images (`SC_FILES`) and the scores as a Comprehensive 3D SR Measurement Report (`SR_FILE`,
     written last). SCAN_FOLDER is OUT/<scan id>/ of `ssc cascade` (scores.json, L1.mha .., L1_lung.mha ..)."""
-    from sscjax.cascade import RESULT_FILE
-
     require_highdicom()
     scan_folder = Path(scan_folder)
     path = scan_folder / RESULT_FILE
@@ -427,8 +420,11 @@ def export_cascade(scan_folder: str | Path) -> DicomExport:
     identity = result.get("dicom")
     sources = None
     if identity is not None:
+        series = scanned_input(result)
+        if series is None:
+            raise DicomOutError(f"{path}: the DICOM series it was scored from ({result.get('source')}) is gone")
         sources = level_instances(
-            _input_folder(result),
+            series,
             identity["series_instance_uid"],
             [s.geometry for s in slices],
             [s.shape[1:] for s in slices],

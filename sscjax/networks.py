@@ -18,7 +18,7 @@ from typing import Any
 
 from sscjax.configs import from_dict, merge, text, to_dict
 from sscjax.configs.lnet import LNetConfig
-from sscjax.configs.snet import SNetConfig
+from sscjax.configs.snet import NO_PRETRAINING, SNetConfig
 from sscjax.errors import ConfigError
 
 PRESETS_PACKAGE = "sscjax.presets"
@@ -117,14 +117,23 @@ def resolve(
     config = preset(net, preset_name)
     if config_file is not None:
         config = _from_data(network(net), merge(to_dict(config), text.read(config_file)), str(config_file))
-    return with_changes(config, assignments, overrides)
+    config = with_changes(config, assignments, overrides)
+    scratch = scratch_settings(config)
+    return with_changes(with_changes(config, scratch, where="scratch"), assignments, overrides) if scratch else config
 
 
-def with_changes(config, assignments: Sequence[str] = (), overrides: dict | None = None):
-    """`config` changed by `key.path=value` assignments, then by `overrides` (plain data), each step checked."""
+def scratch_settings(config) -> tuple[str, ...]:
+    """The settings a config changes because it trains from random weights (an S-Net's `scratch` when its
+    `pretrained` is "none"; nothing otherwise)."""
+    return tuple(getattr(config, "scratch", ())) if getattr(config, "pretrained", None) == NO_PRETRAINING else ()
+
+
+def with_changes(config, assignments: Sequence[str] = (), overrides: dict | None = None, where: str = "--set"):
+    """`config` changed by `key.path=value` assignments (errors name them as `where`), then by `overrides` (plain
+    data), each step checked."""
     entry = network(config.net)
     if assignments:
-        config = _from_data(entry, text.assign(to_dict(config), assignments), "--set")
+        config = _from_data(entry, text.assign(to_dict(config), assignments), where)
     if overrides:
         config = _from_data(entry, merge(to_dict(config), overrides), "options")
     return config

@@ -32,8 +32,9 @@ LOG_FILE = "log.jsonl"
 EVAL_DIR = "eval"
 CALIBRATION_DIR = "explain"
 CALIBRATION_FILE = "calibration.json"
-# Settings (or whole sections) a resumed run may change: how long it trains, and how its heat maps are made.
-RESUMABLE = ("train.steps", "train.epochs", "train.early_stop", "explain")
+# Settings (or whole sections) a resumed run may change: how long it trains, how its heat maps are made, and the
+# record of the settings that training from random weights changes (the changed settings themselves are compared).
+RESUMABLE = ("train.steps", "train.epochs", "train.early_stop", "explain", "scratch")
 
 
 def default_run_dir(workdir: str | Path, net: str, fold: int) -> Path:

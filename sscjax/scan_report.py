@@ -25,8 +25,8 @@ from sscjax.data.slices import window
 from sscjax.domain import LEVEL_NAMES, SCORES
 from sscjax.errors import SscError
 from sscjax.io import Scan, atomic_write, check_writable, read_image, read_scan, remove_partial_writes
+from sscjax.results import RESULT_FILE, scanned_input
 
-RESULT_FILE = "scores.json"  # `sscjax.cascade.RESULT_FILE`: written last, so it marks a finished scan
 EXPLAIN_DIR, EXPLAIN_FILE = "explain", "explain.json"  # `ssc explain --out OUT` writes OUT/<scan id>/explain/
 REPORT_FILE = "report.html"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -175,12 +175,6 @@ def _level_figure(result: dict, slices: list[Scan], lungs: list[np.ndarray]) -> 
     return _png(plots.render(fig, dpi=DPI), "the five level slices with the lung outlined")
 
 
-def _scan_path(result: dict) -> Path | None:
-    """The scanned file or folder: the provenance's absolute path, else `source` as given, whichever exists."""
-    paths = [_dict(_dict(result.get("provenance")).get("input")).get("path"), result.get("source")]
-    return next((Path(p) for p in paths if isinstance(p, str) and p and Path(p).exists()), None)
-
-
 def _scored_index(scan: Scan, result: dict, slices: list[Scan]) -> list[int] | None:
     """The levels' slice indices if `scan` is the scan that was scored (its slices there are the level slices)."""
     index = [lv.get("slice_index") for lv in result["levels"]]
@@ -196,7 +190,7 @@ def _scored_index(scan: Scan, result: dict, slices: list[Scan]) -> list[int] | N
 def _coronal(result: dict, slices: list[Scan]) -> str:
     """A coronal view of the scan with the five levels, if it can be read from its source and is the scan scored;
     else a line saying why it is not shown."""
-    path = _scan_path(result)
+    path = scanned_input(result)
     if path is None:
         return f'<p class="note">Coronal view unavailable: the scan {_text(result.get("source"))} was not found.</p>'
     try:

@@ -309,3 +309,32 @@ def test_ssc_train_resolves_file_set_and_flags_and_stores_them(monkeypatch, caps
 def test_ssc_train_refuses_a_wrong_setting_in_one_line_with_exit_code_2(monkeypatch, capsys, args, message):
     code, out, err = ssc(monkeypatch, capsys, "train", "lnet", "--preset", "tiny", *args, "--show-config")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_random_weights_take_the_presets_scratch_settings_and_set_still_wins():
+    small = networks.preset("snet", "small")
+    assert small.scratch and small.balanced and small.model.kwargs["normalize_input"]
+    imagenet = networks.resolve("snet", "small", overrides={"pretrained": "/weights/convnext_tiny.pth"})
+    assert imagenet.balanced and imagenet.model.kwargs["normalize_input"] and imagenet.train.learning_rate == 2e-4
+    scratch = networks.resolve("snet", "small", overrides={"pretrained": "none"})
+    assert networks.scratch_settings(scratch) == small.scratch and networks.scratch_settings(imagenet) == ()
+    assert not scratch.balanced and not scratch.model.kwargs["normalize_input"]
+    assert scratch.model.kwargs["input_norm"] == [[0.2667], [0.1]] and scratch.train.learning_rate == 1e-3
+    assert scratch.train.steps == small.train.steps and scratch.synthesis  # what scratch leaves alone
+    mine = networks.resolve(
+        "snet", "small", assignments=["train.learning_rate=5e-4"], overrides={"pretrained": "none", "balanced": True}
+    )
+    assert mine.train.learning_rate == 5e-4 and mine.balanced and not mine.model.kwargs["normalize_input"]
+    assert networks.scratch_settings(networks.resolve("snet", "paper", overrides={"pretrained": "none"})) == ()
+
+
+@pytest.mark.parametrize(
+    "scratch,message",
+    [
+        (["pretrained=efficientnet_lite0"], "cannot change pretrained or scratch itself"),
+        (["train.learning_rate=fast"], "scratch"),
+    ],
+)
+def test_bad_scratch_settings_are_refused_naming_them(scratch, message):
+    with pytest.raises(ConfigError, match=message):
+        networks.resolve("snet", "small", assignments=[f"scratch={scratch}"], overrides={"pretrained": "none"})

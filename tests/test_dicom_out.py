@@ -251,3 +251,17 @@ def test_the_source_images_are_found_by_position_and_masks_follow_their_pixel_or
     np.testing.assert_array_equal(dicom_out.to_source_pixels(mask, canonical, flipped), mask[:, ::-1])
     flipped.ImageOrientationPatient = [1, 0, 0, 0, -1, 0]  # columns run anterior
     np.testing.assert_array_equal(dicom_out.to_source_pixels(mask, canonical, flipped), mask[::-1])
+
+
+def test_a_series_moved_since_scoring_is_named_not_searched_for(cascaded, tmp_path):
+    import shutil
+
+    from sscjax.dicom_out import DicomOutError, export_cascade
+
+    folder = shutil.copytree(cascaded[0], tmp_path / cascaded[0].name, ignore=shutil.ignore_patterns("dicom"))
+    result = json.loads((folder / "scores.json").read_text())
+    result["source"] = result["provenance"]["input"]["path"] = str(tmp_path / "moved")
+    (folder / "scores.json").write_text(json.dumps(result))
+    with pytest.raises(DicomOutError, match=f"the DICOM series it was scored from \\({tmp_path / 'moved'}\\) is gone"):
+        export_cascade(folder)
+    assert not (folder / "dicom").exists()

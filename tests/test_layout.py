@@ -79,7 +79,7 @@ def test_the_library_never_imports_the_cli():
 
 # The library's layers, lowest first: a module imports only from its own layer and those below it.
 LAYERS = (
-    ("errors", "domain", "configs", "networks", "io", "metrics", "quality"),  # settings, files, numbers
+    ("errors", "domain", "configs", "networks", "io", "metrics", "quality", "results"),  # settings, files, numbers
     ("lung",),
     ("data", "phantom", "runs", "plots", "report", "scan_report"),  # cohorts, splits, slices, batches, figures, pages
     ("models",),

@@ -157,6 +157,11 @@ class SNetConfig:
     pretrained: str | None = setting(
         None, f'ImageNet weights: a .pth/.safetensors/.npz file, "{LITE0_PACKAGE}", "{NO_PRETRAINING}" (random)'
     )
+    scratch: tuple[str, ...] = setting(
+        (),
+        f'settings that training from random weights (pretrained = "{NO_PRETRAINING}") changes, as key.path=value; '
+        "applied before --set, which still wins",
+    )
     balanced: bool = setting(True, "draw real slices balanced over their TOT scores (else uniformly)")
     synthesis: bool = setting(True, "make synthetic_fraction of every batch by data synthesis")
     data: SNetData = field(default_factory=SNetData)
@@ -176,6 +181,8 @@ class SNetConfig:
     )
 
     def __post_init__(self):
+        if any(a.split("=", 1)[0].strip() in ("pretrained", "scratch") for a in self.scratch):
+            raise ConfigError(f"scratch {list(self.scratch)}: cannot change pretrained or scratch itself")
         if self.data.conventions == AUTHORS and self.model.kwargs.get("normalize_input"):
             raise ConfigError(
                 'data.conventions "authors": the authors\' S-Nets take [0, 1] slices as they are; set '

@@ -1,0 +1,54 @@
+"""The paper's S-Net (ConvNeXt-T) learns here from random weights: `ssc train snet --preset small --pretrained none`
+on a 160-patient phantom cohort must score the level slices of the held-out test scans with at most 0.75x the MAE
+of predicting every level as the training patients' mean score, on TOT, GG and RET each, within 30 minutes of
+training on 2 cores (slow: about half an hour; docs/snet_training.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from sscjax import runs, snet
+from sscjax.data import load_cohort
+from sscjax.domain import SCORES
+
+MARGIN = 0.75  # the ConvNeXt-T's test MAE may be at most 75 % of predict-the-mean's, pattern by pattern
+TRAINING_MINUTES = 30
+
+
+def _ssc(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssc", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def mean_baseline_mae(cohort, train_ids: list[str], test_ids: list[str]) -> np.ndarray:
+    """(3,) test MAE (%) of scoring every level of the test scans with the training scans' mean TOT, GG, RET."""
+    mean = np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
+    return np.abs(np.stack([cohort.scores[i] for i in test_ids]) - mean).mean(axis=(0, 1))
+
+
+@pytest.mark.slow
+def test_the_small_convnext_preset_from_random_weights_beats_predicting_the_mean_on_every_pattern(tmp_path):
+    data, workdir = tmp_path / "p22", tmp_path / "runs"
+    made = _ssc("phantom", str(data), "--patients", "160", "--preset", "small", "--seed", "22", timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+    start = time.perf_counter()
+    trained = _ssc(
+        "train", "snet", "--data", str(data), "--fold", "0", "--preset", "small", "--pretrained", "none",
+        "--workdir", str(workdir), timeout=60 * TRAINING_MINUTES,
+    )  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "random weights: the settings' scratch changes balanced=false" in trained.stdout
+    run_dir = runs.default_run_dir(workdir, "snet", 0)
+    config = runs.read_config(run_dir, "snet")
+    assert config.model.name == "convnext_tiny" and config.pretrained == "none" and not config.balanced
+    test = snet.evaluate_snet(run_dir, "test")
+    splits = runs.read_splits(run_dir)
+    baseline = mean_baseline_mae(load_cohort(data), splits["train"], splits["test"])
+    mae = np.array([test[p]["mae"] for p in SCORES])
+    assert test["n_scans"] == len(splits["test"]) >= 30
+    assert np.all(mae <= MARGIN * baseline), (mae, baseline, minutes)
+    assert minutes <= TRAINING_MINUTES
