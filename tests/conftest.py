@@ -147,6 +147,13 @@ def snet_trained_full(snet_tiny, project):
     return _train_snet(snet_tiny, project / "runs_full", SNET_STEPS)
 
 
+def ssc_process(*args: str, timeout: float):
+    """`ssc ARGS` in a process of its own, output captured as text (the slow tests' long runs)."""
+    import subprocess
+
+    return subprocess.run(["ssc", *args], capture_output=True, text=True, timeout=timeout)
+
+
 def run_ssc(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """Run `ssc ARGS` in-process exactly as the console script does: (exit code, stdout, stderr)."""
     from sscjax.cli.main import main

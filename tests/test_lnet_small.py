@@ -4,10 +4,10 @@ scans' mean position, within 30 minutes of training on 2 cores (slow: about 12 m
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
+from conftest import ssc_process
 
 from sscjax import lnet, runs
 from sscjax.data import load_cohort
@@ -16,17 +16,13 @@ MARGIN = 0.6  # the VGG's test MAE may be at most 60 % of the mean-position base
 TRAINING_MINUTES = 30
 
 
-def _ssc(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["ssc", *args], capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_the_small_vgg11_preset_beats_the_mean_position_baseline_on_the_test_split(tmp_path):
     data, workdir = tmp_path / "p21", tmp_path / "runs"
-    made = _ssc("phantom", str(data), "--patients", "48", "--preset", "small", "--seed", "21", timeout=600)
+    made = ssc_process("phantom", str(data), "--patients", "48", "--preset", "small", "--seed", "21", timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
     start = time.perf_counter()
-    trained = _ssc(
+    trained = ssc_process(
         "train", "lnet", "--data", str(data), "--fold", "0", "--preset", "small", "--workdir", str(workdir),
         timeout=60 * TRAINING_MINUTES,
     )  # fmt: skip

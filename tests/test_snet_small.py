@@ -5,11 +5,11 @@ training on 2 cores (slow: about half an hour; docs/snet_training.md)."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import numpy as np
 import pytest
+from conftest import ssc_process
 
 from sscjax import runs, snet
 from sscjax.data import load_cohort
@@ -17,10 +17,6 @@ from sscjax.domain import SCORES
 
 MARGIN = 0.75  # the ConvNeXt-T's test MAE may be at most 75 % of predict-the-mean's, pattern by pattern
 TRAINING_MINUTES = 30
-
-
-def _ssc(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["ssc", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def mean_baseline_mae(cohort, train_ids: list[str], test_ids: list[str]) -> np.ndarray:
@@ -32,10 +28,10 @@ def mean_baseline_mae(cohort, train_ids: list[str], test_ids: list[str]) -> np.n
 @pytest.mark.slow
 def test_the_small_convnext_preset_from_random_weights_beats_predicting_the_mean_on_every_pattern(tmp_path):
     data, workdir = tmp_path / "p22", tmp_path / "runs"
-    made = _ssc("phantom", str(data), "--patients", "160", "--preset", "small", "--seed", "22", timeout=900)
+    made = ssc_process("phantom", str(data), "--patients", "160", "--preset", "small", "--seed", "22", timeout=900)
     assert made.returncode == 0, made.stderr[-3000:]
     start = time.perf_counter()
-    trained = _ssc(
+    trained = ssc_process(
         "train", "snet", "--data", str(data), "--fold", "0", "--preset", "small", "--pretrained", "none",
         "--workdir", str(workdir), timeout=60 * TRAINING_MINUTES,
     )  # fmt: skip
