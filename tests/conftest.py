@@ -36,10 +36,8 @@ N_PATIENTS = 20  # 4 test patients and 4 folds of 4
 # the default tier's L-Net run: 20 steps of 2 volumes validated every 10 (the tiny schedule: 120 steps of 4)
 LNET_SHORT_STEPS, LNET_SHORT_VALID_EVERY, LNET_SHORT_BATCH = 20, 10, 2
 SNET_STEPS, SNET_VALID_EVERY = 200, 25  # the slow tier's S-Net run
-SNET_SHORT_STEPS, SNET_SHORT_BATCH = (
-    50,
-    8,
-)  # the default tier's S-Net run (batch 8, the preset's 16), validated at 25, 50
+# the default tier's S-Net run: 50 steps of 8 slices (the preset's 16), validated at 25 and 50
+SNET_SHORT_STEPS, SNET_SHORT_BATCH = 50, 8
 SNET_IMAGE_SIZE = 64
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sscjax.configs import AUTHORS, Conventions, InitRun, ModelConfig, TrainConfig, setting
+from sscjax.configs.text import assignment
 from sscjax.domain import AIR, SCORE_STEP
 from sscjax.errors import ConfigError
 
@@ -181,7 +182,7 @@ class SNetConfig:
     )
 
     def __post_init__(self):
-        if any(a.split("=", 1)[0].strip() in ("pretrained", "scratch") for a in self.scratch):
+        if any(assignment(a)[0][0] in ("pretrained", "scratch") for a in self.scratch):
             raise ConfigError(f"scratch {list(self.scratch)}: cannot change pretrained or scratch itself")
         if self.data.conventions == AUTHORS and self.model.kwargs.get("normalize_input"):
             raise ConfigError(
