@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,14 +25,62 @@ def _done(start: float) -> None:
     click.echo(f"   ({time.perf_counter() - start:.0f} s)")
 
 
-def _train(net: str, data: Path, runs_dir: Path, seed: int):
-    """Train fold 0 of `net` with the tiny preset and training seed `seed` (resuming a run an earlier demo left
+@dataclass(frozen=True)
+class DemoNetworks:
+    """The networks a demo trains: per network its preset, the changes the demo makes to it (a shorter schedule,
+    the S-Net's starting weights), a title for the progress, the cohort size and folder the demo defaults to, and how many validation patients
+    the heat-map thresholds are calibrated on (all when not set: a large S-Net's heat maps take seconds a slice)."""
+
+    presets: dict[str, str]
+    changes: dict[str, dict]
+    titles: dict[str, str]
+    patients: int
+    out: Path
+    calibration_patients: int | None = None
+
+
+NETWORK_CHOICES = {
+    "stand-ins": DemoNetworks(
+        presets={"lnet": "tiny", "snet": "tiny"},
+        changes={"lnet": {}, "snet": {}},
+        titles={
+            "lnet": "L-Net (finds the five levels; tiny preset: the slice-wise heat-map net)",
+            "snet": "S-Net (EfficientNet-Lite0 from ImageNet weights, scores TOT/GG/RET)",
+        },
+        patients=40,
+        out=Path("ssc-demo"),
+    ),
+    "paper": DemoNetworks(
+        presets={"lnet": "small", "snet": "small"},
+        changes={"lnet": {}, "snet": {"pretrained": "none", "train": {"steps": 800, "valid_every": 200}}},
+        titles={
+            "lnet": "L-Net (the paper's VGG11-3D, small preset)",
+            "snet": "S-Net (the paper's ConvNeXt-T, small preset from random weights, 800 steps)",
+        },
+        patients=100,
+        out=Path("ssc-demo-paper"),
+        calibration_patients=6,
+    ),
+}
+
+
+def demo_config(net: str, choice: DemoNetworks, data: Path, seed: int):
+    """The settings of the demo's `net` run: `choice`'s preset and changes (with the preset's scratch settings when
+    it starts from random weights), fold 0 of `data`, training seed `seed`."""
+    from sscjax import configs, networks
+
+    overrides = configs.merge(
+        {"data_dir": str(data.resolve()), "fold": 0, "train": {"seed": seed}}, choice.changes[net]
+    )
+    return networks.resolve(net, choice.presets[net], overrides=overrides)
+
+
+def _train(net: str, choice: DemoNetworks, data: Path, runs_dir: Path, seed: int):
+    """Train fold 0 of `net` as `choice` says, with training seed `seed` (resuming a run an earlier demo left
     unfinished)."""
     from sscjax import networks, runs
 
-    config = networks.with_changes(
-        networks.preset(net, "tiny", data_dir=str(data.resolve()), fold=0), overrides={"train": {"seed": seed}}
-    )
+    config = demo_config(net, choice, data, seed)
     run_dir = runs.default_run_dir(runs_dir, net, 0)
     preparing, training = LazyBar("   prepare"), LazyBar("   train")
 
@@ -50,26 +99,38 @@ def _train(net: str, data: Path, runs_dir: Path, seed: int):
 
 @click.command()
 @click.option(
+    "--networks",
+    "choice_name",
+    type=click.Choice(list(NETWORK_CHOICES)),
+    default="stand-ins",
+    show_default=True,
+    help="stand-ins: the tiny presets (minutes); paper: the paper's VGG11-3D and ConvNeXt-T at their small presets "
+    "(about 40 minutes).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("ssc-demo"),
-    show_default=True,
-    help="Folder for the cohort, runs and results (an unfinished demo there is continued).",
+    default=None,
+    help="Folder for the cohort, runs and results (an unfinished demo there is continued) [default: ssc-demo, with "
+    "--networks paper ssc-demo-paper].",
 )
 @click.option(
     "--patients",
     type=click.IntRange(min=12),
-    default=40,
-    show_default=True,
-    help="Patients in the synthetic cohort (20 % test, the rest in 4 folds).",
+    default=None,
+    help="Patients in the synthetic cohort (20 % test, the rest in 4 folds) [default: 40, with --networks paper 100].",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the synthetic cohort and of both trainings."
 )
-def demo(out: Path, patients: int, seed: int) -> None:
-    """Run the whole method on a synthetic cohort: phantoms -> L-Net and S-Net training (tiny presets; the S-Net
-    starts from the real ImageNet weights of EfficientNet-Lite0) -> cascade and heat maps on held-out scans ->
-    agreement statistics on the test split, beside the predict-the-mean baseline."""
+def demo(choice_name: str, out: Path | None, patients: int | None, seed: int) -> None:
+    """Run the whole method on a synthetic cohort: phantoms -> L-Net and S-Net training (the stand-ins' tiny
+    presets, the S-Net from the real ImageNet weights of EfficientNet-Lite0; or the paper's networks) -> cascade
+    and heat maps on held-out scans -> agreement statistics on the test split, beside the predict-the-mean
+    baseline."""
+    choice = NETWORK_CHOICES[choice_name]
+    out = choice.out if out is None else out
+    patients = choice.patients if patients is None else patients
     data, runs_dir, results, stats = out / "data", out / "runs", out / "results", out / "evaluation"
     begin = time.perf_counter()
 
@@ -78,20 +139,23 @@ def demo(out: Path, patients: int, seed: int) -> None:
     train_ids = splits.fold(0)[0]
     _done(t)
 
-    t = _stage("2/6 L-Net (finds the five levels; tiny preset: the slice-wise heat-map net), fold 0")
-    lnet_run = _train("lnet", data, runs_dir, seed)
+    t = _stage(f"2/6 {choice.titles['lnet']}, fold 0")
+    lnet_run = _train("lnet", choice, data, runs_dir, seed)
     _done(t)
 
-    t = _stage("3/6 S-Net (EfficientNet-Lite0 from ImageNet weights, scores TOT/GG/RET), fold 0")
-    snet_run = _train("snet", data, runs_dir, seed)
+    t = _stage(f"3/6 {choice.titles['snet']}, fold 0")
+    snet_run = _train("snet", choice, data, runs_dir, seed)
     _done(t)
 
     t = _stage(f"4/6 Cascade on the {len(splits.test)} test scans -> {results}")
     models, pred_csv = _run_cascade(cohort, splits.test, lnet_run, snet_run, results)
     _done(t)
 
-    t = _stage("5/6 Heat maps: thresholds calibrated on the validation slices, then one test scan explained")
-    calibration_dir, explained = _explain(cohort, splits.test[0], snet_run, models, results)
+    on = f"{choice.calibration_patients} validation patients'" if choice.calibration_patients else "validation"
+    t = _stage(f"5/6 Heat maps: thresholds calibrated on the {on} slices, then one test scan explained")
+    calibration_dir, explained = _explain(
+        cohort, splits.test[0], snet_run, models, results, choice.calibration_patients
+    )
     _done(t)
 
     t = _stage(f"6/6 Agreement on the test split -> {stats}")
@@ -143,14 +207,16 @@ def _run_cascade(
     return models, cascade.collect_scores(results, models.records)
 
 
-def _explain(cohort: Cohort, scan_id: str, snet_run: Path, models: Models, results: Path) -> tuple[Path, Path]:
-    """Heat-map thresholds calibrated on the S-Net run's validation slices, then scan `scan_id` explained into
-    `results`; the calibration's folder and the explanation's."""
+def _explain(
+    cohort: Cohort, scan_id: str, snet_run: Path, models: Models, results: Path, patients: int | None
+) -> tuple[Path, Path]:
+    """Heat-map thresholds calibrated on the S-Net run's validation slices (of its first `patients` patients), then
+    scan `scan_id` explained into `results`; the calibration's folder and the explanation's."""
     from sscjax import explain
     from sscjax.io import read_scan
 
     calibrating = LazyBar("   calibrate")
-    _calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=calibrating)
+    _calibration, calibration_dir = explain.calibrate_run(snet_run, "valid", progress=calibrating, patients=patients)
     calibrating.close()
     found = explain.explain_scan(read_scan(cohort.scan_paths[scan_id]), models)
     return calibration_dir, explain.write_scan_explanation(found, results)

@@ -187,10 +187,15 @@ def _echo_explanation(found: ScanExplanation, scores: tuple[str, ...], folder: P
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Healthy-lung texture patch (default: the cohort's patterns/healthy).",
 )
+@click.option(
+    "--patients",
+    type=click.IntRange(1),
+    help="Calibrate on the split's first N patients only (default: all of them).",
+)
 @click.option("--chunk", type=click.IntRange(1), help=CHUNK_HELP)
 @set_option("explain.search_step=0.05")
 @device_option
-def calibrate(run, split, healthy, chunk, assignments):
+def calibrate(run, split, healthy, patients, chunk, assignments):
     """Search the Delta P threshold (explain.search: -4..0 percentage points) that makes the derived scores agree
     best (MAE) with the S-Net's, per pattern, on a run's validation slices; report R^2 (the paper's Fig. 7)."""
     from sscjax import explain as ex
@@ -200,7 +205,7 @@ def calibrate(run, split, healthy, chunk, assignments):
     check_writable(runs.calibration_dir(run))
     settings = ex.explain_settings(runs.read_config(run, "snet"), assignments, chunk=chunk)
     bar = LazyBar("Heat maps")
-    result, folder = ex.calibrate_run(run, split, healthy, bar, settings=settings)
+    result, folder = ex.calibrate_run(run, split, healthy, bar, settings=settings, patients=patients)
     bar.close()
     click.echo(f"{'pattern':8s}{'threshold (pp)':>16s}{'MAE %':>8s}{'R^2':>8s}")
     for j, p in enumerate(SCORES):

@@ -334,7 +334,13 @@ def _slice_maps(
 
 
 def _write_calibration(
-    run_dir: Path, split: str, n_slices: int, result: Calibration, scores: np.ndarray, cfg: HeatmapConfig
+    run_dir: Path,
+    split: str,
+    patients: list[str],
+    n_slices: int,
+    result: Calibration,
+    scores: np.ndarray,
+    cfg: HeatmapConfig,
 ) -> Path:
     """The run's calibration folder with the scatter plot of derived against S-Net scores (the paper's Fig. 7)
     and calibration.json (the thresholds, their fit and the heat-map settings they hold for)."""
@@ -344,6 +350,7 @@ def _write_calibration(
     plots.calibration_scatter(result.derived, scores, result.thresholds, result.r2, folder / "calibration.png")
     record = {
         "split": split,
+        "patients": patients,
         "n_slices": n_slices,
         "thresholds": result.thresholds.tolist(),
         "mae": result.mae,
@@ -361,9 +368,11 @@ def calibrate_run(
     healthy: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     settings: ExplainConfig | None = None,
+    patients: int | None = None,
 ) -> tuple[Calibration, Path]:
     """Choose an S-Net run's heat-map thresholds on its validation (or test) level slices, with `settings` (default:
-    the run's); writes RUN/explain/calibration.json and the scatter plot of derived against S-Net scores (the
+    the run's), on the split's first `patients` patients (default: all; heat maps of a large network cost seconds a
+    slice on a CPU); writes RUN/explain/calibration.json and the scatter plot of derived against S-Net scores (the
     paper's Fig. 7)."""
     from sscjax import cascade, snet
     from sscjax.data.slices import load_slices
@@ -384,6 +393,7 @@ def calibrate_run(
             '(data.conventions = "authors")'
         )
     cohort, ids = runs.split_scans(run_dir, split, config.data_dir)
+    ids = ids[:patients] if patients is not None else ids
     if not ids:
         raise ConfigError(f"{run_dir}: its {split!r} split has no patients to calibrate on")
     slices = load_slices(
@@ -396,4 +406,4 @@ def calibrate_run(
     scores = np.mean([m.score(slices.images, windowed=True) for m in models.snets], axis=0)
     maps = _slice_maps(slices.images, slices.lung, predict, texture, cfg, delta_fn, progress)
     result = calibrate(maps, slices.lung, scores, search_thresholds(settings))
-    return result, _write_calibration(run_dir, split, len(slices), result, scores, cfg)
+    return result, _write_calibration(run_dir, split, ids, len(slices), result, scores, cfg)

@@ -113,13 +113,25 @@ def test_calibration_chooses_thresholds_on_validation_slices_and_explain_uses_th
     monkeypatch, capsys, lnet_trained, snet_trained, scan_path, tmp_path
 ):
     snet_run, _ = snet_trained
-    # a coarser stride than the default (4 px at 64 px slices, not 2): a quarter of the positions, the same search
+    # a coarser stride than the default (4 px at 64 px slices, not 2): a quarter of the positions, the same search;
+    # two of the four validation patients
     code, _, err = ssc(
-        monkeypatch, capsys, "explain", "calibrate", "--model", snet_run, "--set", "explain.stride_px=32"
+        monkeypatch,
+        capsys,
+        "explain",
+        "calibrate",
+        "--model",
+        snet_run,
+        "--patients",
+        "2",
+        "--set",
+        "explain.stride_px=32",
     )
     assert code == 0, err
     record = json.loads((snet_run / "explain" / "calibration.json").read_text())
-    assert record["split"] == "valid" and record["n_slices"] == 5 * 4
+    valid = json.loads((snet_run / "splits.json").read_text())["valid"]
+    assert len(valid) == 4 and record["patients"] == valid[:2]
+    assert record["split"] == "valid" and record["n_slices"] == 5 * 2
     thresholds = np.array(record["thresholds"])
     assert np.all((thresholds >= -4) & (thresholds <= 0))
     assert (snet_run / "explain" / "calibration.png").stat().st_size > 10_000
