@@ -20,17 +20,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax
 import numpy as np
 from common import print_report
-from flax import nnx
 from sscjax.cli.demo import NETWORK_CHOICES
 
 from sscjax import configs, networks, runs
 from sscjax.data import ensure_splits, load_cohort
 from sscjax.domain import SCORES
 from sscjax.lnet import mean_position_baseline
-from sscjax.models import build_model
+from sscjax.models import abstract_model, count_parameters
 
 PAPER = NETWORK_CHOICES["paper"]
 TIMING_FILE = "benchmark_timing.json"
@@ -76,8 +74,7 @@ def variant_config(variant: Variant, data: Path):
 
 def parameters(config) -> int:
     """Trainable parameters of the network a config names (counted on shapes, nothing computed)."""
-    abstract = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(0)))
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))))
+    return count_parameters(abstract_model(config.model.name, **config.model.kwargs))
 
 
 def logged_steps(run_dir: Path) -> list[dict]:

@@ -28,8 +28,9 @@ def _done(start: float) -> None:
 @dataclass(frozen=True)
 class DemoNetworks:
     """The networks a demo trains: per network its preset, the changes the demo makes to it (a shorter schedule,
-    the S-Net's starting weights), a title for the progress, the cohort size and folder the demo defaults to, and how many validation patients
-    the heat-map thresholds are calibrated on (all when not set: a large S-Net's heat maps take seconds a slice)."""
+    the S-Net's starting weights) and a title for the progress; the cohort size and folder the demo defaults to;
+    how many validation patients the heat-map thresholds are calibrated on (all when not set: a large S-Net's heat
+    maps take seconds a slice on a CPU)."""
 
     presets: dict[str, str]
     changes: dict[str, dict]
@@ -105,7 +106,7 @@ def _train(net: str, choice: DemoNetworks, data: Path, runs_dir: Path, seed: int
     default="stand-ins",
     show_default=True,
     help="stand-ins: the tiny presets (minutes); paper: the paper's VGG11-3D and ConvNeXt-T at their small presets "
-    "(about 40 minutes).",
+    "(about 35 minutes on 2 CPU cores).",
 )
 @click.option(
     "--out",

