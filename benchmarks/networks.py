@@ -90,11 +90,10 @@ def log_span_seconds(rows: list[dict]) -> float:
     return (last["time"] - first["time"]) * last["step"] / max(last["step"] - first["step"], 1)
 
 
-def train_variant(variant: Variant, data: Path, workdir: Path) -> tuple[Path, float, str]:
-    """Train (or resume, or find finished) the variant's run; its folder and its training seconds with where they
-    come from: the wall clock of this call when it trained the whole run, else the run's log (a run resumed or
-    copied from a demo)."""
-    config = variant_config(variant, data)
+def train_variant(variant: Variant, config, workdir: Path) -> tuple[Path, float, str]:
+    """Train (or resume, or find finished) the variant's run with its settings `config`; its folder and its training
+    seconds with where they come from: the wall clock of this call when it trained the whole run, else the run's log
+    (a run resumed or copied from a demo)."""
     runs_dir = workdir / variant.key
     run_dir = runs.default_run_dir(runs_dir, variant.net, 0)
     timing = run_dir / TIMING_FILE
@@ -119,9 +118,9 @@ def snet_baseline(cohort, train_ids: list[str], test_ids: list[str]) -> dict[str
 
 def row(variant: Variant, data: Path, workdir: Path) -> dict:
     """The variant trained and evaluated on the test split: parameters, training time, test MAE."""
-    run_dir, seconds, timed = train_variant(variant, data, workdir)
-    metrics = networks.network(variant.net).evaluate(run_dir, "test")
     config = variant_config(variant, data)
+    run_dir, seconds, timed = train_variant(variant, config, workdir)
+    metrics = networks.network(variant.net).evaluate(run_dir, "test")
     mae = {"levels_mm": metrics["all"]["mae_mm"]} if variant.net == "lnet" else {p: metrics[p]["mae"] for p in SCORES}
     return {
         "variant": variant.key,
