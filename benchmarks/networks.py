@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from common import print_report
 from sscjax.cli.demo import NETWORK_CHOICES
 
@@ -29,6 +28,7 @@ from sscjax.data import ensure_splits, load_cohort
 from sscjax.domain import SCORES
 from sscjax.lnet import mean_position_baseline
 from sscjax.models import abstract_model, count_parameters
+from sscjax.snet import mean_score_baseline
 
 PAPER = NETWORK_CHOICES["paper"]
 TIMING_FILE = "benchmark_timing.json"
@@ -109,13 +109,6 @@ def train_variant(variant: Variant, config, workdir: Path) -> tuple[Path, float,
     return run_dir, seconds, "wall clock"
 
 
-def snet_baseline(cohort, train_ids: list[str], test_ids: list[str]) -> dict[str, float]:
-    """Predict-the-mean: MAE (%) per pattern of scoring every test level with the training patients' mean score."""
-    mean = np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
-    errors = np.abs(np.stack([cohort.scores[i] for i in test_ids]) - mean).mean(axis=(0, 1))
-    return dict(zip(SCORES, map(float, errors), strict=True))
-
-
 def row(variant: Variant, data: Path, workdir: Path) -> dict:
     """The variant trained and evaluated on the test split: parameters, training time, test MAE."""
     config = variant_config(variant, data)
@@ -169,7 +162,7 @@ def main() -> None:
     rows = [row(v, args.data, args.workdir) for v in chosen]
     baselines = {
         "lnet_mm": mean_position_baseline(cohort, train_ids, splits.test),
-        "snet": snet_baseline(cohort, train_ids, splits.test),
+        "snet": mean_score_baseline(cohort, train_ids, splits.test),
     }
     if args.table:
         args.table.write_text(markdown(rows, baselines))

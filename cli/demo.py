@@ -240,13 +240,13 @@ def _evaluate(
 
 def _baseline_scores(cohort, train_ids, test_ids, path: Path) -> Path:
     """The predict-the-mean baseline: every test level scored with the training patients' mean score."""
-    import numpy as np
     import pandas as pd
 
     from sscjax.domain import LEVELS, SCORES
     from sscjax.io import atomic_write
+    from sscjax.snet import training_mean_scores
 
-    mean = np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
+    mean = training_mean_scores(cohort, train_ids)
     rows = [{"scan_id": i, "level": k, **dict(zip(SCORES, mean))} for i in test_ids for k in LEVELS]
     with atomic_write(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.3f")

@@ -367,6 +367,17 @@ class SNet:
 # ---------------------------------------------------------------- evaluation
 
 
+def training_mean_scores(cohort, train_ids: list[str]) -> np.ndarray:
+    """(3,) the training patients' mean TOT, GG and RET (%) over their levels: predict-the-mean's one score."""
+    return np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
+
+
+def mean_score_baseline(cohort, train_ids: list[str], test_ids: list[str]) -> dict[str, float]:
+    """MAE (%) per pattern on `test_ids` of scoring every level with `training_mean_scores` (predict-the-mean)."""
+    errors = np.abs(np.stack([cohort.scores[i] for i in test_ids]) - training_mean_scores(cohort, train_ids))
+    return dict(zip(SCORES, map(float, errors.mean(axis=(0, 1))), strict=True))
+
+
 def _score_table(slices: SliceSet, scores: np.ndarray):
     import pandas as pd
 

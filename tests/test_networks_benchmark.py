@@ -1,16 +1,11 @@
 """benchmarks/networks.py, the network-choice table: every variant is a network the registry builds from its
-preset, the paper's two are exactly the paper demo's runs, and the baseline is predict-the-mean."""
+preset, the paper's two are exactly the paper demo's runs."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import networks as bench
-import numpy as np
 import pytest
 from sscjax.cli.demo import NETWORK_CHOICES, demo_config
-
-from sscjax.domain import SCORES
 
 # torchvision-sized networks: VGG11-3D and VGG16-3D at base 8 with the 1024-wide head, ConvNeXt-T with a 3-output
 # head and a one-channel stem, EfficientNet-Lite0 likewise
@@ -37,10 +32,3 @@ def test_the_papers_networks_are_the_paper_demos_runs(tmp_path):
     lite0 = bench.variant_config(by_key["efficientnet_lite0_scratch"], tmp_path)
     convnext = bench.variant_config(by_key["convnext_tiny"], tmp_path)
     assert lite0.train == convnext.train and (lite0.balanced, lite0.pretrained) == (False, "none")
-
-
-def test_predict_the_mean_scores_every_test_level_with_the_training_mean():
-    scores = {f"p{i}": np.full((5, 3), 10.0 * i) for i in range(4)}  # patient i: every level 10 i %
-    cohort = SimpleNamespace(scores=scores)
-    baseline = bench.snet_baseline(cohort, ["p0", "p2"], ["p1", "p3"])  # mean 10 %: errors 0 and 20
-    assert baseline == dict.fromkeys(SCORES, 10.0)

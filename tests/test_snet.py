@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -362,3 +363,10 @@ def test_bad_pretrained_weights_are_refused_before_a_run_folder_exists(tiny, tmp
     with pytest.raises(ModelError, match="holds convnext weights; the model is efficientnet_lite0"):
         snet.train_snet(dataclasses.replace(tiny, pretrained=str(small)), tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_predict_the_mean_scores_every_test_level_with_the_training_mean():
+    scores = {f"p{i}": np.full((5, 3), 10.0 * i) for i in range(4)}  # patient i: every level 10 i %
+    cohort = SimpleNamespace(scores=scores)
+    baseline = snet.mean_score_baseline(cohort, ["p0", "p2"], ["p1", "p3"])  # mean 10 %: errors 0 and 20
+    assert baseline == dict.fromkeys(SCORES, 10.0)

@@ -19,12 +19,6 @@ MARGIN = 0.75  # the ConvNeXt-T's test MAE may be at most 75 % of predict-the-me
 TRAINING_MINUTES = 30
 
 
-def mean_baseline_mae(cohort, train_ids: list[str], test_ids: list[str]) -> np.ndarray:
-    """(3,) test MAE (%) of scoring every level of the test scans with the training scans' mean TOT, GG, RET."""
-    mean = np.mean([cohort.scores[i] for i in train_ids], axis=(0, 1))
-    return np.abs(np.stack([cohort.scores[i] for i in test_ids]) - mean).mean(axis=(0, 1))
-
-
 @pytest.mark.slow
 def test_the_small_convnext_preset_from_random_weights_beats_predicting_the_mean_on_every_pattern(tmp_path):
     data, workdir = tmp_path / "p22", tmp_path / "runs"
@@ -43,7 +37,7 @@ def test_the_small_convnext_preset_from_random_weights_beats_predicting_the_mean
     assert config.model.name == "convnext_tiny" and config.pretrained == "none" and not config.balanced
     test = snet.evaluate_snet(run_dir, "test")
     splits = runs.read_splits(run_dir)
-    baseline = mean_baseline_mae(load_cohort(data), splits["train"], splits["test"])
+    baseline = np.array(list(snet.mean_score_baseline(load_cohort(data), splits["train"], splits["test"]).values()))
     mae = np.array([test[p]["mae"] for p in SCORES])
     assert test["n_scans"] == len(splits["test"]) >= 30
     assert np.all(mae <= MARGIN * baseline), (mae, baseline, minutes)
