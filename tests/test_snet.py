@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 import pytest
 import sscjax.cli.train as train_cli
@@ -21,7 +23,7 @@ from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 from sscjax.cli.main import cli
 
-from sscjax import configs, networks, runs, snet
+from sscjax import configs, networks, runs, snet, train
 from sscjax.data.slices import SliceSet
 from sscjax.errors import ConfigError, ModelError
 from sscjax.io import read_scan
@@ -370,3 +372,30 @@ def test_predict_the_mean_scores_every_test_level_with_the_training_mean():
     cohort = SimpleNamespace(scores=scores)
     baseline = snet.mean_score_baseline(cohort, ["p0", "p2"], ["p1", "p3"])  # mean 10 %: errors 0 and 20
     assert baseline == dict.fromkeys(SCORES, 10.0)
+
+
+def idle_weight_after_training(config) -> float:
+    """RMS of a weight of starting RMS 0.02 after `config`'s whole schedule when the loss does not reach it, as it
+    barely reaches a ConvNeXt block's weights while the block's layer scale (1e-6 at the start) keeps it switched off."""
+    tx = train.make_optimizer(config.train, config.train.steps)
+    weight = jnp.full((64,), 0.02)
+    grads = jnp.zeros((64,))
+
+    def step(carry, _):
+        weight, state = carry
+        updates, state = tx.update(grads, state, weight)
+        return (optax.apply_updates(weight, updates), state), None
+
+    (weight, _), _ = jax.lax.scan(step, (weight, tx.init(weight)), None, length=config.train.steps)
+    return float(jnp.sqrt(jnp.mean(weight**2)))
+
+
+def test_from_random_weights_the_small_preset_keeps_the_weights_of_switched_off_blocks():
+    """Adam with an L2 term (PyTorch's, the paper's) normalises the decay term of a weight whose loss gradient is
+    tiny and so shrinks it by about the learning rate every step: the ConvNeXt-T of the paper demo's seed 1 lost every
+    residual block that way (weights 0.02 -> 1e-8). From random weights the small preset decays as AdamW does."""
+    imagenet = networks.resolve("snet", "small")
+    scratch = networks.resolve("snet", "small", overrides={"pretrained": "none"})
+    assert scratch.train.decoupled_weight_decay and not imagenet.train.decoupled_weight_decay
+    assert idle_weight_after_training(scratch) > 0.0199
+    assert idle_weight_after_training(dataclasses.replace(scratch, train=imagenet.train)) < 1e-4
