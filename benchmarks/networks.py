@@ -66,8 +66,7 @@ VARIANTS = (
 
 def variant_config(variant: Variant, data: Path):
     """The variant's settings on fold 0 of `data`."""
-    overrides = configs.merge({"data_dir": str(data.resolve()), "fold": 0}, variant.changes)
-    config = networks.resolve(variant.net, variant.preset, overrides=overrides)
+    config = networks.fold_config(variant.net, variant.preset, data, variant.changes)
     options = {k: v for k, v in config.model.kwargs.items() if k not in variant.drop_options}
     return dataclasses.replace(config, model=dataclasses.replace(config.model, kwargs=options))
 

@@ -70,10 +70,8 @@ def demo_config(net: str, choice: DemoNetworks, data: Path, seed: int):
     it starts from random weights), fold 0 of `data`, training seed `seed`."""
     from sscjax import configs, networks
 
-    overrides = configs.merge(
-        {"data_dir": str(data.resolve()), "fold": 0, "train": {"seed": seed}}, choice.changes[net]
-    )
-    return networks.resolve(net, choice.presets[net], overrides=overrides)
+    changes = configs.merge({"train": {"seed": seed}}, choice.changes[net])
+    return networks.fold_config(net, choice.presets[net], data, changes)
 
 
 def _train(net: str, choice: DemoNetworks, data: Path, runs_dir: Path, seed: int):

@@ -122,6 +122,13 @@ def resolve(
     return with_changes(with_changes(config, scratch, where="scratch"), assignments, overrides) if scratch else config
 
 
+def fold_config(net: str, preset_name: str, data_dir: str | Path, changes: dict | None = None, fold: int = 0):
+    """The settings of a run on fold `fold` of the cohort `data_dir`: the preset with `changes` (plain data, as a
+    TOML file holds them) on top, resolved as `resolve` does."""
+    place = {"data_dir": str(Path(data_dir).resolve()), "fold": fold}
+    return resolve(net, preset_name, overrides=merge(place, changes or {}))
+
+
 def scratch_settings(config) -> tuple[str, ...]:
     """The settings a config changes because it trains from random weights (an S-Net's `scratch` when its
     `pretrained` is "none"; nothing otherwise)."""
