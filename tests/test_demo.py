@@ -19,7 +19,9 @@ MINUTES = {"stand-ins": 15, "paper": 40}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("networks", "seed"), [("stand-ins", 0), ("stand-ins", 1), ("stand-ins", 2), ("paper", 0)])
+@pytest.mark.parametrize(
+    ("networks", "seed"), [("stand-ins", 0), ("stand-ins", 1), ("stand-ins", 2), ("paper", 0), ("paper", 1)]
+)
 def test_demo_beats_its_baselines_and_says_where_everything_is(tmp_path, networks, seed):
     out = tmp_path / "demo"
     result = subprocess.run(
@@ -49,7 +51,7 @@ def test_demo_beats_its_baselines_and_says_where_everything_is(tmp_path, network
 
 def test_the_paper_demo_trains_the_papers_networks_at_their_small_presets(tmp_path):
     """The VGG11-3D and the ConvNeXt-T of the small presets, the S-Net from random weights with the preset's scratch
-    settings (uniform sampling, the lung-centred input, lr 1e-3) and the demo's shorter schedule."""
+    settings (uniform sampling, the lung-centred input, lr 1e-3, AdamW) and the demo's shorter schedule."""
     lnet = demo_config("lnet", NETWORK_CHOICES["paper"], tmp_path, seed=3)
     snet = demo_config("snet", NETWORK_CHOICES["paper"], tmp_path, seed=3)
     assert (lnet.model.name, lnet.data.size, lnet.train.steps, lnet.model.dropout) == (
@@ -61,6 +63,7 @@ def test_the_paper_demo_trains_the_papers_networks_at_their_small_presets(tmp_pa
     assert (snet.model.name, snet.pretrained, snet.data.image_size) == ("convnext_tiny", "none", 128)
     assert not snet.balanced and not snet.model.kwargs["normalize_input"]
     assert (snet.train.learning_rate, snet.train.steps, snet.train.valid_every) == (1e-3, 800, 200)
+    assert snet.train.decoupled_weight_decay and not lnet.train.decoupled_weight_decay
     assert lnet.train.seed == snet.train.seed == 3 and lnet.data_dir == snet.data_dir == str(tmp_path.resolve())
     stand_ins = demo_config("snet", NETWORK_CHOICES["stand-ins"], tmp_path, seed=0)
     assert (stand_ins.model.name, stand_ins.pretrained) == ("efficientnet_lite0", "efficientnet_lite0")
