@@ -8,7 +8,7 @@ sizes with random weights (speed does not depend on the weights). Prints one JSO
 
 `--slices N` resamples each phantom along z to N slices over the same field of view (linear, stored as int16), as
 a thin-slice reconstruction of the same chest. The phantoms are made in a child process, so the peak resident set
-reported (`peak_rss_gb`, ru_maxrss) is the cascade's: the runtime, the networks and the scans.
+reported (`peak_rss_gib`, ru_maxrss, GiB) is the cascade's: the runtime, the networks and the scans.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main() -> None:
     steady = runs_s[1:] or runs_s
     figures = {
         "scan_shape_zyx": list(shape),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "first_scan": runs_s[0],
         "steady": {key: sum(r[key] for r in steady) / len(steady) for key in runs_s[0]},
     }

@@ -78,7 +78,7 @@ def parameters(config) -> int:
 
 def logged_steps(run_dir: Path) -> list[dict]:
     """The training rows of a run's log (none before it starts)."""
-    log = run_dir / "log.jsonl"
+    log = run_dir / runs.LOG_FILE
     lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
     return [row for row in map(json.loads, lines) if "train/loss" in row]
 

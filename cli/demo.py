@@ -104,7 +104,7 @@ def _train(net: str, choice: DemoNetworks, data: Path, runs_dir: Path, seed: int
     default="stand-ins",
     show_default=True,
     help="stand-ins: the tiny presets (minutes); paper: the paper's VGG11-3D and ConvNeXt-T at their small presets "
-    "(about 35 minutes on 2 CPU cores).",
+    "(about 32 minutes on 2 CPU cores).",
 )
 @click.option(
     "--out",
